@@ -1,0 +1,3 @@
+from privacy_lock.cli import main
+
+main()

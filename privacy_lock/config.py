@@ -1,0 +1,322 @@
+"""Settings and the content map (TOML), and the check of every mapped name against the live schema.
+
+Resolution order for each setting: command-line option, then environment variable
+(``PRIVACY_LOCK_DATABASE_URL``, ``PRIVACY_LOCK_CONFIG``), then the config file, then the embedded
+default (a local SQLite file). Click resolves option-then-environment; this module does the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Connection, MetaData, Table, select
+from sqlalchemy import types as sqltypes
+from sqlalchemy.exc import NoSuchTableError
+
+from privacy_lock.db import DEFAULT_DATABASE_URL
+from privacy_lock.errors import ConfigError, UsageError
+
+DEFAULT_CONFIG_FILE = "privacy-lock.toml"
+_KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_CONTENT_KEYS = {"table": str, "id": str, "owner": str, "visibility": str, "private": (str, int)}
+_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy"}
+_POLICY_KEYS = {"audit_reads": bool}
+
+
+@dataclass(frozen=True)
+class ContentKind:
+    """One kind of content as the config maps it: where its items live and what "owner only" is."""
+
+    name: str
+    table: str
+    id: str
+    owner: str
+    visibility: str
+    private: str | int
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The optional users table, used to reject unknown users before anything changes."""
+
+    table: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Site policy switches from the ``[policy]`` section."""
+
+    audit_reads: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know before it touches the database."""
+
+    database_url: str
+    config_path: Path | None
+    content: dict[str, ContentKind] = field(default_factory=dict)
+    accounts: Accounts | None = None
+    policy: Policy = Policy()
+
+
+def load_settings(config_option: str | None, url_option: str | None) -> Settings:
+    """Read the config file (if any) and resolve the database URL.
+
+    ``config_option`` and ``url_option`` already include their environment variables (Click).
+    Without an explicit config, ``./privacy-lock.toml`` is used when it exists.
+    """
+    if config_option:
+        path: Path | None = Path(config_option)
+        if not path.is_file():
+            raise ConfigError(f"config file {config_option} not found")
+    else:
+        path = Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
+    data = _read_toml(path) if path else {}
+    settings = _parse(data, path)
+    url = url_option or settings.database_url or DEFAULT_DATABASE_URL
+    return Settings(url, path, settings.content, settings.accounts, settings.policy)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+
+
+def _parse(data: dict[str, Any], path: Path | None) -> Settings:
+    where = str(path) if path else "config"
+    _reject_unknown(data, _ALLOWED_TOP_LEVEL, where, "section")
+    database = _section(data, "database", where)
+    _reject_unknown(database, {"url"}, where, "key", "database")
+    url = database.get("url", "")
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: database.url must be a string")
+
+    accounts = None
+    if "accounts" in data:
+        section = _section(data, "accounts", where)
+        _reject_unknown(section, {"table", "id"}, where, "key", "accounts")
+        accounts = Accounts(
+            table=_required_str(section, "table", where, "accounts"),
+            id=_required_str(section, "id", where, "accounts"),
+        )
+
+    content: dict[str, ContentKind] = {}
+    for name, section in _section(data, "content", where).items():
+        prefix = f"content.{name}"
+        if not _KIND_NAME.match(name):
+            raise ConfigError(
+                f"{where}: [{prefix}]: a kind name is a letter, then letters, digits, _ or -"
+            )
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: {prefix} must be a table like [content.{name}]")
+        _reject_unknown(section, set(_CONTENT_KEYS), where, "key", prefix)
+        values = {}
+        for key, expected in _CONTENT_KEYS.items():
+            if key not in section:
+                raise ConfigError(f"{where}: [{prefix}] is missing the key {key!r}")
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                wanted = "a string or an integer" if key == "private" else "a string"
+                raise ConfigError(f"{where}: {prefix}.{key} must be {wanted}, got {value!r}")
+            values[key] = value
+        content[name] = ContentKind(name=name, **values)
+
+    policy_section = _section(data, "policy", where)
+    _reject_unknown(policy_section, set(_POLICY_KEYS), where, "key", "policy")
+    for key, expected in _POLICY_KEYS.items():
+        if key in policy_section and not isinstance(policy_section[key], expected):
+            raise ConfigError(f"{where}: policy.{key} must be true or false")
+    return Settings(url, path, content, accounts, Policy(**policy_section))
+
+
+def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {name} must be a section like [{name}]")
+    return value
+
+
+def _reject_unknown(
+    data: dict[str, Any], allowed: set[str], where: str, what: str, prefix: str = ""
+) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(
+            f"{where}: unknown {what} {name!r} (expected one of: {', '.join(sorted(allowed))})"
+        )
+
+
+def _required_str(section: dict[str, Any], key: str, where: str, prefix: str) -> str:
+    value = section.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {prefix}.{key} must be a non-empty string")
+    return value
+
+
+# --- binding the map to the live schema -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundKind:
+    """A content kind checked against the live schema, with reflected columns to build SQL from."""
+
+    spec: ContentKind
+    table: Table
+    id_col: Column
+    owner_col: Column
+    vis_col: Column
+    # "int" or "text": which snapshot column keeps the original, fixed by the column's type.
+    value_kind: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def private(self) -> str | int:
+        return self.spec.private
+
+
+@dataclass(frozen=True)
+class ContentMap:
+    """The content map bound to one database: the kinds, the accounts table, user-id rules."""
+
+    kinds: dict[str, BoundKind]
+    accounts_table: Table | None
+    accounts_id: Column | None
+    integer_users: bool
+
+    def select(self, names: list[str] | tuple[str, ...] | None) -> list[BoundKind]:
+        """The kinds named (all when none), in config order; unknown names are a usage error."""
+        if not names:
+            return list(self.kinds.values())
+        unknown = [n for n in names if n not in self.kinds]
+        if unknown:
+            raise UsageError(
+                f"unknown kind {unknown[0]!r} (configured: {', '.join(self.kinds) or 'none'})"
+            )
+        return [self.kinds[n] for n in dict.fromkeys(names)]
+
+    def normalize_user(self, raw: str) -> str:
+        """The canonical text of a user id (``"007"`` is user 7 when owner ids are integers)."""
+        text = str(raw).strip()
+        if not text:
+            raise UsageError("empty user id")
+        if self.integer_users:
+            try:
+                return str(int(text))
+            except ValueError:
+                raise UsageError(
+                    f"user id {text!r} is not an integer (owner ids are integers)"
+                ) from None
+        return text
+
+    def owner_value(self, kind: BoundKind, subject: str) -> int | str | uuid.UUID:
+        """The subject as the owner column of ``kind`` wants it bound."""
+        return _bind_value(kind.owner_col, subject)
+
+    def user_exists(self, conn: Connection, subject: str) -> bool | None:
+        """Whether the accounts table has this user; None when no [accounts] is configured."""
+        if self.accounts_table is None or self.accounts_id is None:
+            return None
+        value = _bind_value(self.accounts_id, subject)
+        query = select(self.accounts_id).where(self.accounts_id == value).limit(1)
+        return conn.execute(query).first() is not None
+
+
+def _bind_value(col: Column, text: str) -> int | str | uuid.UUID:
+    if _is_integer(col):
+        return int(text)
+    if isinstance(col.type, sqltypes.Uuid) and col.type.as_uuid:
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise UsageError(f"user id {text!r} is not a UUID (column {col.name} is)") from None
+    return text
+
+
+def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
+    """Reflect every mapped table and check every name and value type before anything runs."""
+    if not settings.content:
+        where = settings.config_path or "no config file"
+        raise ConfigError(
+            f"no content kinds are configured ({where}): give --config FILE with [content.KIND] "
+            "sections, or run `privacy-lock demo` to try the tool"
+        )
+    meta = MetaData()
+    kinds: dict[str, BoundKind] = {}
+    for spec in settings.content.values():
+        prefix = f"content.{spec.name}"
+        table = _reflect(conn, meta, spec.table, f"{prefix}.table")
+        id_col = _column(table, spec.id, f"{prefix}.id")
+        owner_col = _column(table, spec.owner, f"{prefix}.owner")
+        vis_col = _column(table, spec.visibility, f"{prefix}.visibility")
+        value_kind = _value_kind(vis_col)
+        if value_kind is None:
+            raise ConfigError(
+                f"{prefix}.visibility: column {spec.table}.{spec.visibility} has type "
+                f"{vis_col.type}; privacy-lock supports string and integer visibility columns"
+            )
+        if (value_kind == "int") != isinstance(spec.private, int):
+            raise ConfigError(
+                f"{prefix}.private = {spec.private!r} does not fit column "
+                f"{spec.table}.{spec.visibility} ({vis_col.type}): use "
+                f"{'an integer' if value_kind == 'int' else 'a quoted string'}"
+            )
+        for col, key in ((id_col, "id"), (owner_col, "owner")):
+            if _value_kind(col) is None and not isinstance(col.type, sqltypes.Uuid):
+                raise ConfigError(
+                    f"{prefix}.{key}: column {spec.table}.{col.name} has type {col.type}; "
+                    "ids must be integers or strings (UUIDs)"
+                )
+        kinds[spec.name] = BoundKind(spec, table, id_col, owner_col, vis_col, value_kind)
+
+    accounts_table = accounts_id = None
+    if settings.accounts:
+        accounts_table = _reflect(conn, meta, settings.accounts.table, "accounts.table")
+        accounts_id = _column(accounts_table, settings.accounts.id, "accounts.id")
+    integer_users = any(_is_integer(k.owner_col) for k in kinds.values()) or (
+        accounts_id is not None and _is_integer(accounts_id)
+    )
+    return ContentMap(kinds, accounts_table, accounts_id, integer_users)
+
+
+def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:
+    try:
+        return Table(name, meta, autoload_with=conn)
+    except NoSuchTableError:
+        raise ConfigError(f"{key}: table {name!r} does not exist in the database") from None
+
+
+def _column(table: Table, name: str, key: str) -> Column:
+    if name not in table.c:
+        columns = ", ".join(c.name for c in table.c)
+        raise ConfigError(
+            f"{key}: column {name!r} does not exist in table {table.name} (it has: {columns})"
+        )
+    return table.c[name]
+
+
+def _is_integer(col: Column) -> bool:
+    return isinstance(col.type, sqltypes.Integer)
+
+
+def _value_kind(col: Column) -> str | None:
+    if isinstance(col.type, sqltypes.Integer):
+        return "int"
+    if isinstance(col.type, sqltypes.String):
+        return "text"
+    return None

@@ -1,0 +1,109 @@
+"""One way to connect: engines, dialect set-up, and password-free URLs for printing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from privacy_lock.errors import DatabaseError, UsageError
+
+DEFAULT_DATABASE_URL = "sqlite:///privacy-lock.db"
+
+_DRIVER_HINTS = {
+    "postgresql": "pip install 'privacy-lock[postgresql]'  (psycopg 3)",
+    "mysql": "pip install 'privacy-lock[mysql]'  (PyMySQL)",
+    "mariadb": "pip install 'privacy-lock[mysql]'  (PyMySQL)",
+}
+# Preferred drivers when the URL names only the database ("postgresql://", "mysql://").
+_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_tool_engine(url: str) -> Engine:
+    """An engine for ``url`` set up the way the tool needs on each dialect.
+
+    - NullPool: a command connects, works in short transactions and leaves.
+    - SQLite: every transaction starts with ``BEGIN IMMEDIATE`` (SQLite has no ``SELECT ... FOR
+      UPDATE``; taking the write lock up front is what makes read-then-write chunks safe against a
+      concurrent writer), and waits up to 30 s for a busy database instead of failing at once.
+    - MySQL/MariaDB: READ COMMITTED, so a chunk's locking reads take row locks only, not the
+      gap locks REPEATABLE READ would hold on the live site's rows; utf8mb4 by default.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UsageError(
+            f"invalid database URL {url!r}: expected e.g. sqlite:///sns.db or "
+            "postgresql://user@host/dbname"
+        ) from None
+    backend = parsed.get_backend_name()
+    if parsed.drivername in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
+    kwargs: dict = {"poolclass": NullPool}
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    elif backend in ("mysql", "mariadb"):
+        kwargs["isolation_level"] = "READ COMMITTED"
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except NoSuchModuleError:
+        raise UsageError(f"unsupported database URL scheme {parsed.drivername!r}") from None
+    except ImportError as exc:
+        hint = _DRIVER_HINTS.get(backend, "install its driver")
+        raise UsageError(f"no driver for {backend} ({exc.name}): {hint}") from None
+    if backend == "sqlite":
+        _use_begin_immediate(engine)
+    return engine
+
+
+def _use_begin_immediate(engine: Engine) -> None:
+    """Make pysqlite leave transactions to us, and start each one as BEGIN IMMEDIATE."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's statement dump and background link."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip() or type(orig).__name__
+    return text.splitlines()[0].strip()
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Turn driver errors into one-line DatabaseErrors that name the (password-free) database."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database error on {safe_url(url)}: {first_line(exc)}") from exc
+
+
+def connect_check(engine: Engine) -> None:
+    """Open and close one connection, so an unreachable database fails before any work starts."""
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot connect to {safe_url(str(engine.url))}: {first_line(exc)}"
+        ) from exc

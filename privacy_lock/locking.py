@@ -1,0 +1,641 @@
+"""apply / revert / status: the chunked, crash-safe core.
+
+Every chunk is one short transaction that, in this order:
+  1. locks the lock row (so an apply and a revert of the same user never interleave chunks),
+  2. locks the next bounded set of content rows in key order (``SELECT ... FOR UPDATE``;
+     SQLite has no row locks, so there every transaction is ``BEGIN IMMEDIATE``),
+  3. copies their current visibility into snapshot rows server-side (``INSERT ... SELECT``),
+  4. changes visibility with one set-based ``UPDATE`` restricted to those locked rows,
+  5. appends the audit event last (the audit head row is the one lock every writer shares).
+Rows are locked before they are read, so a concurrent edit by the site either commits before
+the chunk (and its value is what gets snapshotted) or waits until after it (and stays as the
+person set it). A crash at any instant rolls back the open chunk; committed chunks are complete.
+Re-running walks whatever is still visible, so the same command resumes and finishes.
+
+The walk is keyset pagination on (owner, id): each item is visited at most once per run, so a
+site that keeps editing the person's items cannot keep a run going forever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from privacy_lock.audit import Actor, append_event, utc_now
+from privacy_lock.config import BoundKind, ContentMap
+from privacy_lock.errors import ConfigError, LockStateError, UsageError
+from privacy_lock.schema import locks, snapshots
+
+DEFAULT_CHUNK_SIZE = 1000
+MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
+
+ACTIVE, REVERTED = "active", "reverted"
+PENDING, RESTORED, CONFLICT, GONE = "locked", "restored", "conflict", "gone"
+
+
+@dataclass
+class KindCounts:
+    """What happened (or, in a dry run, would happen) to one kind of one user's content."""
+
+    changed: int = 0  # apply: hidden by this run
+    already_private: int = 0  # apply: already owner-only, left alone, not snapshotted
+    snapshotted: int = 0  # apply: snapshot rows this lock holds for the kind, in total
+    restored: int = 0  # revert: set back to the stored original
+    conflicts: int = 0  # revert: changed by someone since the lock, left as it is
+    gone: int = 0  # revert: deleted (or no longer this user's) since the lock
+
+
+@dataclass
+class UserResult:
+    """The outcome of apply or revert for one user."""
+
+    user: str
+    lock_id: int | None
+    status: str
+    dry_run: bool = False
+    kinds: dict[str, KindCounts] = field(default_factory=dict)
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "lock_id": self.lock_id,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "chunks": self.chunks,
+            "kinds": {name: asdict(counts) for name, counts in self.kinds.items()},
+        }
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """How big each transaction is and how the run paces itself between transactions."""
+
+    size: int = DEFAULT_CHUNK_SIZE
+    sleep: float = 0.0
+    on_chunk: Callable[[str, str, int], None] | None = None  # (user, kind, items) after commit
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE}, got {self.size}")
+        if self.sleep < 0:
+            raise UsageError("--sleep must not be negative")
+
+    def after_chunk(self, user: str, kind: str, items: int) -> None:
+        if self.on_chunk:
+            self.on_chunk(user, kind, items)
+        if self.sleep:
+            time.sleep(self.sleep)
+
+
+# --- shared SQL pieces ---------------------------------------------------------------------------
+
+
+def _visible(kind: BoundKind) -> ColumnElement[bool]:
+    """Not owner-only: NULL ("site default") counts as visible."""
+    return or_(kind.vis_col != kind.private, kind.vis_col.is_(None))
+
+
+def _id_as_text(kind: BoundKind) -> ColumnElement[Any]:
+    """The item id as snapshot rows store it."""
+    if isinstance(kind.id_col.type, String):
+        return kind.id_col
+    return cast(kind.id_col, String(191))
+
+
+def _snapshot_item_as_id(kind: BoundKind) -> ColumnElement[Any]:
+    """A snapshot's item id in the content id column's own type (so the id index is used)."""
+    if isinstance(kind.id_col.type, String):
+        return snapshots.c.item_id
+    return cast(snapshots.c.item_id, kind.id_col.type)
+
+
+def _original_col(kind: BoundKind) -> Any:
+    return snapshots.c.original_int if kind.value_kind == "int" else snapshots.c.original_text
+
+
+def _lock_row(conn: Connection, lock_id: int) -> Any:
+    """Lock and return the lock row; every chunk takes it first (see the module docstring)."""
+    row = conn.execute(
+        select(locks).where(locks.c.lock_id == lock_id).with_for_update()
+    ).first()
+    if row is None:
+        raise LockStateError(f"lock {lock_id} does not exist")
+    return row
+
+
+def active_lock_id(conn: Connection, subject: str) -> int | None:
+    """The id of the user's active lock, if any."""
+    return conn.execute(
+        select(locks.c.lock_id).where(locks.c.active_subject == subject)
+    ).scalar()
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def check_users(engine: Engine, cmap: ContentMap, raw_users: Iterable[str]) -> list[str]:
+    """Normalize every user id and reject unknown ones, all before anything changes."""
+    subjects = [cmap.normalize_user(raw) for raw in raw_users]
+    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
+    if duplicates:
+        raise UsageError(f"user {duplicates[0]} is named more than once")
+    with engine.connect() as conn:
+        for subject in subjects:
+            exists = cmap.user_exists(conn, subject)
+            if exists is False:
+                table = cmap.accounts_table.name if cmap.accounts_table is not None else "?"
+                raise UsageError(f"unknown user {subject!r} (not in {table})")
+            if exists is None and not _has_content_or_lock(conn, cmap, subject):
+                raise UsageError(
+                    f"user {subject!r} owns no {'/'.join(cmap.kinds)} items and has no lock "
+                    "(configure [accounts] to tell unknown users from users with no content)"
+                )
+    return subjects
+
+
+def _has_content_or_lock(conn: Connection, cmap: ContentMap, subject: str) -> bool:
+    if conn.execute(select(locks.c.lock_id).where(locks.c.subject == subject).limit(1)).first():
+        return True
+    for kind in cmap.kinds.values():
+        owner = cmap.owner_value(kind, subject)
+        query = select(kind.id_col).where(kind.owner_col == owner).limit(1)
+        if conn.execute(query).first():
+            return True
+    return False
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+def count_for_apply(
+    conn: Connection, cmap: ContentMap, subject: str, kind: BoundKind
+) -> KindCounts:
+    """How many of the user's items of ``kind`` are visible (would change) and already private."""
+    owner = cmap.owner_value(kind, subject)
+    visible = func.coalesce(func.sum(case((_visible(kind), 1), else_=0)), 0)
+    private = func.coalesce(func.sum(case((kind.vis_col == kind.private, 1), else_=0)), 0)
+    row = conn.execute(select(visible, private).where(kind.owner_col == owner)).one()
+    return KindCounts(changed=int(row[0]), already_private=int(row[1]))
+
+
+def open_lock(engine: Engine, subject: str, actor: Actor) -> tuple[int, bool]:
+    """Return the user's active lock, opening one if there is none: (lock_id, opened_now).
+
+    The unique ``active_subject`` column makes this race-free: when two operators open a lock
+    for the same user at once, one insert fails and that operator joins the other's lock.
+    """
+    for _attempt in range(3):
+        with engine.begin() as conn:
+            existing = active_lock_id(conn, subject)
+            if existing is not None:
+                return existing, False
+        try:
+            with engine.begin() as conn:
+                now = utc_now()
+                lock_id = conn.execute(
+                    insert(locks).values(
+                        subject=subject, active_subject=subject, state=ACTIVE,
+                        operator=actor.operator, ticket=actor.ticket or "",
+                        reason=actor.reason or "", created_at=now, updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+                append_event(conn, "lock", actor, subject=subject, lock_id=lock_id)
+                return int(lock_id), True
+        except IntegrityError:
+            continue  # another operator opened it between our look and our insert: join it
+    raise LockStateError(f"could not open or find the active lock of user {subject}")
+
+
+def snapshot_and_hide_chunk(
+    conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any, limit: int
+) -> tuple[int, int, Any]:
+    """Snapshot and hide the next ``limit`` visible items after key ``after``.
+
+    Returns (items hidden, snapshot rows written, last key visited); last key is None when
+    there was nothing left to visit. Runs inside the caller's transaction.
+    """
+    walk = select(kind.id_col).where(kind.owner_col == owner, _visible(kind))
+    if after is not None:
+        walk = walk.where(kind.id_col > after)
+    ids = conn.execute(walk.order_by(kind.id_col).limit(limit).with_for_update()).scalars().all()
+    if not ids:
+        return 0, 0, None
+    these_rows = and_(kind.owner_col == owner, kind.id_col.in_(ids), _visible(kind))
+    # An item the lock already holds a snapshot for (made visible again since) is hidden again,
+    # but its stored original is never overwritten.
+    already_snapshotted = (
+        select(snapshots.c.snapshot_id)
+        .where(
+            snapshots.c.lock_id == lock_id,
+            snapshots.c.kind == kind.name,
+            snapshots.c.item_id == _id_as_text(kind),
+        )
+        .exists()
+    )
+    source = select(
+        literal(lock_id, snapshots.c.lock_id.type),
+        literal(kind.name, snapshots.c.kind.type),
+        _id_as_text(kind),
+        kind.vis_col,
+        literal(PENDING, snapshots.c.state.type),
+        literal(utc_now(), snapshots.c.snapshotted_at.type),
+    ).where(these_rows, ~already_snapshotted)
+    target = ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"]
+    snapshotted = conn.execute(insert(snapshots).from_select(target, source)).rowcount
+    hidden = conn.execute(
+        update(kind.table).where(these_rows).values({kind.vis_col.name: kind.private})
+    ).rowcount
+    return hidden, snapshotted, ids[-1]
+
+
+def apply_lock(
+    engine: Engine,
+    cmap: ContentMap,
+    subject: str,
+    kinds: list[BoundKind],
+    actor: Actor,
+    policy: ChunkPolicy = ChunkPolicy(),
+    dry_run: bool = False,
+) -> UserResult:
+    """Move every visible item of ``kinds`` owned by ``subject`` to owner-only, with snapshots.
+
+    Extends the user's active lock if there is one. A dry run only counts and writes nothing.
+    """
+    with engine.connect() as conn:
+        planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
+        existing = active_lock_id(conn, subject)
+    if dry_run:
+        return UserResult(subject, existing, "would-extend" if existing else "would-lock",
+                          True, planned)
+
+    lock_id, opened = open_lock(engine, subject, actor)
+    result = UserResult(subject, lock_id, "locked" if opened else "extended")
+    for kind in kinds:
+        counts = result.kinds.setdefault(kind.name, KindCounts())
+        counts.already_private = planned[kind.name].already_private
+        owner, after = cmap.owner_value(kind, subject), None
+        while True:
+            with engine.begin() as conn:
+                if _lock_row(conn, lock_id).state != ACTIVE:
+                    raise LockStateError(
+                        f"lock {lock_id} of user {subject} was reverted while this apply was "
+                        "running; the chunks already committed stay hidden under it"
+                    )
+                hidden, snapshotted, after = snapshot_and_hide_chunk(
+                    conn, kind, lock_id, owner, after, policy.size
+                )
+                if after is None:
+                    break
+                append_event(
+                    conn, "hide", actor, subject=subject, lock_id=lock_id,
+                    details={"kind": kind.name, "hidden": hidden, "snapshotted": snapshotted},
+                )
+            counts.changed += hidden
+            result.chunks += 1
+            policy.after_chunk(subject, kind.name, hidden)
+
+    with engine.begin() as conn:
+        _lock_row(conn, lock_id)
+        totals = _snapshot_totals(conn, lock_id)
+        for name, counts in result.kinds.items():
+            counts.snapshotted = totals.get(name, {}).get("total", 0)
+        conn.execute(
+            update(locks).where(locks.c.lock_id == lock_id).values(updated_at=utc_now())
+        )
+        append_event(
+            conn, "apply", actor, subject=subject, lock_id=lock_id,
+            details={
+                "status": result.status,
+                "chunks": result.chunks,
+                "kinds": {n: {"changed": c.changed, "already_private": c.already_private,
+                              "snapshotted": c.snapshotted} for n, c in result.kinds.items()},
+            },
+        )
+    return result
+
+
+# --- revert --------------------------------------------------------------------------------------
+
+
+def _snapshot_totals(conn: Connection, lock_id: int) -> dict[str, dict[str, int]]:
+    """Snapshot rows of a lock per kind and state, plus a per-kind "total"."""
+    rows = conn.execute(
+        select(snapshots.c.kind, snapshots.c.state, func.count())
+        .where(snapshots.c.lock_id == lock_id)
+        .group_by(snapshots.c.kind, snapshots.c.state)
+    ).all()
+    totals: dict[str, dict[str, int]] = {}
+    for kind, state, n in rows:
+        per_kind = totals.setdefault(kind, {"total": 0})
+        per_kind[state] = int(n)
+        per_kind["total"] += int(n)
+    return totals
+
+
+def _lock_kinds(conn: Connection, cmap: ContentMap, lock_id: int) -> list[BoundKind]:
+    """The kinds a lock holds snapshots of; every one must still be in the content map."""
+    names = conn.execute(
+        select(snapshots.c.kind).where(snapshots.c.lock_id == lock_id).distinct()
+    ).scalars().all()
+    missing = sorted(n for n in names if n not in cmap.kinds)
+    if missing:
+        raise ConfigError(
+            f"lock {lock_id} holds {missing[0]!r} items but the content map has no "
+            f"[content.{missing[0]}]: restore that section to revert the lock"
+        )
+    return [k for k in cmap.kinds.values() if k.name in names]
+
+
+def count_for_revert(conn: Connection, kind: BoundKind, lock_id: int, owner: Any) -> KindCounts:
+    """For the lock's pending snapshots: how many would be restored, conflict, or are gone."""
+    joined = snapshots.outerjoin(
+        kind.table, and_(kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner)
+    )
+    outcome = case(
+        (kind.id_col.is_(None), GONE), (kind.vis_col == kind.private, RESTORED), else_=CONFLICT
+    )
+    rows = conn.execute(
+        select(outcome, func.count())
+        .select_from(joined)
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+               snapshots.c.state == PENDING)
+        .group_by(outcome)
+    ).all()
+    found = {state: int(n) for state, n in rows}
+    return KindCounts(restored=found.get(RESTORED, 0), conflicts=found.get(CONFLICT, 0),
+                      gone=found.get(GONE, 0))
+
+
+def restore_chunk(
+    conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: int, limit: int
+) -> tuple[KindCounts, int | None]:
+    """Restore the next ``limit`` pending snapshots of ``kind`` after snapshot id ``after``.
+
+    Each item is put back only if it is still owner-only; otherwise it is a conflict (someone
+    changed it since) or gone (deleted, or no longer this user's). Returns the counts and the
+    last snapshot id visited (None when nothing was left). Runs in the caller's transaction.
+    """
+    pending = conn.execute(
+        select(snapshots.c.snapshot_id, snapshots.c.item_id)
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+               snapshots.c.state == PENDING, snapshots.c.snapshot_id > after)
+        .order_by(snapshots.c.snapshot_id)
+        .limit(limit)
+    ).all()
+    if not pending:
+        return KindCounts(), None
+    snapshot_ids = [row.snapshot_id for row in pending]
+    # Lock the items first, then decide: while we hold them nobody can change what we read.
+    items_of_chunk = select(_snapshot_item_as_id(kind)).where(
+        snapshots.c.snapshot_id.in_(snapshot_ids)
+    )
+    current = dict(
+        conn.execute(
+            select(_id_as_text(kind), kind.vis_col)
+            .where(kind.owner_col == owner, kind.id_col.in_(items_of_chunk))
+            .with_for_update()
+        ).all()
+    )
+    by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
+    for row in pending:
+        if row.item_id not in current:
+            by_state[GONE].append(row.snapshot_id)
+        elif current[row.item_id] == kind.private:
+            by_state[RESTORED].append(row.snapshot_id)
+        else:
+            by_state[CONFLICT].append(row.snapshot_id)
+
+    if by_state[RESTORED]:
+        restored = conn.execute(
+            update(kind.table)
+            .values({kind.vis_col.name: _original_col(kind)})
+            .where(
+                kind.owner_col == owner,
+                kind.vis_col == kind.private,
+                kind.id_col == _snapshot_item_as_id(kind),
+                snapshots.c.snapshot_id.in_(by_state[RESTORED]),
+            )
+        ).rowcount
+        if restored != len(by_state[RESTORED]):
+            # Cannot happen while the rows are locked; if it does, change nothing in this chunk.
+            raise LockStateError(
+                f"lock {lock_id}: expected to restore {len(by_state[RESTORED])} {kind.name} "
+                f"items but the database matched {restored}; chunk rolled back, re-run revert"
+            )
+    now = utc_now()
+    for state, ids in by_state.items():
+        if ids:
+            conn.execute(
+                update(snapshots)
+                .where(snapshots.c.snapshot_id.in_(ids))
+                .values(state=state, resolved_at=now)
+            )
+    counts = KindCounts(restored=len(by_state[RESTORED]), conflicts=len(by_state[CONFLICT]),
+                        gone=len(by_state[GONE]))
+    return counts, snapshot_ids[-1]
+
+
+def find_lock(conn: Connection, lock_id: int) -> Any:
+    """The lock row, or a usage error naming the id."""
+    row = conn.execute(select(locks).where(locks.c.lock_id == lock_id)).first()
+    if row is None:
+        raise UsageError(f"no lock with id {lock_id}")
+    return row
+
+
+def revert_lock(
+    engine: Engine,
+    cmap: ContentMap,
+    lock_id: int,
+    actor: Actor,
+    policy: ChunkPolicy = ChunkPolicy(),
+    dry_run: bool = False,
+) -> UserResult:
+    """Restore every item of a lock that is still owner-only, then close the lock.
+
+    Items changed since the lock are conflicts and items deleted since are gone; both are left
+    as they are, and every snapshot row is kept with its outcome for the audit.
+    """
+    with engine.connect() as conn:
+        lock = find_lock(conn, lock_id)
+        kinds = _lock_kinds(conn, cmap, lock_id)
+        subject = lock.subject
+        if lock.state != ACTIVE:
+            return UserResult(subject, lock_id, "not-locked", dry_run,
+                              {k.name: KindCounts() for k in kinds})
+        if dry_run:
+            planned = {
+                k.name: count_for_revert(conn, k, lock_id, cmap.owner_value(k, subject))
+                for k in kinds
+            }
+            return UserResult(subject, lock_id, "would-revert", True, planned)
+
+    result = UserResult(subject, lock_id, "reverted")
+    while True:
+        for kind in kinds:
+            owner, after = cmap.owner_value(kind, subject), 0
+            while True:
+                with engine.begin() as conn:
+                    if _lock_row(conn, lock_id).state != ACTIVE:
+                        result.status = "not-locked"  # another operator finished the revert
+                        return result
+                    counts, after = restore_chunk(conn, kind, lock_id, owner, after, policy.size)
+                    if after is None:
+                        break
+                    append_event(
+                        conn, "restore", actor, subject=subject, lock_id=lock_id,
+                        details={"kind": kind.name, **_nonzero(asdict(counts))},
+                    )
+                result.chunks += 1
+                policy.after_chunk(subject, kind.name, counts.restored)
+        with engine.begin() as conn:
+            if _lock_row(conn, lock_id).state != ACTIVE:
+                result.status = "not-locked"
+                return result
+            totals = _snapshot_totals(conn, lock_id)
+            if any(t.get(PENDING) for t in totals.values()):
+                # An apply extended the lock while we were reverting: walk again.
+                kinds = _lock_kinds(conn, cmap, lock_id)
+                continue
+            now = utc_now()
+            conn.execute(
+                update(locks)
+                .where(locks.c.lock_id == lock_id)
+                .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
+                        reverted_by=actor.operator)
+            )
+            for name, per_state in totals.items():
+                result.kinds[name] = KindCounts(
+                    snapshotted=per_state["total"], restored=per_state.get(RESTORED, 0),
+                    conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0),
+                )
+            append_event(
+                conn, "revert", actor, subject=subject, lock_id=lock_id,
+                details={"chunks": result.chunks,
+                         "kinds": {n: _nonzero(asdict(c)) for n, c in result.kinds.items()}},
+            )
+            return result
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+# --- status and listings -------------------------------------------------------------------------
+
+
+def user_status(
+    engine: Engine, cmap: ContentMap, subject: str, with_items: bool = False
+) -> dict[str, Any]:
+    """The user's lock (active, else the latest) and, per kind, visible/private/snapshot counts."""
+    with engine.connect() as conn:
+        lock = conn.execute(
+            select(locks).where(locks.c.subject == subject)
+            .order_by(locks.c.lock_id.desc()).limit(1)
+        ).first()
+        totals = _snapshot_totals(conn, lock.lock_id) if lock else {}
+        kinds = []
+        for kind in cmap.kinds.values():
+            counts = count_for_apply(conn, cmap, subject, kind)
+            per_lock = totals.get(kind.name, {})
+            kinds.append({
+                "kind": kind.name,
+                "visible": counts.changed,
+                "private": counts.already_private,
+                "snapshots": per_lock.get("total", 0),
+                "pending": per_lock.get(PENDING, 0),
+                "restored": per_lock.get(RESTORED, 0),
+                "conflicts": per_lock.get(CONFLICT, 0),
+                "gone": per_lock.get(GONE, 0),
+            })
+        items = _status_items(conn, cmap, subject, lock.lock_id) if (lock and with_items) else []
+    return {
+        "user": subject,
+        "lock": _lock_dict(lock) if lock else None,
+        "kinds": kinds,
+        "items": items,
+    }
+
+
+def _status_items(
+    conn: Connection, cmap: ContentMap, subject: str, lock_id: int
+) -> list[dict[str, Any]]:
+    items = []
+    for kind in _lock_kinds(conn, cmap, lock_id):
+        owner = cmap.owner_value(kind, subject)
+        joined = snapshots.outerjoin(
+            kind.table, and_(kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner)
+        )
+        rows = conn.execute(
+            select(snapshots.c.item_id, _original_col(kind), snapshots.c.state,
+                   kind.vis_col, kind.id_col)
+            .select_from(joined)
+            .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name)
+            .order_by(snapshots.c.snapshot_id)
+        ).all()
+        for item_id, original, state, current, present in rows:
+            items.append({
+                "kind": kind.name, "item": item_id, "original": original, "state": state,
+                "current": current if present is not None else "(gone)",
+            })
+    return items
+
+
+def _lock_dict(row: Any) -> dict[str, Any]:
+    return {
+        "lock_id": row.lock_id, "user": row.subject, "state": row.state,
+        "operator": row.operator, "ticket": row.ticket, "reason": row.reason,
+        "created_at": row.created_at, "reverted_at": row.reverted_at,
+        "reverted_by": row.reverted_by,
+    }
+
+
+def list_locks(
+    engine: Engine,
+    state: str = "active",
+    operator: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> list[dict[str, Any]]:
+    """Locks with their item counts, filtered; ``since``/``until`` are UTC ISO dates or times."""
+    items = (
+        select(snapshots.c.lock_id, func.count().label("items"))
+        .group_by(snapshots.c.lock_id)
+        .subquery()
+    )
+    query = (
+        select(locks, func.coalesce(items.c["items"], 0).label("items"))
+        .select_from(locks.outerjoin(items, items.c.lock_id == locks.c.lock_id))
+        .order_by(locks.c.lock_id)
+    )
+    if state != "all":
+        query = query.where(locks.c.state == state)
+    if operator:
+        query = query.where(locks.c.operator == operator)
+    if since:
+        query = query.where(locks.c.created_at >= since)
+    if until:
+        query = query.where(locks.c.created_at < until)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [{**_lock_dict(row), "items": int(row.items)} for row in rows]

@@ -1,0 +1,56 @@
+"""The one place that turns rows into table / csv / json text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+FORMATS = ("table", "csv", "json")
+
+
+def render(
+    rows: Sequence[dict[str, Any]],
+    fmt: str,
+    columns: Sequence[str] | None = None,
+    payload: Any = None,
+) -> str:
+    """Render ``rows`` (one dict per line) in ``fmt``.
+
+    ``payload`` is what JSON output prints instead of the flat rows, when the command has a
+    richer machine-readable shape (e.g. counts nested per kind); tables and CSV always show rows.
+    """
+    if fmt == "json":
+        data = payload if payload is not None else list(rows)
+        return json.dumps(data, ensure_ascii=False, indent=2, default=str)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _csv_cell(row.get(c)) for c in columns})
+        return out.getvalue().rstrip("\n")
+    if fmt == "table":
+        if not rows:
+            return "(none)"
+        body = [[_table_cell(row.get(c)) for c in columns] for row in rows]
+        return tabulate(body, headers=columns, tablefmt="simple", disable_numparse=True)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _table_cell(value: Any) -> str:
+    """NULL is shown as NULL in tables, so it is never mistaken for an empty string."""
+    if value is None:
+        return "NULL"
+    if value == "":
+        return "''"
+    return str(value)

@@ -1,0 +1,159 @@
+"""The tool's own tables: the single source of the DDL in ``sql/`` and of ``privacy-lock init``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+)
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from privacy_lock.errors import NotInitializedError
+
+metadata = MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+# Timestamps are stored as ISO-8601 UTC text ("2026-11-28T08:32:29.123456Z"): exact on every
+# dialect (no silent loss of microseconds on MySQL DATETIME), sortable as text, and hashed into
+# the audit chain exactly as stored.
+Timestamp = String(32)
+
+locks = Table(
+    "privacy_lock_locks",
+    metadata,
+    Column("lock_id", BigId, primary_key=True, autoincrement=True),
+    Column("subject", String(191), nullable=False, comment="the user (content owner) id, as text"),
+    # Equal to subject while the lock is active and NULL once reverted: the unique constraint on
+    # it is what makes "one active lock per user" hold even for two operators racing.
+    Column("active_subject", String(191), nullable=True),
+    Column("state", String(16), nullable=False, comment="active | reverted"),
+    Column("operator", String(191), nullable=False),
+    Column("ticket", String(191), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("reverted_at", Timestamp, nullable=True),
+    Column("reverted_by", String(191), nullable=True),
+    UniqueConstraint("active_subject", name="uq_privacy_lock_locks_active_subject"),
+    Index("ix_privacy_lock_locks_subject", "subject"),
+)
+
+snapshots = Table(
+    "privacy_lock_snapshots",
+    metadata,
+    Column("snapshot_id", BigId, primary_key=True, autoincrement=True),
+    Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("item_id", String(191), nullable=False, comment="the content row's id, as text"),
+    # The original visibility, in the column matching the content column's type; both NULL means
+    # the original was NULL ("site default"). Which one applies is fixed by the content map.
+    Column("original_text", Text, nullable=True),
+    Column("original_int", BigInteger, nullable=True),
+    Column("state", String(16), nullable=False, comment="locked | restored | conflict | gone"),
+    Column("snapshotted_at", Timestamp, nullable=False),
+    Column("resolved_at", Timestamp, nullable=True),
+    UniqueConstraint("lock_id", "kind", "item_id", name="uq_privacy_lock_snapshots_item"),
+    Index("ix_privacy_lock_snapshots_pending", "lock_id", "state", "snapshot_id"),
+)
+
+audit_events = Table(
+    "privacy_lock_audit",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False, comment="chain position"),
+    Column("occurred_at", Timestamp, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(191), nullable=True),
+    Column("lock_id", BigInteger, nullable=True),
+    Column("operator", String(191), nullable=True),
+    Column("os_user", String(191), nullable=True),
+    Column("host", String(191), nullable=True),
+    Column("ticket", String(191), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("details", Text, nullable=False, comment="JSON: counts and other facts"),
+    Column("tool_version", String(32), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_privacy_lock_audit_subject", "subject"),
+    Index("ix_privacy_lock_audit_occurred_at", "occurred_at"),
+)
+
+# One row (id = 1) holding the chain's head. Every append locks it first, which serializes
+# appends across processes so two operators still produce one unbroken chain.
+audit_head = Table(
+    "privacy_lock_audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+GENESIS_HASH = "0" * 64
+TOOL_TABLES = [t.name for t in metadata.sorted_tables]
+
+
+def create_tool_tables(conn: Connection) -> list[str]:
+    """Create whatever tool tables are missing (idempotent); return the names created."""
+    existing = set(inspect(conn).get_table_names())
+    created = [t.name for t in metadata.sorted_tables if t.name not in existing]
+    metadata.create_all(conn, checkfirst=True)
+    head = conn.execute(audit_head.select().where(audit_head.c.id == 1)).first()
+    if head is None:
+        conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+    return created
+
+
+def require_tool_tables(conn: Connection) -> None:
+    """Fail with a clear instruction when ``init`` has not been run on this database."""
+    existing = set(inspect(conn).get_table_names())
+    missing = [name for name in TOOL_TABLES if name not in existing]
+    if missing:
+        raise NotInitializedError(
+            f"the privacy-lock tables are missing ({', '.join(missing)}): "
+            "run `privacy-lock init` on this database first"
+        )
+
+
+def ddl_for(dialect_name: str) -> str:
+    """The CREATE statements for one dialect, as ``sql/<dialect>.sql`` holds them."""
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    dialect = {"sqlite": sqlite, "postgresql": postgresql, "mysql": mysql}[dialect_name].dialect()
+    out = [
+        f"-- privacy-lock tool tables for {dialect_name}.",
+        "-- Generated from privacy_lock/schema.py by `privacy-lock sql --dialect "
+        f"{dialect_name}`; do not edit by hand (a test fails when they drift).",
+        "",
+    ]
+    for table in metadata.sorted_tables:
+        out.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        out.append("")
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            out.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+            out.append("")
+    out.append(
+        f"INSERT INTO privacy_lock_audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');"
+    )
+    out.append("")
+    out.append(RECOMMENDED_CONTENT_INDEX)
+    return "\n".join(out)
+
+
+RECOMMENDED_CONTENT_INDEX = """\
+-- Recommended on every mapped content table (not created by the tool; review and run yourself):
+-- apply walks one owner's items in id order and revert finds items by id, so each content
+-- table needs an index on (owner column, id column), e.g. for the demo's tables:
+--   CREATE INDEX ix_diaries_user_id_id ON diaries (user_id, id);
+--   CREATE INDEX ix_photos_owner_id_id ON photos (owner_id, id);
+"""

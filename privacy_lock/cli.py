@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from privacy_lock import __version__, locking
@@ -48,14 +50,21 @@ class App:
         connect_check(engine)
         return engine
 
-    def content_map(self) -> ContentMap:
-        """The content map checked against the live schema, after checking the tool's tables."""
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """One connection for the whole command; work on it is done in short transactions."""
         with translate_errors(self.settings.database_url), self.engine.connect() as conn:
+            yield conn
+
+    def content_map(self, conn: Connection) -> ContentMap:
+        """The content map checked against the live schema, after checking the tool's tables."""
+        with conn.begin():
             require_tool_tables(conn)
             return bind_content_map(conn, self.settings)
 
-    def require_tables(self) -> None:
-        with translate_errors(self.settings.database_url), self.engine.connect() as conn:
+    @staticmethod
+    def require_tables(conn: Connection) -> None:
+        with conn.begin():
             require_tool_tables(conn)
 
 
@@ -162,7 +171,7 @@ def init(app: App) -> None:
     Example:
       privacy-lock --database-url postgresql://support@db/sns init
     """
-    with translate_errors(app.settings.database_url), app.engine.begin() as conn:
+    with app.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
     if created:
         click.echo(f"created: {', '.join(created)}")
@@ -241,15 +250,15 @@ def apply(
     if not users:
         raise UsageError("name at least one USER")
     actor = None if dry_run else make_actor(operator, ticket, reason)
-    cmap = app.content_map()
-    selected = cmap.select(kinds)
     policy = locking.ChunkPolicy(chunk_size, sleep)
     results = []
-    with translate_errors(app.settings.database_url):
-        subjects = locking.check_users(app.engine, cmap, users)
+    with app.connect() as conn:
+        cmap = app.content_map(conn)
+        selected = cmap.select(kinds)
+        subjects = locking.check_users(conn, cmap, users)
         for subject in subjects:
             results.append(locking.apply_lock(
-                app.engine, cmap, subject, selected, actor or Actor.current(""), policy, dry_run
+                conn, cmap, subject, selected, actor or Actor.current(""), policy, dry_run
             ))
     print_results(results, fmt, apply_view=True)
 
@@ -280,26 +289,24 @@ def revert(
     if not lock_ids and not users:
         raise UsageError("name at least one LOCK_ID or --user USER")
     actor = None if dry_run else make_actor(operator, ticket, reason)
-    cmap = app.content_map()
     policy = locking.ChunkPolicy(chunk_size, sleep)
     results: list[locking.UserResult] = []
-    with translate_errors(app.settings.database_url):
-        targets: list[int | None] = []
-        with app.engine.connect() as conn:
+    with app.connect() as conn:
+        cmap = app.content_map(conn)
+        subjects = locking.check_users(conn, cmap, users)
+        with conn.begin():
             for lock_id in lock_ids:
                 locking.find_lock(conn, lock_id)
-                targets.append(lock_id)
-        subjects = locking.check_users(app.engine, cmap, users)
-        with app.engine.connect() as conn:
-            pairs = [(s, locking.active_lock_id(conn, s)) for s in subjects]
-        for subject, lock_id in pairs:
-            if lock_id is None:
-                results.append(locking.UserResult(subject, None, "not-locked", dry_run))
-            else:
-                targets.append(lock_id)
+            targets = list(lock_ids)
+            for subject in subjects:
+                lock_id = locking.active_lock_id(conn, subject)
+                if lock_id is None:
+                    results.append(locking.UserResult(subject, None, "not-locked", dry_run))
+                else:
+                    targets.append(lock_id)
         for lock_id in dict.fromkeys(targets):
             results.append(locking.revert_lock(
-                app.engine, cmap, lock_id, actor or Actor.current(""), policy, dry_run
+                conn, cmap, lock_id, actor or Actor.current(""), policy, dry_run
             ))
     print_results(results, fmt, apply_view=False)
 
@@ -336,10 +343,10 @@ def status(app: App, users: tuple[str, ...], items: bool, fmt: str) -> None:
       privacy-lock status 42
       privacy-lock status 42 --items --format csv
     """
-    cmap = app.content_map()
-    with translate_errors(app.settings.database_url):
-        subjects = locking.check_users(app.engine, cmap, users)
-        reports = [locking.user_status(app.engine, cmap, s, items) for s in subjects]
+    with app.connect() as conn:
+        cmap = app.content_map(conn)
+        subjects = locking.check_users(conn, cmap, users)
+        reports = [locking.user_status(conn, cmap, s, items) for s in subjects]
     rows = []
     for report in reports:
         lock = report["lock"] or {}
@@ -391,9 +398,9 @@ def locks_command(
       privacy-lock locks --state all --since 2026-11-01 --format csv
     """
     since_at, until_at = parse_when(since), parse_when(until, end=True)
-    app.require_tables()
-    with translate_errors(app.settings.database_url):
-        rows = locking.list_locks(app.engine, state, operator, since_at, until_at)
+    with app.connect() as conn:
+        app.require_tables(conn)
+        rows = locking.list_locks(conn, state, operator, since_at, until_at)
     columns = ["lock_id", "user", "state", "items", "operator", "ticket", "created_at",
                "reverted_at", "reason"]
     click.echo(render(rows, fmt, columns=columns))
@@ -415,9 +422,10 @@ def audit_verify(app: App, expect_head: str | None) -> None:
       privacy-lock audit verify
       privacy-lock audit verify --expect-head 3f7a...
     """
-    app.require_tables()
-    with translate_errors(app.settings.database_url), app.engine.connect() as conn:
-        result = verify_chain(conn, expect_head)
+    with app.connect() as conn:
+        app.require_tables(conn)
+        with conn.begin():
+            result = verify_chain(conn, expect_head)
     if result.ok:
         click.echo(f"{result.valid}/{result.total} events valid; head {result.head_hash}")
         return

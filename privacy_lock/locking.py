@@ -25,7 +25,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
     String,
     and_,
     case,
@@ -153,13 +152,13 @@ def active_lock_id(conn: Connection, subject: str) -> int | None:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def check_users(engine: Engine, cmap: ContentMap, raw_users: Iterable[str]) -> list[str]:
+def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) -> list[str]:
     """Normalize every user id and reject unknown ones, all before anything changes."""
     subjects = [cmap.normalize_user(raw) for raw in raw_users]
     duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
     if duplicates:
         raise UsageError(f"user {duplicates[0]} is named more than once")
-    with engine.connect() as conn:
+    with conn.begin():
         for subject in subjects:
             exists = cmap.user_exists(conn, subject)
             if exists is False:
@@ -198,19 +197,19 @@ def count_for_apply(
     return KindCounts(changed=int(row[0]), already_private=int(row[1]))
 
 
-def open_lock(engine: Engine, subject: str, actor: Actor) -> tuple[int, bool]:
+def open_lock(conn: Connection, subject: str, actor: Actor) -> tuple[int, bool]:
     """Return the user's active lock, opening one if there is none: (lock_id, opened_now).
 
     The unique ``active_subject`` column makes this race-free: when two operators open a lock
     for the same user at once, one insert fails and that operator joins the other's lock.
     """
     for _attempt in range(3):
-        with engine.begin() as conn:
+        with conn.begin():
             existing = active_lock_id(conn, subject)
             if existing is not None:
                 return existing, False
         try:
-            with engine.begin() as conn:
+            with conn.begin():
                 now = utc_now()
                 lock_id = conn.execute(
                     insert(locks).values(
@@ -269,7 +268,7 @@ def snapshot_and_hide_chunk(
 
 
 def apply_lock(
-    engine: Engine,
+    conn: Connection,
     cmap: ContentMap,
     subject: str,
     kinds: list[BoundKind],
@@ -281,21 +280,21 @@ def apply_lock(
 
     Extends the user's active lock if there is one. A dry run only counts and writes nothing.
     """
-    with engine.connect() as conn:
+    with conn.begin():
         planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
         existing = active_lock_id(conn, subject)
     if dry_run:
         return UserResult(subject, existing, "would-extend" if existing else "would-lock",
                           True, planned)
 
-    lock_id, opened = open_lock(engine, subject, actor)
+    lock_id, opened = open_lock(conn, subject, actor)
     result = UserResult(subject, lock_id, "locked" if opened else "extended")
     for kind in kinds:
         counts = result.kinds.setdefault(kind.name, KindCounts())
         counts.already_private = planned[kind.name].already_private
         owner, after = cmap.owner_value(kind, subject), None
         while True:
-            with engine.begin() as conn:
+            with conn.begin():
                 if _lock_row(conn, lock_id).state != ACTIVE:
                     raise LockStateError(
                         f"lock {lock_id} of user {subject} was reverted while this apply was "
@@ -314,7 +313,7 @@ def apply_lock(
             result.chunks += 1
             policy.after_chunk(subject, kind.name, hidden)
 
-    with engine.begin() as conn:
+    with conn.begin():
         _lock_row(conn, lock_id)
         totals = _snapshot_totals(conn, lock_id)
         for name, counts in result.kinds.items():
@@ -464,7 +463,7 @@ def find_lock(conn: Connection, lock_id: int) -> Any:
 
 
 def revert_lock(
-    engine: Engine,
+    conn: Connection,
     cmap: ContentMap,
     lock_id: int,
     actor: Actor,
@@ -476,7 +475,7 @@ def revert_lock(
     Items changed since the lock are conflicts and items deleted since are gone; both are left
     as they are, and every snapshot row is kept with its outcome for the audit.
     """
-    with engine.connect() as conn:
+    with conn.begin():
         lock = find_lock(conn, lock_id)
         kinds = _lock_kinds(conn, cmap, lock_id)
         subject = lock.subject
@@ -495,7 +494,7 @@ def revert_lock(
         for kind in kinds:
             owner, after = cmap.owner_value(kind, subject), 0
             while True:
-                with engine.begin() as conn:
+                with conn.begin():
                     if _lock_row(conn, lock_id).state != ACTIVE:
                         result.status = "not-locked"  # another operator finished the revert
                         return result
@@ -508,7 +507,7 @@ def revert_lock(
                     )
                 result.chunks += 1
                 policy.after_chunk(subject, kind.name, counts.restored)
-        with engine.begin() as conn:
+        with conn.begin():
             if _lock_row(conn, lock_id).state != ACTIVE:
                 result.status = "not-locked"
                 return result
@@ -545,10 +544,10 @@ def _nonzero(counts: dict[str, int]) -> dict[str, int]:
 
 
 def user_status(
-    engine: Engine, cmap: ContentMap, subject: str, with_items: bool = False
+    conn: Connection, cmap: ContentMap, subject: str, with_items: bool = False
 ) -> dict[str, Any]:
     """The user's lock (active, else the latest) and, per kind, visible/private/snapshot counts."""
-    with engine.connect() as conn:
+    with conn.begin():
         lock = conn.execute(
             select(locks).where(locks.c.subject == subject)
             .order_by(locks.c.lock_id.desc()).limit(1)
@@ -611,7 +610,7 @@ def _lock_dict(row: Any) -> dict[str, Any]:
 
 
 def list_locks(
-    engine: Engine,
+    conn: Connection,
     state: str = "active",
     operator: str | None = None,
     since: str | None = None,
@@ -636,6 +635,6 @@ def list_locks(
         query = query.where(locks.c.created_at >= since)
     if until:
         query = query.where(locks.c.created_at < until)
-    with engine.connect() as conn:
+    with conn.begin():
         rows = conn.execute(query).all()
     return [{**_lock_dict(row), "items": int(row.items)} for row in rows]

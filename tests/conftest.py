@@ -4,12 +4,13 @@ Server URLs come from PRIVACY_LOCK_TEST_POSTGRESQL_URL / PRIVACY_LOCK_TEST_MYSQL
 to the local servers of this project's machines. A server that does not answer skips its tests
 with the reason, unless it is named in PRIVACY_LOCK_TEST_REQUIRE (as CI does), where it fails.
 Each test gets a fresh PostgreSQL schema / MySQL database of its own, dropped afterwards;
-leftovers of an interrupted run are dropped when the session starts.
+leftovers of a killed run (hours old) are dropped when the session starts.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -29,6 +30,16 @@ SERVER_URLS = {
     ),
 }
 PREFIX = "pl_t_"
+STALE_AFTER = 3 * 3600  # a test database older than this is a leftover of a killed run
+
+
+def _is_stale(name: str) -> bool:
+    """Names are pl_t_<unix time>_<random>; only old ones are dropped, so that two test runs
+    on the same server (two developers, or a developer and CI) do not drop each other's."""
+    try:
+        return time.time() - int(name[len(PREFIX):].split("_")[0]) > STALE_AFTER
+    except ValueError:
+        return True
 
 
 def required() -> set[str]:
@@ -45,11 +56,11 @@ def server_problem(dialect: str) -> str | None:
                 names = conn.execute(text(
                     "SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"
                 ), {"p": PREFIX + "%"}).scalars().all()
-                for name in names:
+                for name in filter(_is_stale, names):
                     conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
             else:
                 names = conn.execute(text("SHOW DATABASES LIKE :p"), {"p": PREFIX + "%"}).scalars()
-                for name in list(names):
+                for name in list(filter(_is_stale, names)):
                     conn.execute(text(f"DROP DATABASE `{name}`"))
         return None
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available"
@@ -69,7 +80,7 @@ def isolated_url(dialect: str, tmp_path) -> Iterator[str]:
         if dialect in required():
             pytest.fail(f"{problem} (required by PRIVACY_LOCK_TEST_REQUIRE)")
         pytest.skip(problem)
-    name = PREFIX + uuid.uuid4().hex[:12]
+    name = f"{PREFIX}{int(time.time())}_{uuid.uuid4().hex[:8]}"
     base = make_url(SERVER_URLS[dialect])
     admin = create_engine(base, poolclass=NullPool)
     with admin.begin() as conn:

@@ -1,0 +1,74 @@
+-- privacy-lock tool tables for mysql.
+-- Generated from privacy_lock/schema.py by `privacy-lock sql --dialect mysql`; do not edit by hand (a test fails when they drift).
+
+CREATE TABLE privacy_lock_audit (
+	seq BIGINT NOT NULL COMMENT 'chain position', 
+	occurred_at VARCHAR(32) NOT NULL, 
+	action VARCHAR(32) NOT NULL, 
+	subject VARCHAR(191), 
+	lock_id BIGINT, 
+	operator VARCHAR(191), 
+	os_user VARCHAR(191), 
+	host VARCHAR(191), 
+	ticket VARCHAR(191), 
+	reason TEXT, 
+	details TEXT NOT NULL COMMENT 'JSON: counts and other facts', 
+	tool_version VARCHAR(32) NOT NULL, 
+	prev_hash VARCHAR(64) NOT NULL, 
+	hash VARCHAR(64) NOT NULL, 
+	PRIMARY KEY (seq)
+);
+
+CREATE INDEX ix_privacy_lock_audit_occurred_at ON privacy_lock_audit (occurred_at);
+
+CREATE INDEX ix_privacy_lock_audit_subject ON privacy_lock_audit (subject);
+
+CREATE TABLE privacy_lock_audit_head (
+	id INTEGER NOT NULL, 
+	seq BIGINT NOT NULL, 
+	hash VARCHAR(64) NOT NULL, 
+	PRIMARY KEY (id)
+);
+
+CREATE TABLE privacy_lock_locks (
+	lock_id BIGINT NOT NULL AUTO_INCREMENT, 
+	subject VARCHAR(191) NOT NULL COMMENT 'the user (content owner) id, as text', 
+	active_subject VARCHAR(191), 
+	state VARCHAR(16) NOT NULL COMMENT 'active | reverted', 
+	operator VARCHAR(191) NOT NULL, 
+	ticket VARCHAR(191) NOT NULL, 
+	reason TEXT NOT NULL, 
+	created_at VARCHAR(32) NOT NULL, 
+	updated_at VARCHAR(32) NOT NULL, 
+	reverted_at VARCHAR(32), 
+	reverted_by VARCHAR(191), 
+	PRIMARY KEY (lock_id), 
+	CONSTRAINT uq_privacy_lock_locks_active_subject UNIQUE (active_subject)
+);
+
+CREATE INDEX ix_privacy_lock_locks_subject ON privacy_lock_locks (subject);
+
+CREATE TABLE privacy_lock_snapshots (
+	snapshot_id BIGINT NOT NULL AUTO_INCREMENT, 
+	lock_id BIGINT NOT NULL, 
+	kind VARCHAR(64) NOT NULL, 
+	item_id VARCHAR(191) NOT NULL COMMENT 'the content row''s id, as text', 
+	original_text TEXT, 
+	original_int BIGINT, 
+	state VARCHAR(16) NOT NULL COMMENT 'locked | restored | conflict | gone', 
+	snapshotted_at VARCHAR(32) NOT NULL, 
+	resolved_at VARCHAR(32), 
+	PRIMARY KEY (snapshot_id), 
+	CONSTRAINT uq_privacy_lock_snapshots_item UNIQUE (lock_id, kind, item_id), 
+	FOREIGN KEY(lock_id) REFERENCES privacy_lock_locks (lock_id)
+);
+
+CREATE INDEX ix_privacy_lock_snapshots_pending ON privacy_lock_snapshots (lock_id, state, snapshot_id);
+
+INSERT INTO privacy_lock_audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+-- Recommended on every mapped content table (not created by the tool; review and run yourself):
+-- apply walks one owner's items in id order and revert finds items by id, so each content
+-- table needs an index on (owner column, id column), e.g. for the demo's tables:
+--   CREATE INDEX ix_diaries_user_id_id ON diaries (user_id, id);
+--   CREATE INDEX ix_photos_owner_id_id ON photos (owner_id, id);

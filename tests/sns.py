@@ -193,9 +193,12 @@ def build_sns(
         for kind, table in sns.tables.items():
             id_col, owner_col, vis_col = sns.columns[kind]
             rows = [
-                {owner_col: user, vis_col: value, **({id_col: sns.new_id()} if sns.new_id() else {})}
+                {owner_col: user, vis_col: value}
                 for _ in range(items_per_value) for value in sns.values for user in users
             ]
+            if id_style == "uuid":
+                for row in rows:
+                    row[id_col] = sns.new_id()
             conn.execute(insert(table), rows)
     private = f'"{sns.private}"' if vis_style == "text" else str(sns.private)
     sns.config_path.write_text(

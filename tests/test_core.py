@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from sns import build_sns
 
 SHAPES = [("int", "text"), ("uuid", "code")]
@@ -31,7 +30,8 @@ def test_apply_then_revert_restores_every_value_exactly(sns):
     snaps = sns.snapshot_rows()
     assert len(snaps) == len(visible_before)
     for snap in snaps:
-        key_matches = [k for k in visible_before if k[0] == snap["kind"] and str(k[1]) == snap["item_id"]]
+        key_matches = [k for k in visible_before
+                       if k[0] == snap["kind"] and str(k[1]) == snap["item_id"]]
         assert len(key_matches) == 1
         assert sns.original_of(snap) == visible_before[key_matches[0]]
         assert snap["state"] == "locked"

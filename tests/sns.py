@@ -225,3 +225,15 @@ private = {private}
     if init:
         sns.run("init")
     return sns
+
+
+def tool_session(sns: Sns):
+    """(engine, content map) for calling the library API directly, as the CLI would."""
+    from privacy_lock.config import bind_content_map, load_settings
+    from privacy_lock.db import create_tool_engine
+
+    settings = load_settings(str(sns.config_path), sns.url)
+    engine = create_tool_engine(sns.url)
+    with engine.connect() as conn, conn.begin():
+        cmap = bind_content_map(conn, settings)
+    return engine, cmap

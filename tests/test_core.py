@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from sns import build_sns
 
 SHAPES = [("int", "text"), ("uuid", "code")]

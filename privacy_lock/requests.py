@@ -1,0 +1,462 @@
+"""Batch request files: parse and validate every row before anything changes.
+
+A request file is CSV with a header, or JSON (a list of objects with the same keys). The whole
+file is read and checked first; every problem is collected with its line number, and if there is
+any, ``RequestFileError`` carries all of them so that nothing is changed and nothing is audited.
+
+CSV is streamed: raw byte lines are decoded one at a time, so a bad byte is reported with its
+exact offset, and only the parsed ``Request`` list is kept in memory. Line numbers are physical
+lines of the file (a quoted field may span several), the ones an editor shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import re
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from privacy_lock.errors import UsageError
+
+Mode = Literal["apply", "revert"]
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "apply": ("user_id", "ticket", "reason", "kinds", "operator"),
+    "revert": ("user_id", "lock_id", "ticket", "reason", "operator"),
+}
+MAX_LISTED_PROBLEMS = 50
+# The tool's tables store operator and ticket as VARCHAR(191) (the longest indexable utf8mb4
+# string on old MySQL); a longer value would fail in the middle of a batch, so refuse it here.
+MAX_SHORT_TEXT = 191
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_LOCK_ID = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated row of a request file."""
+
+    line: int  # physical 1-based line where the row (CSV) or object (JSON) starts
+    user_id: str | None  # as written, stripped; the caller normalizes it
+    lock_id: int | None  # revert only, instead of user_id
+    ticket: str
+    reason: str
+    operator: str
+    kinds: tuple[str, ...]  # empty = every configured kind
+
+
+class RequestFileError(UsageError):
+    """Every problem found in a request file; nothing was changed."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[int, str]]) -> None:
+        self.path = str(path)
+        self.problems = sorted(problems, key=lambda p: p[0])  # stable: same line keeps order
+        super().__init__(self.render())
+
+    def render(self, limit: int = MAX_LISTED_PROBLEMS) -> str:
+        """'<file>: N problems, nothing was changed:' then one '  line L: ...' per problem."""
+        count = len(self.problems)
+        lines = [f"{self.path}: {count} problem{'s' if count != 1 else ''}, nothing was changed:"]
+        lines += [f"  line {line}: {text}" for line, text in self.problems[:limit]]
+        if count > limit:
+            lines.append(f"  ... and {count - limit} more")
+        return "\n".join(lines)
+
+
+class _Stop(Exception):
+    """The rest of the file cannot be read (bad encoding, JSON syntax); carries the problem."""
+
+    def __init__(self, line: int, text: str) -> None:
+        super().__init__(text)
+        self.line = line
+        self.text = text
+
+
+def load_requests(
+    path: Path,
+    mode: Mode,
+    *,
+    default_ticket: str | None,
+    default_reason: str | None,
+    default_operator: str | None,
+    known_kinds: Collection[str],
+    normalize_user: Callable[[str], str],
+    user_exists: Callable[[str], bool | None],
+    lock_exists: Callable[[int], bool] | None = None,
+) -> list[Request]:
+    """Read and validate a whole request file; raise RequestFileError listing every problem.
+
+    ``normalize_user`` raises UsageError for a malformed id; ``user_exists`` returns None when
+    it cannot tell. Duplicates are checked on normalized ids. Row values win over the defaults.
+    """
+    if mode not in COLUMNS:
+        raise ValueError(f"mode must be 'apply' or 'revert', not {mode!r}")
+    checker = _Checker(
+        mode, default_ticket, default_reason, default_operator, known_kinds,
+        normalize_user, user_exists, lock_exists,
+    )
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+            fh.seek(0)
+            if not head.strip() or head.strip() == UTF8_BOM:
+                checker.problem(1, "the file is empty")
+            elif head.startswith(UTF16_BOMS):
+                checker.problem(1, f"the file is UTF-16, not UTF-8: {SAVE_AS_UTF8}")
+            elif _is_json(path, head):
+                _read_json(fh, checker)
+            else:
+                _read_csv(fh, checker)
+    except _Stop as stop:
+        checker.problem(stop.line, stop.text)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the request file: {exc.strerror or exc}") from None
+    if checker.problems:
+        raise RequestFileError(path, checker.problems)
+    return checker.requests
+
+
+def _is_json(path: Path, head: bytes) -> bool:
+    """By extension, else by the first character: '[' or '{' is JSON, anything else CSV."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".csv", ".json"):
+        return suffix == ".json"
+    return head.removeprefix(UTF8_BOM).lstrip()[:1] in (b"[", b"{")
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+def _decoded_lines(fh: IO[bytes]) -> Iterator[str]:
+    """The file's lines as text; a byte that is not UTF-8 stops with its line and offset.
+
+    Splitting bytes on b'\\n' is safe: no UTF-8 multi-byte sequence contains that byte.
+    """
+    offset = 0
+    for number, raw in enumerate(fh, start=1):
+        body = raw[len(UTF8_BOM):] if number == 1 and raw.startswith(UTF8_BOM) else raw
+        try:
+            yield body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            at = offset + (len(raw) - len(body)) + exc.start
+            bad = body[exc.start:exc.start + 1].hex()
+            raise _Stop(number, f"not UTF-8 (byte 0x{bad} at byte offset {at}); {SAVE_AS_UTF8}; "
+                                "the rest of the file was not read") from None
+        offset += len(raw)
+
+
+def _read_csv(fh: IO[bytes], checker: _Checker) -> None:
+    # strict: an unterminated quote is an error at its row instead of silently swallowing
+    # every following row into one field.
+    reader = csv.reader(_decoded_lines(fh), strict=True)
+    header: list[str] | None = None
+    header_line = 1
+    rows = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            rows += 1
+            text = str(exc)
+            if "unexpected end of data" in text:
+                text = "a quoted field that starts here is never closed (a stray '\"'?)"
+            checker.problem(start, f"CSV syntax: {text}")
+            continue
+        if not any(f.strip() for f in fields):
+            continue  # blank lines (and Excel's all-empty rows) are not requests
+        if header is None:
+            header, header_line = fields, start
+            checker.csv_header(start, fields)
+            continue
+        rows += 1
+        if len(fields) != len(header):
+            hint = " (a comma in an unquoted value? put the value in double quotes)" \
+                if len(fields) > len(header) else ""
+            checker.problem(
+                start, f"{len(fields)} fields, the header has {len(header)}{hint}"
+            )
+            continue
+        checker.record(start, "", dict(zip(checker.names, fields, strict=True)))
+    if header is None:
+        checker.problem(1, "the file is empty")
+    elif not rows:
+        checker.problem(header_line, "no requests: the file has a header but no rows")
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def _read_json(fh: IO[bytes], checker: _Checker) -> None:
+    """A JSON list of objects, walked element by element to know each object's line."""
+    data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start:exc.start + 1].hex()
+        raise _Stop(line, f"not UTF-8 (byte 0x{bad} at byte offset {exc.start}); "
+                          f"{SAVE_AS_UTF8}") from None
+    del data  # keep one copy of a large file in memory, not two
+    decoder = json.JSONDecoder()
+    lines = _LineCounter(text)
+
+    def skip(i: int) -> int:
+        return _JSON_SPACE.match(text, i).end()  # type: ignore[union-attr]
+
+    i = skip(0)
+    if i >= len(text):
+        raise _Stop(1, "the file is empty")
+    if text[i] != "[":
+        what = "an object" if text[i] == "{" else "not a list"
+        raise _Stop(lines.at(i), f"JSON must be a list of objects [{{...}}, ...], this is {what}")
+    i = skip(i + 1)
+    index = 0
+    while i < len(text) and text[i] != "]":
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise _Stop(exc.lineno, f"JSON syntax: {exc.msg} (column {exc.colno})") from None
+        index += 1
+        line = lines.at(i)
+        if isinstance(value, dict):
+            checker.json_record(line, index, value)
+        else:
+            checker.problem(line, f"object {index}: is {_json_type(value)}, not an object {{...}}")
+        i = skip(end)
+        if i >= len(text):
+            break
+        if text[i] == ",":
+            i = skip(i + 1)
+            if i < len(text) and text[i] == "]":
+                raise _Stop(lines.at(i), "JSON syntax: a ',' before the closing ']'")
+        elif text[i] != "]":
+            raise _Stop(lines.at(i), "JSON syntax: expected ',' or ']' after an object")
+    if i >= len(text):
+        raise _Stop(lines.at(i), "JSON syntax: the list is never closed with ']'")
+    if skip(i + 1) != len(text):
+        raise _Stop(lines.at(skip(i + 1)), "JSON syntax: extra data after the list")
+    if not index:
+        checker.problem(lines.at(i), "no requests: the list is empty")
+    checker.json_unknown_keys()
+
+
+class _LineCounter:
+    """Line numbers of increasing text offsets, counted incrementally (no quadratic rescans)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, offset: int) -> int:
+        if offset < self.pos:
+            return self.text.count("\n", 0, offset) + 1
+        self.line += self.text.count("\n", self.pos, offset)
+        self.pos = offset
+        return self.line
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", str: "a string", float: "a number with a fraction",
+            int: "an integer"}.get(type(value), type(value).__name__)
+
+
+# --- validation shared by both formats -----------------------------------------------------------
+
+
+class _Checker:
+    """Validates records one at a time, collecting problems and the valid requests."""
+
+    def __init__(
+        self, mode: Mode, default_ticket: str | None, default_reason: str | None,
+        default_operator: str | None, known_kinds: Collection[str],
+        normalize_user: Callable[[str], str], user_exists: Callable[[str], bool | None],
+        lock_exists: Callable[[int], bool] | None,
+    ) -> None:
+        self.mode = mode
+        self.allowed = COLUMNS[mode]
+        self.id_columns = ("user_id",) if mode == "apply" else ("user_id", "lock_id")
+        self.defaults = {
+            "ticket": (default_ticket or "").strip(),
+            "reason": (default_reason or "").strip(),
+            "operator": (default_operator or "").strip(),
+        }
+        self.known_kinds = list(known_kinds)
+        self.normalize_user = normalize_user
+        self.user_exists = user_exists
+        self.lock_exists = lock_exists
+        self.problems: list[tuple[int, str]] = []
+        self.requests: list[Request] = []
+        self.names: list[str] = []  # CSV header, normalized; unknown columns keep their name
+        self.reported_missing: set[str] = set()  # CSV columns whose absence was reported once
+        self.unknown_keys: dict[str, tuple[int, int]] = {}  # JSON key -> (first line, count)
+        self.users: dict[str, tuple[int, str]] = {}  # normalized id -> (line, as written)
+        self.locks: dict[int, int] = {}  # lock id -> line
+
+    def problem(self, line: int, text: str) -> None:
+        self.problems.append((line, text))
+
+    def _unknown_column(self, name: str) -> str:
+        guess = difflib.get_close_matches(name, self.allowed, n=1)
+        if name == "kinds" and self.mode == "revert":
+            hint = "; revert restores a whole lock, every kind"
+        elif name == "lock_id" and self.mode == "apply":
+            hint = "; lock_id is for revert"
+        else:
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        return f"(allowed: {', '.join(self.allowed)}{hint})"
+
+    def csv_header(self, line: int, fields: list[str]) -> None:
+        """Check the header once: unknown, unnamed, repeated and missing columns."""
+        self.names = [f.strip().lower() for f in fields]
+        if len(fields) == 1 and any(sep in fields[0] for sep in (";", "\t")):
+            self.problem(line, f"the header is one column {fields[0]!r}: separate the columns "
+                               "with commas")
+            self.reported_missing.update(self.allowed)
+            return
+        seen: set[str] = set()
+        for position, name in enumerate(self.names, start=1):
+            if not name:
+                self.problem(line, f"column {position} of the header has no name")
+            elif name in seen:
+                self.problem(line, f"column {name!r} appears twice in the header")
+            elif name not in self.allowed:
+                self.problem(line, f"unknown column {fields[position - 1].strip()!r} "
+                                   f"{self._unknown_column(name)}")
+            seen.add(name)
+        first = "the first line must be the header, e.g. user_id,ticket,reason"
+        if self.mode == "apply" and "user_id" not in seen:
+            self.problem(line, f"missing column 'user_id' ({first})")
+        if self.mode == "revert" and not {"user_id", "lock_id"} & seen:
+            self.problem(line, f"missing column: 'user_id' or 'lock_id' is needed ({first})")
+        for name in ("ticket", "reason", "operator"):
+            if name not in seen and not self.defaults[name]:
+                self.problem(line, self._missing_text(name, "column"))
+        self.reported_missing = {n for n in self.allowed if n not in seen}
+
+    @staticmethod
+    def _missing_text(name: str, where: str) -> str:
+        option = "--operator or PRIVACY_LOCK_OPERATOR" if name == "operator" else f"--{name}"
+        if where == "column":
+            return f"missing column {name!r} (or give {option} for the whole file)"
+        return f"empty {name} (fill it in, or give {option} for the whole file)"
+
+    def json_record(self, line: int, index: int, obj: dict[str, Any]) -> None:
+        """Turn one JSON object into text values, reporting values of the wrong type."""
+        label = f"object {index}: "
+        values: dict[str, str] = {}
+        bad = False
+        for key, value in obj.items():
+            name = key.strip().lower()
+            if name not in self.allowed:
+                first, count = self.unknown_keys.get(key, (line, 0))
+                self.unknown_keys[key] = (first, count + 1)
+                continue
+            if value is None:
+                values[name] = ""
+            elif isinstance(value, str):
+                values[name] = value
+            elif isinstance(value, int) and not isinstance(value, bool):
+                values[name] = str(value)
+            elif name == "kinds" and isinstance(value, list) \
+                    and all(isinstance(v, str) for v in value):
+                values[name] = ";".join(value)
+            else:
+                self.problem(line, f"{label}{name!r} is {_json_type(value)}; "
+                                   "values must be strings or integers")
+                bad = True
+        if not bad:
+            self.record(line, label, values)
+
+    def json_unknown_keys(self) -> None:
+        for key, (line, count) in self.unknown_keys.items():
+            where = f"in {count} objects, first here" if count > 1 else "here"
+            self.problem(line, f"unknown key {key!r} {where} {self._unknown_column(key.lower())}")
+
+    def record(self, line: int, label: str, values: dict[str, str]) -> None:
+        """Check one row; keep it as a Request only when it has no problem."""
+
+        def problem(text: str) -> None:
+            self.problem(line, label + text)
+
+        user = (values.get("user_id") or "").strip()
+        lock_text = (values.get("lock_id") or "").strip()
+        lock_id: int | None = None
+        if self.mode == "revert" and user and lock_text:
+            problem("give user_id or lock_id, not both")
+        elif self.mode == "revert" and lock_text:
+            lock_id = self._check_lock(line, lock_text, problem)
+        elif user:
+            self._check_user(line, user, problem)
+        elif not all(c in self.reported_missing for c in self.id_columns):
+            problem("empty user_id" if self.mode == "apply" else "needs a user_id or a lock_id")
+
+        texts: dict[str, str] = {}
+        for name in ("ticket", "reason", "operator"):
+            value = (values.get(name) or "").strip() or self.defaults[name]
+            texts[name] = value
+            if not value:
+                if name not in self.reported_missing:  # else said once, at the header
+                    problem(self._missing_text(name, "value"))
+            elif "\x00" in value:
+                problem(f"{name} contains a NUL character")
+            elif name != "reason" and len(value) > MAX_SHORT_TEXT:
+                problem(f"{name} is {len(value)} characters long; at most {MAX_SHORT_TEXT}")
+
+        kinds = tuple(dict.fromkeys(
+            k.strip() for k in (values.get("kinds") or "").split(";") if k.strip()
+        ))
+        unknown = [k for k in kinds if k not in self.known_kinds]
+        if unknown:
+            listed = ", ".join(repr(k) for k in unknown)
+            problem(f"unknown kind{'s' if len(unknown) > 1 else ''} {listed} "
+                    f"(configured: {', '.join(self.known_kinds) or 'none'})")
+
+        if not self.problems:
+            self.requests.append(Request(
+                line, user or None, lock_id, texts["ticket"], texts["reason"],
+                texts["operator"], kinds,
+            ))
+        else:
+            self.requests.clear()  # the file will be refused: keep no rows in memory
+
+    def _check_user(self, line: int, user: str, problem: Callable[[str], None]) -> None:
+        try:
+            subject = self.normalize_user(user)
+        except UsageError as exc:
+            problem(str(exc))
+            return
+        if subject in self.users:
+            first, written = self.users[subject]
+            here = f" (written {user!r})" if user != subject else ""
+            there = f" (written {written!r})" if written != subject else ""
+            problem(f"duplicate user {subject!r}{here}, also on line {first}{there}")
+            return
+        self.users[subject] = (line, user)
+        if self.user_exists(subject) is False:
+            problem(f"unknown user {subject!r}")
+
+    def _check_lock(self, line: int, text: str, problem: Callable[[str], None]) -> int | None:
+        if not _LOCK_ID.fullmatch(text) or not 0 < int(text) < 2**63:
+            problem(f"lock_id {text!r} is not a lock number")
+            return None
+        lock_id = int(text)
+        if lock_id in self.locks:
+            problem(f"duplicate lock_id {lock_id} (also on line {self.locks[lock_id]})")
+            return None
+        self.locks[lock_id] = line
+        if self.lock_exists is not None and not self.lock_exists(lock_id):
+            problem(f"no lock {lock_id}")
+        return lock_id

@@ -36,18 +36,26 @@ class App:
         self.config_option = config
         self.url_option = database_url
         self.debug = debug
+        self._engine: Engine | None = None
 
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.config_option, self.url_option)
 
-    @cached_property
+    @property
     def engine(self) -> Engine:
         """The engine for the target database, announced on stderr (password hidden)."""
+        if self._engine is None:
+            self._engine = self.open_engine(create=False)
+        return self._engine
+
+    def open_engine(self, create: bool) -> Engine:
+        """Connect once to fail early; ``create`` allows a new SQLite file (``init``)."""
         url = self.settings.database_url
         note(f"database: {safe_url(url)}")
         engine = create_tool_engine(url)
-        connect_check(engine)
+        connect_check(engine, create=create)
+        self._engine = engine
         return engine
 
     @contextlib.contextmanager
@@ -171,6 +179,7 @@ def init(app: App) -> None:
     Example:
       privacy-lock --database-url postgresql://support@db/sns init
     """
+    app.open_engine(create=True)
     with app.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
     if created:

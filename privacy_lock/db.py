@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -98,8 +99,21 @@ def translate_errors(url: str) -> Iterator[None]:
         raise DatabaseError(f"database error on {safe_url(url)}: {first_line(exc)}") from exc
 
 
-def connect_check(engine: Engine) -> None:
-    """Open and close one connection, so an unreachable database fails before any work starts."""
+def connect_check(engine: Engine, create: bool = False) -> None:
+    """Open and close one connection, so an unreachable database fails before any work starts.
+
+    A SQLite file that does not exist is an error unless ``create`` (``init``): connecting would
+    silently create an empty database where a typo in the path was meant to be caught.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and not create:
+        path = url.database or ""
+        in_memory = path in ("", ":memory:") or url.query.get("mode") == "memory"
+        if not in_memory and not path.startswith("file:") and not Path(path).exists():
+            raise DatabaseError(
+                f"database file {path} does not exist (wrong path? `privacy-lock init` creates "
+                "a new one, `privacy-lock demo` a demo)"
+            )
     try:
         with engine.connect():
             pass

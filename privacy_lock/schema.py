@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     inspect,
+    text,
 )
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -99,8 +100,78 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# A revert waiting for a second operator's approval ([policy] revert_requires_approval).
+revert_requests = Table(
+    "privacy_lock_revert_requests",
+    metadata,
+    Column("request_id", BigId, primary_key=True, autoincrement=True),
+    Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
+    Column("subject", String(191), nullable=False, comment="the user (content owner) id, as text"),
+    Column("state", String(16), nullable=False, comment="pending | approved | done"),
+    # Equal to lock_id until the request is done, NULL after: the unique constraint on it keeps
+    # one open request per lock even when two operators ask at once.
+    Column("open_lock_id", BigInteger, nullable=True),
+    Column("requested_by", String(191), nullable=False),
+    Column("requested_os_user", String(191), nullable=False),
+    Column("requested_host", String(191), nullable=False),
+    Column("ticket", String(191), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("requested_at", Timestamp, nullable=False),
+    Column("approved_by", String(191), nullable=True),
+    Column("approved_os_user", String(191), nullable=True),
+    Column("approved_host", String(191), nullable=True),
+    Column("approved_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("outcome", String(16), nullable=True, comment="reverted | not-locked"),
+    UniqueConstraint("open_lock_id", name="uq_privacy_lock_revert_requests_open_lock"),
+    Index("ix_privacy_lock_revert_requests_state", "state", "request_id"),
+)
+
 GENESIS_HASH = "0" * 64
 TOOL_TABLES = [t.name for t in metadata.sorted_tables]
+
+# PostgreSQL makes the audit trail append-only in the database itself, so that not even the
+# tool's own role (nor a mistaken hand-written statement) can edit it: UPDATE, DELETE and
+# TRUNCATE of events are refused, and the head row can only move forward one event at a time
+# (it cannot be deleted or rolled back to hide removed events). Only the tables' owner can
+# disable these triggers: grant the tool a role that does not own them (sql/roles-postgresql.sql).
+PG_APPEND_ONLY_DDL = (
+    """CREATE OR REPLACE FUNCTION privacy_lock_audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'privacy_lock_audit is append-only: % refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$""",
+    """CREATE TRIGGER privacy_lock_audit_no_update_delete
+    BEFORE UPDATE OR DELETE ON privacy_lock_audit
+    FOR EACH ROW EXECUTE FUNCTION privacy_lock_audit_append_only()""",
+    """CREATE TRIGGER privacy_lock_audit_no_truncate
+    BEFORE TRUNCATE ON privacy_lock_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION privacy_lock_audit_append_only()""",
+    """CREATE OR REPLACE FUNCTION privacy_lock_audit_head_forward_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq = OLD.seq + 1 THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward one event at a time: % refused',
+        TG_OP USING ERRCODE = 'insufficient_privilege';
+END
+$$""",
+    """CREATE TRIGGER privacy_lock_audit_head_forward_only
+    BEFORE UPDATE OR DELETE ON privacy_lock_audit_head
+    FOR EACH ROW EXECUTE FUNCTION privacy_lock_audit_head_forward_only()""",
+    """CREATE TRIGGER privacy_lock_audit_head_no_truncate
+    BEFORE TRUNCATE ON privacy_lock_audit_head
+    FOR EACH STATEMENT EXECUTE FUNCTION privacy_lock_audit_head_forward_only()""",
+)
+PG_TRIGGERS = {
+    "privacy_lock_audit_no_update_delete": "privacy_lock_audit",
+    "privacy_lock_audit_no_truncate": "privacy_lock_audit",
+    "privacy_lock_audit_head_forward_only": "privacy_lock_audit_head",
+    "privacy_lock_audit_head_no_truncate": "privacy_lock_audit_head",
+}
 
 
 def create_tool_tables(conn: Connection) -> list[str]:
@@ -111,7 +182,25 @@ def create_tool_tables(conn: Connection) -> list[str]:
     head = conn.execute(audit_head.select().where(audit_head.c.id == 1)).first()
     if head is None:
         conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
+    if conn.dialect.name == "postgresql":
+        created += _create_append_only_triggers(conn)
     return created
+
+
+def _create_append_only_triggers(conn: Connection) -> list[str]:
+    """Create the PostgreSQL append-only triggers that are missing (also on older databases)."""
+    existing = set(conn.exec_driver_sql(
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
+        "('privacy_lock_audit'::regclass, 'privacy_lock_audit_head'::regclass)"
+    ).scalars())
+    if set(PG_TRIGGERS) <= existing:
+        return []
+    for statement in PG_APPEND_ONLY_DDL:
+        name = statement.split()[2]
+        if statement.startswith("CREATE TRIGGER") and name in existing:
+            continue
+        conn.execute(text(statement))  # text(): the driver sees the body's % signs escaped
+    return ["append-only triggers on privacy_lock_audit and privacy_lock_audit_head"]
 
 
 def require_tool_tables(conn: Connection) -> None:
@@ -146,6 +235,11 @@ def ddl_for(dialect_name: str) -> str:
         f"INSERT INTO privacy_lock_audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');"
     )
     out.append("")
+    if dialect_name == "postgresql":
+        out.append("-- The audit trail is append-only at the database level (see docs/DBA.md).")
+        for statement in PG_APPEND_ONLY_DDL:
+            out.append(statement + ";")
+            out.append("")
     out.append(RECOMMENDED_CONTENT_INDEX)
     return "\n".join(out)
 

@@ -48,6 +48,31 @@ CREATE TABLE privacy_lock_locks (
 
 CREATE INDEX ix_privacy_lock_locks_subject ON privacy_lock_locks (subject);
 
+CREATE TABLE privacy_lock_revert_requests (
+	request_id BIGINT NOT NULL AUTO_INCREMENT, 
+	lock_id BIGINT NOT NULL, 
+	subject VARCHAR(191) NOT NULL COMMENT 'the user (content owner) id, as text', 
+	state VARCHAR(16) NOT NULL COMMENT 'pending | approved | done', 
+	open_lock_id BIGINT, 
+	requested_by VARCHAR(191) NOT NULL, 
+	requested_os_user VARCHAR(191) NOT NULL, 
+	requested_host VARCHAR(191) NOT NULL, 
+	ticket VARCHAR(191) NOT NULL, 
+	reason TEXT NOT NULL, 
+	requested_at VARCHAR(32) NOT NULL, 
+	approved_by VARCHAR(191), 
+	approved_os_user VARCHAR(191), 
+	approved_host VARCHAR(191), 
+	approved_at VARCHAR(32), 
+	finished_at VARCHAR(32), 
+	outcome VARCHAR(16) COMMENT 'reverted | not-locked', 
+	PRIMARY KEY (request_id), 
+	CONSTRAINT uq_privacy_lock_revert_requests_open_lock UNIQUE (open_lock_id), 
+	FOREIGN KEY(lock_id) REFERENCES privacy_lock_locks (lock_id)
+);
+
+CREATE INDEX ix_privacy_lock_revert_requests_state ON privacy_lock_revert_requests (state, request_id);
+
 CREATE TABLE privacy_lock_snapshots (
 	snapshot_id BIGINT NOT NULL AUTO_INCREMENT, 
 	lock_id BIGINT NOT NULL, 

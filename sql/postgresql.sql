@@ -48,6 +48,31 @@ CREATE TABLE privacy_lock_locks (
 
 CREATE INDEX ix_privacy_lock_locks_subject ON privacy_lock_locks (subject);
 
+CREATE TABLE privacy_lock_revert_requests (
+	request_id BIGSERIAL NOT NULL, 
+	lock_id BIGINT NOT NULL, 
+	subject VARCHAR(191) NOT NULL, 
+	state VARCHAR(16) NOT NULL, 
+	open_lock_id BIGINT, 
+	requested_by VARCHAR(191) NOT NULL, 
+	requested_os_user VARCHAR(191) NOT NULL, 
+	requested_host VARCHAR(191) NOT NULL, 
+	ticket VARCHAR(191) NOT NULL, 
+	reason TEXT NOT NULL, 
+	requested_at VARCHAR(32) NOT NULL, 
+	approved_by VARCHAR(191), 
+	approved_os_user VARCHAR(191), 
+	approved_host VARCHAR(191), 
+	approved_at VARCHAR(32), 
+	finished_at VARCHAR(32), 
+	outcome VARCHAR(16), 
+	PRIMARY KEY (request_id), 
+	CONSTRAINT uq_privacy_lock_revert_requests_open_lock UNIQUE (open_lock_id), 
+	FOREIGN KEY(lock_id) REFERENCES privacy_lock_locks (lock_id)
+);
+
+CREATE INDEX ix_privacy_lock_revert_requests_state ON privacy_lock_revert_requests (state, request_id);
+
 CREATE TABLE privacy_lock_snapshots (
 	snapshot_id BIGSERIAL NOT NULL, 
 	lock_id BIGINT NOT NULL, 
@@ -66,6 +91,42 @@ CREATE TABLE privacy_lock_snapshots (
 CREATE INDEX ix_privacy_lock_snapshots_pending ON privacy_lock_snapshots (lock_id, state, snapshot_id);
 
 INSERT INTO privacy_lock_audit_head (id, seq, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+-- The audit trail is append-only at the database level (see docs/DBA.md).
+CREATE OR REPLACE FUNCTION privacy_lock_audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'privacy_lock_audit is append-only: % refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER privacy_lock_audit_no_update_delete
+    BEFORE UPDATE OR DELETE ON privacy_lock_audit
+    FOR EACH ROW EXECUTE FUNCTION privacy_lock_audit_append_only();
+
+CREATE TRIGGER privacy_lock_audit_no_truncate
+    BEFORE TRUNCATE ON privacy_lock_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION privacy_lock_audit_append_only();
+
+CREATE OR REPLACE FUNCTION privacy_lock_audit_head_forward_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq = OLD.seq + 1 THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward one event at a time: % refused',
+        TG_OP USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER privacy_lock_audit_head_forward_only
+    BEFORE UPDATE OR DELETE ON privacy_lock_audit_head
+    FOR EACH ROW EXECUTE FUNCTION privacy_lock_audit_head_forward_only();
+
+CREATE TRIGGER privacy_lock_audit_head_no_truncate
+    BEFORE TRUNCATE ON privacy_lock_audit_head
+    FOR EACH STATEMENT EXECUTE FUNCTION privacy_lock_audit_head_forward_only();
 
 -- Recommended on every mapped content table (not created by the tool; review and run yourself):
 -- apply walks one owner's items in id order and revert finds items by id, so each content

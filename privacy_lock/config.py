@@ -25,7 +25,7 @@ DEFAULT_CONFIG_FILE = "privacy-lock.toml"
 _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _CONTENT_KEYS = {"table": str, "id": str, "owner": str, "visibility": str, "private": (str, int)}
 _ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy"}
-_POLICY_KEYS = {"audit_reads": bool}
+_POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ class Accounts:
 class Policy:
     """Site policy switches from the ``[policy]`` section."""
 
+    # status and dry runs of a named user write a "viewed" audit event (access logging)
     audit_reads: bool = False
+    # revert only files a request; a second operator runs it with `approve` (see approvals.py)
+    revert_requires_approval: bool = True
 
 
 @dataclass(frozen=True)

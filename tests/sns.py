@@ -219,6 +219,10 @@ id = "id"
 owner = "owner_id"
 visibility = "scope"
 private = {private}
+
+[policy]
+# the core tests exercise revert itself; the approval flow has its own tests
+revert_requires_approval = false
 """,
         encoding="utf-8",
     )

@@ -18,9 +18,9 @@ site that keeps editing the person's items cannot keep a run going forever.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -42,10 +42,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from privacy_lock.audit import Actor, append_event, utc_now
 from privacy_lock.config import BoundKind, ContentMap
 from privacy_lock.errors import ConfigError, LockStateError, UsageError
+from privacy_lock.pacing import Pacer
 from privacy_lock.schema import locks, snapshots
-
-DEFAULT_CHUNK_SIZE = 1000
-MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
 
 ACTIVE, REVERTED = "active", "reverted"
 PENDING, RESTORED, CONFLICT, GONE = "locked", "restored", "conflict", "gone"
@@ -85,31 +83,10 @@ class UserResult:
         }
 
 
-@dataclass(frozen=True)
-class ChunkPolicy:
-    """How big each transaction is and how the run paces itself between transactions."""
-
-    size: int = DEFAULT_CHUNK_SIZE
-    sleep: float = 0.0
-    on_chunk: Callable[[str, str, int], None] | None = None  # (user, kind, items) after commit
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.size <= MAX_CHUNK_SIZE:
-            raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE}, got {self.size}")
-        if self.sleep < 0:
-            raise UsageError("--sleep must not be negative")
-
-    def after_chunk(self, user: str, kind: str, items: int) -> None:
-        if self.on_chunk:
-            self.on_chunk(user, kind, items)
-        if self.sleep:
-            time.sleep(self.sleep)
-
-
 # --- shared SQL pieces ---------------------------------------------------------------------------
 
 
-def _visible(kind: BoundKind) -> ColumnElement[bool]:
+def visible(kind: BoundKind) -> ColumnElement[bool]:
     """Not owner-only: NULL ("site default") counts as visible."""
     return or_(kind.vis_col != kind.private, kind.vis_col.is_(None))
 
@@ -172,6 +149,12 @@ def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) ->
     return subjects
 
 
+def user_known(conn: Connection, cmap: ContentMap, subject: str) -> bool:
+    """In the accounts table when one is configured; else owning content or a lock."""
+    exists = cmap.user_exists(conn, subject)
+    return exists if exists is not None else _has_content_or_lock(conn, cmap, subject)
+
+
 def _has_content_or_lock(conn: Connection, cmap: ContentMap, subject: str) -> bool:
     if conn.execute(select(locks.c.lock_id).where(locks.c.subject == subject).limit(1)).first():
         return True
@@ -191,35 +174,37 @@ def count_for_apply(
 ) -> KindCounts:
     """How many of the user's items of ``kind`` are visible (would change) and already private."""
     owner = cmap.owner_value(kind, subject)
-    visible = func.coalesce(func.sum(case((_visible(kind), 1), else_=0)), 0)
-    private = func.coalesce(func.sum(case((kind.vis_col == kind.private, 1), else_=0)), 0)
-    row = conn.execute(select(visible, private).where(kind.owner_col == owner)).one()
+    n_visible = func.coalesce(func.sum(case((visible(kind), 1), else_=0)), 0)
+    n_private = func.coalesce(func.sum(case((kind.vis_col == kind.private, 1), else_=0)), 0)
+    row = conn.execute(select(n_visible, n_private).where(kind.owner_col == owner)).one()
     return KindCounts(changed=int(row[0]), already_private=int(row[1]))
 
 
-def open_lock(conn: Connection, subject: str, actor: Actor) -> tuple[int, bool]:
+def open_lock(conn: Connection, subject: str, actor: Actor, pacer: Pacer) -> tuple[int, bool]:
     """Return the user's active lock, opening one if there is none: (lock_id, opened_now).
 
     The unique ``active_subject`` column makes this race-free: when two operators open a lock
     for the same user at once, one insert fails and that operator joins the other's lock.
     """
+
+    def find_or_open() -> tuple[int, bool]:
+        existing = active_lock_id(conn, subject)
+        if existing is not None:
+            return existing, False
+        now = utc_now()
+        lock_id = conn.execute(
+            insert(locks).values(
+                subject=subject, active_subject=subject, state=ACTIVE,
+                operator=actor.operator, ticket=actor.ticket or "",
+                reason=actor.reason or "", created_at=now, updated_at=now,
+            )
+        ).inserted_primary_key[0]
+        append_event(conn, "lock", actor, subject=subject, lock_id=lock_id)
+        return int(lock_id), True
+
     for _attempt in range(3):
-        with conn.begin():
-            existing = active_lock_id(conn, subject)
-            if existing is not None:
-                return existing, False
         try:
-            with conn.begin():
-                now = utc_now()
-                lock_id = conn.execute(
-                    insert(locks).values(
-                        subject=subject, active_subject=subject, state=ACTIVE,
-                        operator=actor.operator, ticket=actor.ticket or "",
-                        reason=actor.reason or "", created_at=now, updated_at=now,
-                    )
-                ).inserted_primary_key[0]
-                append_event(conn, "lock", actor, subject=subject, lock_id=lock_id)
-                return int(lock_id), True
+            return pacer.chunk(conn, find_or_open)
         except IntegrityError:
             continue  # another operator opened it between our look and our insert: join it
     raise LockStateError(f"could not open or find the active lock of user {subject}")
@@ -233,13 +218,13 @@ def snapshot_and_hide_chunk(
     Returns (items hidden, snapshot rows written, last key visited); last key is None when
     there was nothing left to visit. Runs inside the caller's transaction.
     """
-    walk = select(kind.id_col).where(kind.owner_col == owner, _visible(kind))
+    walk = select(kind.id_col).where(kind.owner_col == owner, visible(kind))
     if after is not None:
         walk = walk.where(kind.id_col > after)
     ids = conn.execute(walk.order_by(kind.id_col).limit(limit).with_for_update()).scalars().all()
     if not ids:
         return 0, 0, None
-    these_rows = and_(kind.owner_col == owner, kind.id_col.in_(ids), _visible(kind))
+    these_rows = and_(kind.owner_col == owner, kind.id_col.in_(ids), visible(kind))
     # An item the lock already holds a snapshot for (made visible again since) is hidden again,
     # but its stored original is never overwritten.
     already_snapshotted = (
@@ -273,13 +258,14 @@ def apply_lock(
     subject: str,
     kinds: list[BoundKind],
     actor: Actor,
-    policy: ChunkPolicy = ChunkPolicy(),
+    pacer: Pacer | None = None,
     dry_run: bool = False,
 ) -> UserResult:
     """Move every visible item of ``kinds`` owned by ``subject`` to owner-only, with snapshots.
 
     Extends the user's active lock if there is one. A dry run only counts and writes nothing.
     """
+    pacer = pacer or Pacer()
     with conn.begin():
         planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
         existing = active_lock_id(conn, subject)
@@ -287,33 +273,44 @@ def apply_lock(
         return UserResult(subject, existing, "would-extend" if existing else "would-lock",
                           True, planned)
 
-    lock_id, opened = open_lock(conn, subject, actor)
+    lock_id, opened = open_lock(conn, subject, actor, pacer)
     result = UserResult(subject, lock_id, "locked" if opened else "extended")
+
+    def hide_next_chunk(kind: BoundKind, owner: Any, after: Any) -> tuple[int, int, Any]:
+        if _lock_row(conn, lock_id).state != ACTIVE:
+            raise LockStateError(
+                f"lock {lock_id} of user {subject} was reverted while this apply was "
+                "running; the chunks already committed stay hidden under it"
+            )
+        hidden, snapshotted, last = snapshot_and_hide_chunk(
+            conn, kind, lock_id, owner, after, pacer.size
+        )
+        if last is not None:
+            append_event(
+                conn, "hide", actor, subject=subject, lock_id=lock_id,
+                details={"kind": kind.name, "hidden": hidden, "snapshotted": snapshotted},
+            )
+        return hidden, snapshotted, last
+
     for kind in kinds:
         counts = result.kinds.setdefault(kind.name, KindCounts())
         counts.already_private = planned[kind.name].already_private
         owner, after = cmap.owner_value(kind, subject), None
         while True:
-            with conn.begin():
-                if _lock_row(conn, lock_id).state != ACTIVE:
-                    raise LockStateError(
-                        f"lock {lock_id} of user {subject} was reverted while this apply was "
-                        "running; the chunks already committed stay hidden under it"
-                    )
-                hidden, snapshotted, after = snapshot_and_hide_chunk(
-                    conn, kind, lock_id, owner, after, policy.size
-                )
-                if after is None:
-                    break
-                append_event(
-                    conn, "hide", actor, subject=subject, lock_id=lock_id,
-                    details={"kind": kind.name, "hidden": hidden, "snapshotted": snapshotted},
-                )
+            hidden, _snapshotted, last = pacer.chunk(
+                conn, partial(hide_next_chunk, kind, owner, after)
+            )
+            if last is None:
+                break
+            after = last
             counts.changed += hidden
             result.chunks += 1
-            policy.after_chunk(subject, kind.name, hidden)
+            pacer.after_chunk(subject, kind.name, hidden)
 
-    with conn.begin():
+    if opened is False and not any(c.changed for c in result.kinds.values()):
+        result.status = "already-locked"
+
+    def finish() -> None:
         _lock_row(conn, lock_id)
         totals = _snapshot_totals(conn, lock_id)
         for name, counts in result.kinds.items():
@@ -330,6 +327,8 @@ def apply_lock(
                               "snapshotted": c.snapshotted} for n, c in result.kinds.items()},
             },
         )
+
+    pacer.chunk(conn, finish)
     return result
 
 
@@ -454,6 +453,12 @@ def restore_chunk(
     return counts, snapshot_ids[-1]
 
 
+def lock_exists(conn: Connection, lock_id: int) -> bool:
+    """Whether a lock with this id exists (in any state)."""
+    query = select(locks.c.lock_id).where(locks.c.lock_id == lock_id)
+    return conn.execute(query).first() is not None
+
+
 def find_lock(conn: Connection, lock_id: int) -> Any:
     """The lock row, or a usage error naming the id."""
     row = conn.execute(select(locks).where(locks.c.lock_id == lock_id)).first()
@@ -467,7 +472,7 @@ def revert_lock(
     cmap: ContentMap,
     lock_id: int,
     actor: Actor,
-    policy: ChunkPolicy = ChunkPolicy(),
+    pacer: Pacer | None = None,
     dry_run: bool = False,
 ) -> UserResult:
     """Restore every item of a lock that is still owner-only, then close the lock.
@@ -475,6 +480,7 @@ def revert_lock(
     Items changed since the lock are conflicts and items deleted since are gone; both are left
     as they are, and every snapshot row is kept with its outcome for the audit.
     """
+    pacer = pacer or Pacer()
     with conn.begin():
         lock = find_lock(conn, lock_id)
         kinds = _lock_kinds(conn, cmap, lock_id)
@@ -490,50 +496,66 @@ def revert_lock(
             return UserResult(subject, lock_id, "would-revert", True, planned)
 
     result = UserResult(subject, lock_id, "reverted")
+
+    def restore_next_chunk(kind: BoundKind, owner: Any, after: int) -> tuple[KindCounts, Any]:
+        if _lock_row(conn, lock_id).state != ACTIVE:
+            return KindCounts(), "closed"  # another operator finished the revert
+        counts, last = restore_chunk(conn, kind, lock_id, owner, after, pacer.size)
+        if last is not None:
+            append_event(
+                conn, "restore", actor, subject=subject, lock_id=lock_id,
+                details={"kind": kind.name, **_nonzero(asdict(counts))},
+            )
+        return counts, last
+
+    def close_lock() -> str:
+        if _lock_row(conn, lock_id).state != ACTIVE:
+            return "closed"
+        totals = _snapshot_totals(conn, lock_id)
+        if any(t.get(PENDING) for t in totals.values()):
+            return "pending"  # an apply extended the lock while we were reverting: walk again
+        now = utc_now()
+        conn.execute(
+            update(locks)
+            .where(locks.c.lock_id == lock_id)
+            .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
+                    reverted_by=actor.operator)
+        )
+        for name, per_state in totals.items():
+            result.kinds[name] = KindCounts(
+                snapshotted=per_state["total"], restored=per_state.get(RESTORED, 0),
+                conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0),
+            )
+        append_event(
+            conn, "revert", actor, subject=subject, lock_id=lock_id,
+            details={"chunks": result.chunks,
+                     "kinds": {n: _nonzero(asdict(c)) for n, c in result.kinds.items()}},
+        )
+        return "reverted"
+
     while True:
         for kind in kinds:
             owner, after = cmap.owner_value(kind, subject), 0
             while True:
-                with conn.begin():
-                    if _lock_row(conn, lock_id).state != ACTIVE:
-                        result.status = "not-locked"  # another operator finished the revert
-                        return result
-                    counts, after = restore_chunk(conn, kind, lock_id, owner, after, policy.size)
-                    if after is None:
-                        break
-                    append_event(
-                        conn, "restore", actor, subject=subject, lock_id=lock_id,
-                        details={"kind": kind.name, **_nonzero(asdict(counts))},
-                    )
-                result.chunks += 1
-                policy.after_chunk(subject, kind.name, counts.restored)
-        with conn.begin():
-            if _lock_row(conn, lock_id).state != ACTIVE:
-                result.status = "not-locked"
-                return result
-            totals = _snapshot_totals(conn, lock_id)
-            if any(t.get(PENDING) for t in totals.values()):
-                # An apply extended the lock while we were reverting: walk again.
-                kinds = _lock_kinds(conn, cmap, lock_id)
-                continue
-            now = utc_now()
-            conn.execute(
-                update(locks)
-                .where(locks.c.lock_id == lock_id)
-                .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
-                        reverted_by=actor.operator)
-            )
-            for name, per_state in totals.items():
-                result.kinds[name] = KindCounts(
-                    snapshotted=per_state["total"], restored=per_state.get(RESTORED, 0),
-                    conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0),
+                counts, last = pacer.chunk(
+                    conn, partial(restore_next_chunk, kind, owner, after)
                 )
-            append_event(
-                conn, "revert", actor, subject=subject, lock_id=lock_id,
-                details={"chunks": result.chunks,
-                         "kinds": {n: _nonzero(asdict(c)) for n, c in result.kinds.items()}},
-            )
+                if last == "closed":
+                    result.status = "not-locked"
+                    return result
+                if last is None:
+                    break
+                after = last
+                result.chunks += 1
+                pacer.after_chunk(subject, kind.name, counts.restored)
+        outcome = pacer.chunk(conn, close_lock)
+        if outcome == "closed":
+            result.status = "not-locked"
             return result
+        if outcome == "reverted":
+            return result
+        with conn.begin():
+            kinds = _lock_kinds(conn, cmap, lock_id)
 
 
 def _nonzero(counts: dict[str, int]) -> dict[str, int]:

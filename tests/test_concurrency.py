@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from privacy_lock import locking
 from privacy_lock.audit import Actor
+from privacy_lock.pacing import Pacer
 from sns import IDENTITY, build_sns, tool_session
 
 
@@ -71,7 +72,7 @@ def _policy_with_pause(writer, min_writes=3):
             if writer.writes >= target or writer.error:
                 break
             threading.Event().wait(0.002)
-    return locking.ChunkPolicy(size=5, on_chunk=on_chunk)
+    return Pacer(size=5, on_chunk=on_chunk)
 
 
 def test_site_edits_during_apply_are_never_lost(db_url, tmp_path):

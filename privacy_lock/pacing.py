@@ -1,0 +1,186 @@
+"""Live-site safety for the chunk loops: short lock waits with bounded retries, adaptive chunk
+size, a pause between chunks, a pause file, and a clean stop on Ctrl-C.
+
+The live site must win every lock conflict: each chunk transaction waits only ``lock_timeout``
+seconds for a row the site holds (PostgreSQL ``lock_timeout``, MariaDB/MySQL
+``innodb_lock_wait_timeout``, SQLite ``busy_timeout``), then rolls back entirely and is retried
+after an exponential backoff, at most ``retries`` times. A chunk that never gets its locks fails
+the request it belongs to, having changed nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from privacy_lock.errors import PrivacyLockError, UsageError
+
+DEFAULT_CHUNK_SIZE = 1000
+MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
+T = TypeVar("T")
+
+# Driver error codes that mean "someone else holds the lock; try again later".
+_PG_RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
+_MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock
+
+
+class LockTimeoutError(PrivacyLockError):
+    """A chunk could not get its row locks within the retries; nothing in it changed."""
+
+
+class Interrupted(PrivacyLockError):
+    """The operator pressed Ctrl-C; the run stopped between two chunks."""
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether a database error is a lock wait timeout or deadlock (worth a retry)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_RETRYABLE:
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in _MYSQL_RETRYABLE:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+@dataclass
+class Pacer:
+    """How big each transaction is, and how the run paces and protects itself between them."""
+
+    size: int = DEFAULT_CHUNK_SIZE
+    sleep: float = 0.0
+    max_chunk_seconds: float | None = None
+    lock_timeout: float = 2.0
+    retries: int = 5
+    backoff: float = 0.5
+    pause_file: Path | None = None
+    # Called after each committed chunk with (user, kind, items changed).
+    on_chunk: Callable[[str, str, int], None] | None = None
+    # Called with a line for the operator (paused, retrying).
+    on_note: Callable[[str], None] | None = None
+    chunks: int = 0
+    retried: int = 0
+    longest_chunk: float = 0.0
+    _stop: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE}, got {self.size}")
+        if self.sleep < 0:
+            raise UsageError("--sleep must not be negative")
+        if self.max_chunk_seconds is not None and self.max_chunk_seconds <= 0:
+            raise UsageError("--max-chunk-seconds must be positive")
+        self._max_size = self.size if self.max_chunk_seconds is None else MAX_CHUNK_SIZE
+
+    def chunk(self, conn: Connection, work: Callable[[], T]) -> T:
+        """Run ``work`` in one transaction on ``conn`` with short lock waits, retrying lock
+        conflicts with backoff; adapt the chunk size to the time it took."""
+        self.wait_if_paused()
+        for attempt in range(self.retries + 1):
+            started = time.monotonic()
+            try:
+                self._set_sqlite_busy_timeout(conn)
+                with conn.begin():
+                    self._set_lock_timeout(conn)
+                    result = work()
+            except DBAPIError as exc:
+                if not is_lock_conflict(exc):
+                    raise
+                if attempt == self.retries:
+                    raise LockTimeoutError(
+                        f"could not lock the rows within {self.lock_timeout:g} s after "
+                        f"{self.retries} retries (the site holds them); nothing in that chunk "
+                        "changed, re-run later"
+                    ) from exc
+                self.retried += 1
+                delay = self.backoff * (2 ** attempt)
+                self.note(f"lock conflict, retry {attempt + 1}/{self.retries} in {delay:g} s")
+                time.sleep(delay)
+                continue
+            self._adapt(time.monotonic() - started)
+            return result
+        raise AssertionError("unreachable")
+
+    def after_chunk(self, user: str, kind: str, items: int) -> None:
+        """Report a committed chunk, pause if asked, and stop here if Ctrl-C was pressed."""
+        self.chunks += 1
+        if self.on_chunk:
+            self.on_chunk(user, kind, items)
+        self.check_stop()
+        if self.sleep:
+            time.sleep(self.sleep)
+
+    def check_stop(self) -> None:
+        if self._stop:
+            raise Interrupted("interrupted by Ctrl-C")
+
+    def wait_if_paused(self) -> None:
+        """While the pause file exists, wait (saying so once), checking for Ctrl-C."""
+        if not (self.pause_file and self.pause_file.exists()):
+            return
+        self.note(f"paused: {self.pause_file} exists; remove it to continue")
+        while self.pause_file.exists():
+            self.check_stop()
+            time.sleep(0.2)
+        self.note("resumed")
+
+    def note(self, message: str) -> None:
+        if self.on_note:
+            self.on_note(message)
+
+    @contextmanager
+    def stop_on_sigint(self) -> Iterator[None]:
+        """Ctrl-C asks the run to stop after the chunk in flight instead of killing it."""
+        def ask_to_stop(_signum: int, _frame: object) -> None:
+            if self._stop:  # a second Ctrl-C: the operator really means it
+                raise KeyboardInterrupt
+            self._stop = True
+            self.note("Ctrl-C: stopping after the current chunk (press again to abort now)")
+
+        try:
+            previous = signal.signal(signal.SIGINT, ask_to_stop)
+        except ValueError:  # not the main thread (e.g. in tests): no handler to install
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _set_lock_timeout(self, conn: Connection) -> None:
+        millis = max(1, int(self.lock_timeout * 1000))
+        name = conn.dialect.name
+        if name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
+        elif name in ("mysql", "mariadb"):
+            # InnoDB takes whole seconds, at least 1.
+            conn.exec_driver_sql(
+                f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.lock_timeout))}"
+            )
+
+    def _set_sqlite_busy_timeout(self, conn: Connection) -> None:
+        """SQLite waits for the database lock at BEGIN IMMEDIATE, before any statement of ours
+        runs, so its bound is set on the driver connection outside the transaction."""
+        if conn.dialect.name == "sqlite":
+            millis = max(1, int(self.lock_timeout * 1000))
+            conn.connection.driver_connection.execute(f"PRAGMA busy_timeout = {millis}")
+
+    def _adapt(self, seconds: float) -> None:
+        """Keep chunks near max_chunk_seconds (the idea of pt-online-schema-change's
+        --chunk-time): grow or shrink the next chunk by the ratio, at most doubling."""
+        self.longest_chunk = max(self.longest_chunk, seconds)
+        if self.max_chunk_seconds is None or seconds <= 0:
+            return
+        ratio = min(2.0, max(0.25, self.max_chunk_seconds / seconds))
+        self.size = max(1, min(self._max_size, int(self.size * ratio)))

@@ -4,6 +4,10 @@ Each event stores the hash of the event before it, and its own hash covers every
 plus that previous hash, so editing, deleting, inserting or reordering any event breaks the chain
 at that point. Appends lock the single head row first: concurrent operators are serialized into
 one chain, and the event commits in the same transaction as the change it describes.
+
+A chain alone cannot show that events were cut off its end (or that the whole chain was rewritten
+and re-hashed): for that, publish the head hash (``audit verify`` prints it) and later check that
+the chain still contains it (``audit verify --expect-head HASH``). See docs/AUDIT.md.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import getpass
 import hashlib
 import json
 import socket
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from privacy_lock import __version__
-from privacy_lock.errors import NotInitializedError
+from privacy_lock.errors import NotInitializedError, UsageError
 from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
 
 # The fields an event's hash covers, in this order.
@@ -27,6 +33,19 @@ HASHED_FIELDS = (
     "seq", "occurred_at", "action", "subject", "lock_id", "operator", "os_user", "host",
     "ticket", "reason", "details", "tool_version", "prev_hash",
 )
+
+# Every action the tool writes, with what it means (docs/AUDIT.md explains each in full).
+ACTIONS = {
+    "lock": "a lock was opened for the user (before any item changed)",
+    "hide": "one chunk of the user's items was snapshotted and set to owner only",
+    "apply": "an apply run finished for the user (totals per kind)",
+    "restore": "one chunk of a lock's items was restored (or found changed/gone)",
+    "revert": "a lock was closed: every item restored, conflicting or gone (totals)",
+    "viewed": "status or a dry run showed the user's content ([policy] audit_reads)",
+    "revert-requested": "a revert was asked for and waits for a second operator",
+    "revert-approved": "a second operator approved a revert request (the revert follows)",
+    "revert-refused": "an approval was refused (the approver is the requester)",
+}
 
 
 def utc_now() -> str:
@@ -89,7 +108,7 @@ def append_event(
         "action": action,
         "subject": subject,
         "lock_id": lock_id,
-        "operator": actor.operator if actor else None,
+        "operator": (actor.operator or None) if actor else None,
         "os_user": actor.os_user if actor else None,
         "host": actor.host if actor else None,
         "ticket": actor.ticket if actor else None,
@@ -108,68 +127,299 @@ def append_event(
     return event
 
 
+def record_views(
+    conn: Connection, command: str, views: Iterable[tuple[Actor, str, int | None]]
+) -> int:
+    """Write one ``viewed`` event per (viewer, user, lock id) in one transaction; return how many.
+
+    Used when ``[policy] audit_reads`` is on, before the content is shown: if the access cannot
+    be logged, it is not shown.
+    """
+    written = 0
+    with conn.begin():
+        for actor, subject, lock_id in views:
+            append_event(conn, "viewed", actor, subject=subject, lock_id=lock_id,
+                         details={"command": command})
+            written += 1
+    return written
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class VerifyResult:
-    """The outcome of recomputing the chain."""
+    """The outcome of recomputing the chain.
+
+    ``valid`` events from the start are intact; ``head_hash``/``head_seq`` are the last intact
+    event's. When broken, ``broken_seq`` is the first event that does not fit and ``kind`` one of
+    altered, deleted, inserted, reordered, truncated, head.
+    """
 
     total: int
     valid: int
     head_hash: str
+    head_seq: int = 0
+    head_time: str | None = None
     problem: str | None = None
     broken_seq: int | None = None
+    kind: str | None = None
+    expect_head_seq: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "total": self.total, "valid": self.valid,
+            "head_seq": self.head_seq, "head_hash": self.head_hash, "head_time": self.head_time,
+            "problem": self.problem, "broken_seq": self.broken_seq, "kind": self.kind,
+            "expect_head_seq": self.expect_head_seq,
+        }
+
+
+# How far from its position a moved event is looked for when naming a reorder/renumber.
+_MOVE_WINDOW = 64
+
+
+def normalize_head(value: str | None) -> str | None:
+    """A published head hash as given on the command line: 64 hex digits (any case)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise UsageError(f"--expect-head must be a 64-digit hex hash as `audit verify` prints it, "
+                         f"got {value!r}")
+    return text
+
 
 def verify_chain(
     conn: Connection, expect_head: str | None = None, batch: int = 5000
 ) -> VerifyResult:
-    """Recompute every event's hash in order and name the first event that does not fit."""
-    prev_hash, expected_seq, valid, seen_expected = GENESIS_HASH, 1, 0, expect_head is None
-    last_seq = 0
+    """Recompute every event's hash in order and name the first event that does not fit.
+
+    Runs in its own transaction on one consistent snapshot (REPEATABLE READ on PostgreSQL and
+    MySQL; SQLite's write lock), so operators appending meanwhile do not look like tampering.
+    ``expect_head`` is a head hash published earlier: the chain must still contain it.
+    """
+    expect_head = normalize_head(expect_head)
+    if conn.in_transaction():  # the caller chose the transaction (and its isolation)
+        return _verify(conn, expect_head, batch)
+    previous_level = None
+    if conn.dialect.name in ("postgresql", "mysql", "mariadb"):
+        previous_level = conn.get_isolation_level()
+        conn.execution_options(isolation_level="REPEATABLE READ")
+    try:
+        with conn.begin():
+            return _verify(conn, expect_head, batch)
+    finally:
+        if previous_level is not None:
+            conn.execution_options(isolation_level=previous_level)
+
+
+def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResult:
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
+    total = conn.execute(select(func.count()).select_from(audit_events)).scalar_one()
+    if head is None:
+        return VerifyResult(total, 0, GENESIS_HASH, problem="the audit head row is missing "
+                            "(deleted by hand?): the chain cannot be checked against it",
+                            kind="head")
+    chain = _ChainWalk(conn, batch)
+    prev_hash, expected, last_time, expect_seq = GENESIS_HASH, 1, None, None
+    recent: deque[tuple[int, str]] = deque(maxlen=_MOVE_WINDOW + 1)  # (seq, hash), intact
+    for event in chain:
+        if event["seq"] != expected or event["prev_hash"] != prev_hash \
+                or event_hash(event) != event["hash"]:
+            kind, seq, problem = _diagnose(event, expected, prev_hash, recent, chain)
+            valid = seq - 1
+            good = dict(recent).get(valid, GENESIS_HASH) if valid < expected - 1 else prev_hash
+            return VerifyResult(total, valid, good, valid, None, problem, seq, kind)
+        if expect_head and event["hash"] == expect_head:
+            expect_seq = event["seq"]
+        prev_hash, last_time = event["hash"], event["occurred_at"]
+        recent.append((event["seq"], prev_hash))
+        expected += 1
+    last = expected - 1
+    intact = dict(total=total, valid=last, head_hash=prev_hash, head_seq=last, head_time=last_time)
+    if head.seq < last:
+        return VerifyResult(**intact, problem=(
+            f"events {head.seq + 1}..{last} are beyond the head row (event {head.seq}): "
+            "added by hand, not by privacy-lock"), broken_seq=head.seq + 1, kind="inserted")
+    if head.seq > last:
+        return VerifyResult(**intact, problem=(
+            f"the chain ends at event {last} but the head row says event {head.seq}: "
+            f"events {last + 1}..{head.seq} were removed from the end"),
+            broken_seq=last + 1, kind="truncated")
+    if head.hash != prev_hash:
+        return VerifyResult(**intact, problem=(
+            f"the head row's hash does not match event {last}: the head row was edited"),
+            broken_seq=last, kind="head")
+    if expect_head and expect_seq is None:
+        return VerifyResult(**intact, problem=(
+            f"the published head {expect_head} is not in the chain: events were removed from "
+            "the end, or the trail was rewritten, after it was published"), kind="truncated")
+    return VerifyResult(**intact, expect_head_seq=expect_seq)
+
+
+class _ChainWalk:
+    """The events in seq order, fetched in batches, with a one-event look-ahead."""
+
+    def __init__(self, conn: Connection, batch: int) -> None:
+        self.conn, self.batch = conn, batch
+        self.buffer: deque[dict[str, Any]] = deque()
+        self.after: int | None = None
+        self.done = False
+
+    def _fill(self) -> None:
+        if self.buffer or self.done:
+            return
+        query = select(audit_events).order_by(audit_events.c.seq).limit(self.batch)
+        if self.after is not None:
+            query = query.where(audit_events.c.seq > self.after)
+        rows = [dict(r) for r in self.conn.execute(query).mappings()]
+        self.done = len(rows) < self.batch
+        if rows:
+            self.after = rows[-1]["seq"]
+        self.buffer.extend(rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            self._fill()
+            if not self.buffer:
+                return
+            yield self.buffer.popleft()
+
+    def peek(self) -> dict[str, Any] | None:
+        """The event after the one last yielded, without consuming it."""
+        self._fill()
+        return self.buffer[0] if self.buffer else None
+
+
+def _original_position(event: dict[str, Any], around: int) -> int | None:
+    """The position an event's hash was computed for, if it is near ``around`` (a moved event)."""
+    for distance in range(1, _MOVE_WINDOW + 1):
+        for seq in (around - distance, around + distance):
+            if seq >= 1 and event_hash({**event, "seq": seq}) == event["hash"]:
+                return seq
+    return None
+
+
+def _diagnose(
+    event: dict[str, Any],
+    expected: int,
+    prev_hash: str,
+    recent: deque[tuple[int, str]],
+    chain: _ChainWalk,
+) -> tuple[str, int, str]:
+    """Name the first break: (kind, first broken seq, one-line problem)."""
+    seq = event["seq"]
+    nxt = chain.peek()
+    if seq != expected:
+        if event["prev_hash"] == prev_hash and \
+                event_hash({**event, "seq": expected}) == event["hash"]:
+            return "reordered", expected, (
+                f"event {expected} was renumbered: it is stored as event {seq}")
+        return "deleted", expected, (
+            f"event {expected} is missing: deleted (the next stored event is {seq})")
+    if event_hash(event) != event["hash"]:
+        original = _original_position(event, seq)
+        if original is None:
+            if nxt is not None and nxt["prev_hash"] == prev_hash:
+                return "inserted", seq, (
+                    f"event {seq} was inserted: event {nxt['seq']} follows event {seq - 1} "
+                    "directly")
+            return "altered", seq, (
+                f"event {seq} was altered: its content no longer matches its hash")
+        if original < seq:
+            # The event was pushed later: the stored events between were put in front of it.
+            followed = {h: s for s, h in recent}.get(event["prev_hash"])
+            if followed is not None and followed == original - 1:
+                return "inserted", original, (
+                    f"event {original} was inserted: it is not part of the chain (the original "
+                    f"event {original} now sits at {seq})")
+            return "reordered", seq, (
+                f"event {seq} was moved: it was written as event {original} "
+                "(events were reordered or renumbered)")
+        # The event was pulled earlier: either events before it were deleted and the rest
+        # renumbered (the next event is shifted by as much), or events were swapped.
+        shift = original - seq
+        next_original = _original_position(nxt, nxt["seq"]) if nxt is not None else None
+        if nxt is not None and next_original == nxt["seq"] + shift:
+            gone = f"event {seq}" if shift == 1 else f"events {seq}..{original - 1}"
+            return "deleted", seq, (
+                f"{gone} deleted and the later events renumbered: the event now at {seq} was "
+                f"written as event {original}")
+        if nxt is not None and next_original == seq and nxt["prev_hash"] == prev_hash:
+            return "reordered", seq, (
+                f"events {seq} and {nxt['seq']} were swapped (reordered)")
+        return "reordered", seq, (
+            f"event {seq} was moved: it was written as event {original} "
+            "(events were reordered or renumbered)")
+    # The event matches its own hash but does not follow the event before it.
+    if nxt is not None and nxt["prev_hash"] == prev_hash:
+        return "inserted", seq, (
+            f"event {seq} was inserted: event {nxt['seq']} follows event {seq - 1} directly")
+    return "altered", seq, (
+        f"event {seq} does not follow event {seq - 1} (its prev_hash is not event {seq - 1}'s "
+        "hash): the chain was rewritten from here")
+
+
+# --- query ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """Which events a report shows. ``since``/``until_before`` are stored-form UTC texts."""
+
+    since: str | None = None
+    until_before: str | None = None
+    operator: str | None = None
+    user: str | None = None
+    actions: tuple[str, ...] = ()
+    ticket: str | None = None
+    lock_id: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.actions if a not in ACTIONS]
+        if unknown:
+            raise UsageError(f"unknown action {unknown[0]!r} (one of: {', '.join(ACTIONS)})")
+
+    def where(self) -> list[Any]:
+        """The WHERE clauses on the audit table."""
+        c = audit_events.c
+        clauses: list[Any] = []
+        if self.since:
+            clauses.append(c.occurred_at >= self.since)
+        if self.until_before:
+            clauses.append(c.occurred_at < self.until_before)
+        if self.operator:
+            clauses.append(c.operator == self.operator)
+        if self.user:
+            clauses.append(c.subject == self.user)
+        if self.actions:
+            clauses.append(c.action.in_(self.actions))
+        if self.ticket:
+            clauses.append(c.ticket == self.ticket)
+        if self.lock_id is not None:
+            clauses.append(c.lock_id == self.lock_id)
+        return clauses
+
+
+def query_events(
+    conn: Connection, filters: EventFilters, batch: int = 5000
+) -> Iterator[dict[str, Any]]:
+    """The matching events in chain order, as stored (fetched in batches of ``batch``)."""
+    after = 0
     while True:
         rows = conn.execute(
-            select(audit_events).where(audit_events.c.seq >= expected_seq)
-            .order_by(audit_events.c.seq).limit(batch)
+            select(audit_events)
+            .where(audit_events.c.seq > after, *filters.where())
+            .order_by(audit_events.c.seq)
+            .limit(batch)
         ).mappings().all()
         for row in rows:
-            event = dict(row)
-            problem = None
-            if event["seq"] != expected_seq:
-                problem = f"event {expected_seq} is missing (next stored event is {event['seq']})"
-            elif event["prev_hash"] != prev_hash:
-                problem = f"event {event['seq']} does not follow the event before it (prev_hash)"
-            elif event_hash(event) != event["hash"]:
-                problem = f"event {event['seq']} was altered (its hash does not match its content)"
-            if problem:
-                return _broken(conn, valid, prev_hash, problem, expected_seq)
-            if expect_head and event["hash"] == expect_head:
-                seen_expected = True
-            prev_hash, last_seq, valid = event["hash"], event["seq"], valid + 1
-            expected_seq = last_seq + 1
+            yield dict(row)
         if len(rows) < batch:
-            break
-    head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
-    if head is None or head.seq != last_seq or head.hash != prev_hash:
-        return VerifyResult(
-            valid, valid, prev_hash,
-            f"the chain ends at event {last_seq} but the head row says event "
-            f"{head.seq if head else '?'}: events after {last_seq} were removed or the head edited",
-            last_seq + 1,
-        )
-    if not seen_expected:
-        return VerifyResult(
-            valid, valid, prev_hash,
-            f"the published head {expect_head} is not in the chain: the trail was truncated "
-            "or rewritten after it was published",
-        )
-    return VerifyResult(valid, valid, prev_hash)
-
-
-def _broken(
-    conn: Connection, valid: int, prev_hash: str, problem: str, seq: int
-) -> VerifyResult:
-    total = conn.execute(select(audit_events.c.seq)).all()
-    return VerifyResult(len(total), valid, prev_hash, problem, seq)
+            return
+        after = rows[-1]["seq"]

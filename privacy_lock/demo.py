@@ -363,6 +363,15 @@ id = "id"
 owner = "owner_id"
 visibility = "scope"
 private = "self"
+
+[policy]
+# Reverting makes hidden content visible again, so it takes two people: `revert` only files a
+# request, and a second operator (a different --operator name) runs it with
+# `privacy-lock approve REQUEST_ID`. Set to false to let `revert` run at once.
+revert_requires_approval = true
+# Access logging: when true, `status` and dry runs of a named user write a "viewed" event to
+# the audit trail (for sites whose policy requires every look at a person's content logged).
+audit_reads = false
 """
     parsed = tomllib.loads(text)
     if parsed["database"]["url"] != url:

@@ -1,4 +1,4 @@
-"""The one place that turns rows into table / csv / json text."""
+"""The one place that turns rows into table / csv / json / html text."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 from tabulate import tabulate
 
 FORMATS = ("table", "csv", "json")
+# html is for reports meant to be read or archived (audit report), not for operators' commands.
+REPORT_FORMATS = (*FORMATS, "html")
 
 
 def render(
@@ -40,6 +42,10 @@ def render(
             return "(none)"
         body = [[_table_cell(row.get(c)) for c in columns] for row in rows]
         return tabulate(body, headers=columns, tablefmt="simple", disable_numparse=True)
+    if fmt == "html":
+        from privacy_lock.html_report import html_document
+
+        return html_document(rows, columns, payload)
     raise ValueError(f"unknown format {fmt!r}")
 
 

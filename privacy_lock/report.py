@@ -1,0 +1,350 @@
+"""What auditors read: the audit events and locks, filtered, in a display time zone, summarized.
+
+Times are stored and compared in UTC (ISO-8601 text with 'Z'); ``--tz`` only changes how they are
+shown and which calendar day a bare ``--since/--until`` date or a summary day means. Every filter
+is applied in SQL once, and every format (table, csv, json, html) renders the same rows, so an
+export can never show more (or less) than the screen did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, func, select
+
+from privacy_lock import __version__
+from privacy_lock.audit import EventFilters, VerifyResult, query_events, verify_chain
+from privacy_lock.errors import UsageError
+from privacy_lock.schema import locks, snapshots
+
+STORED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Active locks are grouped by days since they were applied: (label, lowest age in days).
+AGE_BUCKETS = (("0-6 days", 0), ("7-29 days", 7), ("30-89 days", 30), ("90-364 days", 90),
+               ("365+ days", 365))
+# Event columns: every stored field (csv/json carry enough to re-check each event's hash).
+EVENT_COLUMNS = ["seq", "time", "occurred_at", "action", "user", "lock", "operator", "os_user",
+                 "host", "ticket", "reason", "details", "tool_version", "prev_hash", "hash"]
+EVENT_TABLE_COLUMNS = ["seq", "time", "action", "user", "lock", "operator", "ticket", "reason",
+                       "details"]
+COUNT_COLUMNS = ["day", "action", "operator", "events"]
+LOCK_COLUMNS = ["lock_id", "user", "state", "items", "age_days", "operator", "ticket",
+                "created_at", "reverted_at", "reverted_by", "reason"]
+
+
+# --- time ----------------------------------------------------------------------------------------
+
+
+def resolve_zone(name: str | None) -> tzinfo:
+    """The display zone for ``--tz`` (an IANA name such as Asia/Tokyo); UTC when not given."""
+    if not name or name.upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {name!r} (use an IANA name such as Asia/Tokyo, "
+                         "Europe/Berlin or UTC)") from None
+
+
+def zone_name(zone: tzinfo) -> str:
+    """How a zone is named in report headers."""
+    return "UTC" if zone is UTC else str(zone)
+
+
+def to_stored(moment: datetime) -> str:
+    """An aware datetime in the stored UTC text form."""
+    return moment.astimezone(UTC).strftime(STORED_FORMAT)
+
+
+def from_stored(text: str) -> datetime:
+    """A stored timestamp as an aware UTC datetime."""
+    return datetime.strptime(text, STORED_FORMAT).replace(tzinfo=UTC)
+
+
+def show_time(stored: str | None, zone: tzinfo) -> str | None:
+    """A stored timestamp for display in ``zone``, to the second (``...Z`` in UTC)."""
+    if stored is None:
+        return None
+    shown = from_stored(stored).astimezone(zone)
+    if zone is UTC:
+        return shown.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return shown.isoformat(timespec="seconds")
+
+
+def day_of(stored: str, zone: tzinfo) -> str:
+    """The calendar day (YYYY-MM-DD) in ``zone`` of a stored timestamp."""
+    return from_stored(stored).astimezone(zone).date().isoformat()
+
+
+def parse_bound(value: str | None, zone: tzinfo, option: str, end: bool = False) -> str | None:
+    """A ``--since``/``--until`` value as the stored UTC text it is compared with.
+
+    A bare date is that day in ``zone``; a time without an offset is in ``zone``; an explicit
+    offset or 'Z' wins. ``end`` gives the exclusive upper bound: a bare ``--until`` date includes
+    that whole day, a time includes that instant.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime(day.year, day.month, day.day, tzinfo=zone)
+            if end:
+                start = _next_day(day, zone)
+            return to_stored(start)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{option}: not a date or time: {value!r} (use YYYY-MM-DD, "
+                         "YYYY-MM-DDTHH:MM or YYYY-MM-DDTHH:MM+09:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    if end:
+        moment += timedelta(microseconds=1)
+    return to_stored(moment)
+
+
+def _next_day(day: date, zone: tzinfo) -> datetime:
+    following = day + timedelta(days=1)
+    return datetime(following.year, following.month, following.day, tzinfo=zone)
+
+
+def check_range(since: str | None, until_before: str | None) -> None:
+    """Refuse an empty range (it is almost always swapped arguments)."""
+    if since and until_before and since >= until_before:
+        raise UsageError("--since is not before --until: the range is empty")
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+def event_row(event: dict[str, Any], zone: tzinfo) -> dict[str, Any]:
+    """A stored event as a report row; ``details`` stays the stored JSON text."""
+    return {
+        "seq": event["seq"],
+        "time": show_time(event["occurred_at"], zone),
+        "occurred_at": event["occurred_at"],
+        "action": event["action"],
+        "user": event["subject"],
+        "lock": event["lock_id"],
+        "operator": event["operator"],
+        "os_user": event["os_user"],
+        "host": event["host"],
+        "ticket": event["ticket"],
+        "reason": event["reason"],
+        "details": event["details"],
+        "tool_version": event["tool_version"],
+        "prev_hash": event["prev_hash"],
+        "hash": event["hash"],
+    }
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row for JSON: the same fields, ``details`` as an object."""
+    return {**row, "details": json.loads(row["details"])}
+
+
+def details_text(details: str) -> str:
+    """The details JSON as short ``key=value`` words for tables (nested kinds flattened)."""
+    try:
+        data = json.loads(details)
+    except ValueError:
+        return details
+    words: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix and prefix != "kinds" else key, inner)
+        else:
+            words.append(f"{prefix}={value}")
+
+    walk("", data)
+    return " ".join(words) or "-"
+
+
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row for the terminal table: details shortened."""
+    return {**row, "details": details_text(row["details"])}
+
+
+# --- locks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockFilters:
+    """Which locks ``locks`` lists (and the report's active-lock section counts)."""
+
+    state: str = "active"
+    operator: str | None = None
+    user: str | None = None
+    ticket: str | None = None
+    lock_id: int | None = None
+    since: str | None = None
+    until_before: str | None = None
+
+
+def lock_rows(
+    conn: Connection, filters: LockFilters, zone: tzinfo, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Locks with item counts and age (whole days since applied), filtered in SQL."""
+    now = now or datetime.now(UTC)
+    items = (
+        select(snapshots.c.lock_id, func.count().label("items"))
+        .group_by(snapshots.c.lock_id)
+        .subquery()
+    )
+    query = (
+        select(locks, func.coalesce(items.c["items"], 0).label("items"))
+        .select_from(locks.outerjoin(items, items.c.lock_id == locks.c.lock_id))
+        .order_by(locks.c.lock_id)
+    )
+    c = locks.c
+    for column, value in ((c.operator, filters.operator), (c.subject, filters.user),
+                          (c.ticket, filters.ticket), (c.lock_id, filters.lock_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if filters.state != "all":
+        query = query.where(c.state == filters.state)
+    if filters.since:
+        query = query.where(c.created_at >= filters.since)
+    if filters.until_before:
+        query = query.where(c.created_at < filters.until_before)
+    with conn.begin():
+        rows = conn.execute(query).all()
+    return [
+        {
+            "lock_id": row.lock_id, "user": row.subject, "state": row.state,
+            "items": int(row.items), "age_days": (now - from_stored(row.created_at)).days,
+            "operator": row.operator, "ticket": row.ticket,
+            "created_at": show_time(row.created_at, zone),
+            "reverted_at": show_time(row.reverted_at, zone), "reverted_by": row.reverted_by,
+            "reason": row.reason,
+        }
+        for row in rows
+    ]
+
+
+def age_buckets(active: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Active locks counted per age bucket, with the oldest age in each."""
+    out = []
+    bounds = [low for _, low in AGE_BUCKETS[1:]] + [None]
+    for (label, low), high in zip(AGE_BUCKETS, bounds, strict=True):
+        ages = [r["age_days"] for r in active
+                if r["age_days"] >= low and (high is None or r["age_days"] < high)]
+        out.append({"age": label, "locks": len(ages), "oldest_days": max(ages) if ages else None})
+    return out
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Everything the report formats show, computed once from the filtered rows."""
+
+    zone: tzinfo
+    filters: EventFilters
+    filter_words: list[str]
+    database: str
+    generated_at: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    counts: list[dict[str, Any]] = field(default_factory=list)
+    daily: list[dict[str, Any]] = field(default_factory=list)  # day, apply, revert
+    active_locks: list[dict[str, Any]] = field(default_factory=list)
+    ages: list[dict[str, Any]] = field(default_factory=list)
+    event_total: int = 0
+    verify: VerifyResult | None = None
+    tool_version: str = __version__
+
+    def summary_json(self) -> dict[str, Any]:
+        """The --summary shape for JSON."""
+        return {
+            "time_zone": zone_name(self.zone),
+            "filters": self.filter_words,
+            "events": self.event_total,
+            "counts": self.counts,
+            "active_locks_by_age": self.ages,
+            "verify": self.verify.as_dict() if self.verify else None,
+        }
+
+
+def build_report(
+    conn: Connection,
+    filters: EventFilters,
+    zone: tzinfo,
+    *,
+    database: str,
+    filter_words: list[str],
+    keep_events: bool = True,
+    verify: bool = True,
+    now: datetime | None = None,
+) -> Report:
+    """Read the filtered events once and compute rows, counts per action x operator x day, the
+    applies/reverts per day, the matching active locks by age and (optionally) the chain check.
+    """
+    now = now or datetime.now(UTC)
+    report = Report(zone, filters, filter_words, database, show_time(to_stored(now), zone) or "")
+    counts: Counter[tuple[str, str, str | None]] = Counter()
+    daily: Counter[tuple[str, str]] = Counter()
+    with conn.begin():
+        for event in query_events(conn, filters):
+            day = day_of(event["occurred_at"], zone)
+            counts[(day, event["action"], event["operator"])] += 1
+            if event["action"] in ("apply", "revert"):
+                daily[(day, event["action"])] += 1
+            report.event_total += 1
+            if keep_events:
+                report.events.append(event_row(event, zone))
+    report.counts = [
+        {"day": day, "action": action, "operator": operator, "events": n}
+        for (day, action, operator), n in sorted(counts.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][2] or ""))
+    ]
+    report.daily = _daily_series(daily)
+    lock_filter = LockFilters("active", filters.operator, filters.user, filters.ticket,
+                              filters.lock_id, filters.since, filters.until_before)
+    report.active_locks = sorted(lock_rows(conn, lock_filter, zone, now),
+                                 key=lambda r: (-r["age_days"], r["lock_id"]))
+    report.ages = age_buckets(report.active_locks)
+    if verify:
+        report.verify = verify_chain(conn)
+    return report
+
+
+def _daily_series(daily: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Applies and reverts per day, every day from the first to the last (months beyond ~3)."""
+    if not daily:
+        return []
+    days = sorted({day for day, _ in daily})
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    if (last - first).days > 92:
+        per_month: Counter[tuple[str, str]] = Counter()
+        for (day, action), n in daily.items():
+            per_month[(day[:7], action)] += n
+        months, cursor = [], first.replace(day=1)
+        while cursor <= last:
+            months.append(cursor.strftime("%Y-%m"))
+            cursor = (cursor + timedelta(days=32)).replace(day=1)
+        return [{"day": m, "apply": per_month[(m, "apply")], "revert": per_month[(m, "revert")]}
+                for m in months]
+    out = []
+    for offset in range((last - first).days + 1):
+        day = (first + timedelta(days=offset)).isoformat()
+        out.append({"day": day, "apply": daily[(day, "apply")], "revert": daily[(day, "revert")]})
+    return out
+
+
+def describe_filters(**values: Any) -> list[str]:
+    """The filters as ``--option value`` words, for report headers."""
+    words = []
+    for name, value in values.items():
+        if value in (None, (), ""):
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            words.append(f"--{name.replace('_', '-')} {item}")
+    return words

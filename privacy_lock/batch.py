@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from privacy_lock import locking
 from privacy_lock.audit import Actor
 from privacy_lock.config import ContentMap
-from privacy_lock.db import first_line
+from privacy_lock.db import first_line, reading
 from privacy_lock.errors import PrivacyLockError
 from privacy_lock.pacing import Interrupted, Pacer
 from privacy_lock.requests import COLUMNS, Request
@@ -129,7 +129,7 @@ def _run_one(
     lock_id = request.lock_id
     subject = cmap.normalize_user(request.user_id) if request.user_id else None
     if lock_id is None:
-        with conn.begin():
+        with reading(conn):
             lock_id = locking.active_lock_id(conn, subject or "")
         if lock_id is None:
             return Outcome(request, subject, None, "not-locked", dry_run=dry_run)
@@ -143,7 +143,7 @@ def planned_items(
 ) -> int:
     """How many items the batch will touch, for the progress bar (aggregate queries)."""
     total = 0
-    with conn.begin():
+    with reading(conn):
         if mode == "apply":
             kinds_of = {cmap.normalize_user(r.user_id or ""): r.kinds for r in requests}
             for kind in cmap.kinds.values():

@@ -229,18 +229,19 @@ class ContentMap:
 
     def owner_value(self, kind: BoundKind, subject: str) -> int | str | uuid.UUID:
         """The subject as the owner column of ``kind`` wants it bound."""
-        return _bind_value(kind.owner_col, subject)
+        return bind_value(kind.owner_col, subject)
 
     def user_exists(self, conn: Connection, subject: str) -> bool | None:
         """Whether the accounts table has this user; None when no [accounts] is configured."""
         if self.accounts_table is None or self.accounts_id is None:
             return None
-        value = _bind_value(self.accounts_id, subject)
+        value = bind_value(self.accounts_id, subject)
         query = select(self.accounts_id).where(self.accounts_id == value).limit(1)
         return conn.execute(query).first() is not None
 
 
-def _bind_value(col: Column, text: str) -> int | str | uuid.UUID:
+def bind_value(col: Column, text: str) -> int | str | uuid.UUID:
+    """A value stored as text (a user id, a snapshot's item id) in the type ``col`` binds."""
     if _is_integer(col):
         return int(text)
     if isinstance(col.type, sqltypes.Uuid) and col.type.as_uuid:

@@ -80,7 +80,23 @@ def _use_begin_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.info.get(_READING) else "BEGIN IMMEDIATE")
+
+
+_READING = "privacy_lock_reading"
+
+
+@contextlib.contextmanager
+def reading(conn: Connection) -> Iterator[Connection]:
+    """A transaction that only reads. On SQLite it starts as a plain (deferred) BEGIN, so it
+    neither takes nor waits for the write lock a busy site holds; elsewhere it is an ordinary
+    transaction, and every transaction that writes keeps BEGIN IMMEDIATE."""
+    conn.info[_READING] = True
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.info.pop(_READING, None)
 
 
 def first_line(exc: BaseException) -> str:

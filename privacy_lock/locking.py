@@ -40,7 +40,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from privacy_lock.audit import Actor, append_event, utc_now
-from privacy_lock.config import BoundKind, ContentMap
+from privacy_lock.config import BoundKind, ContentMap, bind_value
+from privacy_lock.db import reading
 from privacy_lock.errors import ConfigError, LockStateError, UsageError
 from privacy_lock.pacing import Pacer
 from privacy_lock.schema import locks, snapshots
@@ -135,7 +136,7 @@ def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) ->
     duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
     if duplicates:
         raise UsageError(f"user {duplicates[0]} is named more than once")
-    with conn.begin():
+    with reading(conn):
         for subject in subjects:
             exists = cmap.user_exists(conn, subject)
             if exists is False:
@@ -221,9 +222,19 @@ def snapshot_and_hide_chunk(
     walk = select(kind.id_col).where(kind.owner_col == owner, visible(kind))
     if after is not None:
         walk = walk.where(kind.id_col > after)
-    ids = conn.execute(walk.order_by(kind.id_col).limit(limit).with_for_update()).scalars().all()
-    if not ids:
+    # Find the next keys with a plain read, then lock exactly those rows by key. Locking in the
+    # walk itself would let the planner choose a primary-key scan for ORDER BY ... LIMIT
+    # (MariaDB does on small or skewed tables) and wait on, or lock, other users' rows.
+    candidates = conn.execute(walk.order_by(kind.id_col).limit(limit)).scalars().all()
+    if not candidates:
         return 0, 0, None
+    ids = conn.execute(
+        select(kind.id_col)
+        .where(kind.owner_col == owner, kind.id_col.in_(candidates), visible(kind))
+        .with_for_update()
+    ).scalars().all()
+    if not ids:  # all of them were hidden by someone else meanwhile
+        return 0, 0, candidates[-1]
     these_rows = and_(kind.owner_col == owner, kind.id_col.in_(ids), visible(kind))
     # An item the lock already holds a snapshot for (made visible again since) is hidden again,
     # but its stored original is never overwritten.
@@ -249,7 +260,7 @@ def snapshot_and_hide_chunk(
     hidden = conn.execute(
         update(kind.table).where(these_rows).values({kind.vis_col.name: kind.private})
     ).rowcount
-    return hidden, snapshotted, ids[-1]
+    return hidden, snapshotted, candidates[-1]
 
 
 def apply_lock(
@@ -266,7 +277,7 @@ def apply_lock(
     Extends the user's active lock if there is one. A dry run only counts and writes nothing.
     """
     pacer = pacer or Pacer()
-    with conn.begin():
+    with reading(conn):
         planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
         existing = active_lock_id(conn, subject)
     if dry_run:
@@ -403,14 +414,12 @@ def restore_chunk(
     if not pending:
         return KindCounts(), None
     snapshot_ids = [row.snapshot_id for row in pending]
-    # Lock the items first, then decide: while we hold them nobody can change what we read.
-    items_of_chunk = select(_snapshot_item_as_id(kind)).where(
-        snapshots.c.snapshot_id.in_(snapshot_ids)
-    )
+    # Lock the items first, by key, then decide: while we hold them nobody can change them.
+    item_ids = [bind_value(kind.id_col, row.item_id) for row in pending]
     current = dict(
         conn.execute(
             select(_id_as_text(kind), kind.vis_col)
-            .where(kind.owner_col == owner, kind.id_col.in_(items_of_chunk))
+            .where(kind.owner_col == owner, kind.id_col.in_(item_ids))
             .with_for_update()
         ).all()
     )
@@ -430,6 +439,7 @@ def restore_chunk(
             .where(
                 kind.owner_col == owner,
                 kind.vis_col == kind.private,
+                kind.id_col.in_(item_ids),
                 kind.id_col == _snapshot_item_as_id(kind),
                 snapshots.c.snapshot_id.in_(by_state[RESTORED]),
             )
@@ -481,7 +491,7 @@ def revert_lock(
     as they are, and every snapshot row is kept with its outcome for the audit.
     """
     pacer = pacer or Pacer()
-    with conn.begin():
+    with reading(conn):
         lock = find_lock(conn, lock_id)
         kinds = _lock_kinds(conn, cmap, lock_id)
         subject = lock.subject
@@ -554,7 +564,7 @@ def revert_lock(
             return result
         if outcome == "reverted":
             return result
-        with conn.begin():
+        with reading(conn):
             kinds = _lock_kinds(conn, cmap, lock_id)
 
 
@@ -569,7 +579,7 @@ def user_status(
     conn: Connection, cmap: ContentMap, subject: str, with_items: bool = False
 ) -> dict[str, Any]:
     """The user's lock (active, else the latest) and, per kind, visible/private/snapshot counts."""
-    with conn.begin():
+    with reading(conn):
         lock = conn.execute(
             select(locks).where(locks.c.subject == subject)
             .order_by(locks.c.lock_id.desc()).limit(1)
@@ -657,6 +667,6 @@ def list_locks(
         query = query.where(locks.c.created_at >= since)
     if until:
         query = query.where(locks.c.created_at < until)
-    with conn.begin():
+    with reading(conn):
         rows = conn.execute(query).all()
     return [{**_lock_dict(row), "items": int(row.items)} for row in rows]

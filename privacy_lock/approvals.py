@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -30,7 +30,7 @@ from privacy_lock import locking
 from privacy_lock.audit import Actor, append_event, utc_now
 from privacy_lock.config import ContentMap
 from privacy_lock.errors import UsageError
-from privacy_lock.report import from_stored, show_time
+from privacy_lock.report import from_stored, now_utc, show_time
 from privacy_lock.schema import locks, revert_requests
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def list_requests(
     conn: Connection, state: str, zone: tzinfo, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Revert requests in ``state`` (open = pending or approved-but-unfinished; or all)."""
-    now = now or datetime.now(UTC)
+    now = now or now_utc()
     query = select(revert_requests).order_by(revert_requests.c.request_id)
     if state == "open":
         query = query.where(revert_requests.c.state.in_(OPEN_STATES))

@@ -243,6 +243,7 @@ def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResu
     last = expected - 1
     intact = dict(total=total, valid=last, head_hash=prev_hash, head_seq=last, head_time=last_time)
     if head.seq < last:
+        intact.update(valid=head.seq, head_hash=head.hash, head_seq=head.seq, head_time=None)
         return VerifyResult(**intact, problem=(
             f"events {head.seq + 1}..{last} are beyond the head row (event {head.seq}): "
             "added by hand, not by privacy-lock"), broken_seq=head.seq + 1, kind="inserted")
@@ -346,7 +347,7 @@ def _diagnose(
         shift = original - seq
         next_original = _original_position(nxt, nxt["seq"]) if nxt is not None else None
         if nxt is not None and next_original == nxt["seq"] + shift:
-            gone = f"event {seq}" if shift == 1 else f"events {seq}..{original - 1}"
+            gone = f"event {seq} was" if shift == 1 else f"events {seq}..{original - 1} were"
             return "deleted", seq, (
                 f"{gone} deleted and the later events renumbered: the event now at {seq} was "
                 f"written as event {original}")

@@ -22,6 +22,7 @@ CHART_HEIGHT, PLOT_TOP, PLOT_BOTTOM, PLOT_LEFT = 250, 16, 180, 72
 MIN_CHART_WIDTH = 360
 BAR_WIDTH, BAR_GAP, GROUP_GAP = 12, 2, 10
 MAX_ACTIVE_LOCKS_LISTED = 200
+_PLURAL = {"apply": ("apply", "applies"), "revert": ("revert", "reverts")}
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "Hiragino Sans", "Noto Sans CJK JP",
@@ -164,7 +165,7 @@ def _chart(report: Report) -> str:
             out.append(
                 f'<rect class="bar {action}" x="{x + offset * (BAR_WIDTH + BAR_GAP)}" '
                 f'y="{PLOT_BOTTOM - height:.1f}" width="{BAR_WIDTH}" height="{height:.1f}">'
-                f"<title>{escape(day['day'])}: {n} {action}{'' if n == 1 else 's'}</title></rect>"
+                f"<title>{escape(day['day'])}: {n} {_PLURAL[action][n != 1]}</title></rect>"
             )
         if index % label_every == 0:
             lx, ly = x + BAR_WIDTH, PLOT_BOTTOM + 12

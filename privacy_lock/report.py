@@ -50,6 +50,11 @@ def resolve_zone(name: str | None) -> tzinfo:
                          "Europe/Berlin or UTC)") from None
 
 
+def now_utc() -> datetime:
+    """The current time (one place, so ages are computed against one clock)."""
+    return datetime.now(UTC)
+
+
 def zone_name(zone: tzinfo) -> str:
     """How a zone is named in report headers."""
     return "UTC" if zone is UTC else str(zone)
@@ -192,7 +197,7 @@ def lock_rows(
     conn: Connection, filters: LockFilters, zone: tzinfo, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Locks with item counts and age (whole days since applied), filtered in SQL."""
-    now = now or datetime.now(UTC)
+    now = now or now_utc()
     items = (
         select(snapshots.c.lock_id, func.count().label("items"))
         .group_by(snapshots.c.lock_id)
@@ -287,7 +292,7 @@ def build_report(
     """Read the filtered events once and compute rows, counts per action x operator x day, the
     applies/reverts per day, the matching active locks by age and (optionally) the chain check.
     """
-    now = now or datetime.now(UTC)
+    now = now or now_utc()
     report = Report(zone, filters, filter_words, database, show_time(to_stored(now), zone) or "")
     counts: Counter[tuple[str, str, str | None]] = Counter()
     daily: Counter[tuple[str, str]] = Counter()

@@ -8,7 +8,9 @@ What the tool needs and why, and nothing else:
 - locks, snapshots and revert requests: SELECT, INSERT and UPDATE (states change; no DELETE);
 - each mapped content table: SELECT on the id, owner and visibility columns and UPDATE on the
   visibility column only (``SELECT ... FOR UPDATE`` needs UPDATE on one column, which this is);
-- the accounts table, if configured: SELECT on its id column.
+- the accounts table, if configured: SELECT on its id column;
+- MySQL/MariaDB only: table-level REFERENCES on those tables, because reading a table's
+  definition (SHOW CREATE TABLE) needs a table-level privilege and this one touches no data.
 
 Tables are created by their owner (``privacy-lock init`` run by a DBA), never by the tool's role:
 only the owner can disable the append-only triggers, so the role must not own the tables.
@@ -151,5 +153,9 @@ def _content_grants(
         grant = f"SELECT ({', '.join(map(q, cols))})"
         if write.get(table):
             grant += f", UPDATE ({', '.join(map(q, write[table]))})"
+        if dialect == "mysql":
+            # SHOW CREATE TABLE (how the tool checks the map against the live schema) needs a
+            # table-level privilege; REFERENCES is one that reads and changes no data.
+            grant += ", REFERENCES"
         lines.append(f"GRANT {grant} ON {q(table)} TO {who};")
     return lines

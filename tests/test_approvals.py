@@ -1,0 +1,230 @@
+"""Two-person revert ([policy] revert_requires_approval, the default) and access logging
+([policy] audit_reads), asserted in the database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select, update
+
+from privacy_lock import locking
+from privacy_lock.errors import LockStateError
+from privacy_lock.schema import audit_events, revert_requests
+from sns import build_sns
+
+
+def set_policy(sns, **policy: bool) -> None:
+    """Replace the test config's [policy] section."""
+    config = sns.config_path.read_text(encoding="utf-8").split("[policy]")[0]
+    lines = "".join(f"{k} = {'true' if v else 'false'}\n" for k, v in policy.items())
+    sns.config_path.write_text(config + ("[policy]\n" + lines if lines else ""), "utf-8")
+
+
+@pytest.fixture
+def sns(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    set_policy(sns)  # no [policy] section: the defaults apply
+    return sns
+
+
+def as_(operator: str, ticket: str = "T-1", reason: str = "test") -> tuple[str, ...]:
+    return ("--operator", operator, "--ticket", ticket, "--reason", reason, "-q")
+
+
+def actions(sns) -> list[tuple]:
+    with sns.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(audit_events.c.action, audit_events.c.operator, audit_events.c.ticket)
+            .order_by(audit_events.c.seq))]
+
+
+def request_rows(sns) -> list[dict]:
+    with sns.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(revert_requests).order_by(revert_requests.c.request_id)).mappings()]
+
+
+def test_revert_files_a_request_and_a_second_operator_runs_it(sns):
+    user = sns.users[0]
+    before = sns.everything()
+    sns.run("apply", str(user), *as_("alice"))
+    hidden = sns.everything()
+
+    out = sns.run("revert", "--user", str(user), *as_("alice", "T-2", "user is back"),
+                  "--format", "json")
+    [filed] = json.loads(out.stdout)
+    assert filed["status"] == "pending-approval" and filed["requested_by"] == "alice"
+    assert "privacy-lock approve 1 --operator NAME" in out.stderr
+    assert sns.everything() == hidden  # nothing changed
+    assert sns.lock_rows()[0]["state"] == "active"
+    [req] = request_rows(sns)
+    assert (req["state"], req["requested_by"], req["ticket"], req["reason"]) == (
+        "pending", "alice", "T-2", "user is back")
+    assert req["requested_os_user"] and req["requested_host"]
+    assert actions(sns)[-1] == ("revert-requested", "alice", "T-2")
+
+    # asking again names the open request instead of filing a second one
+    again = json.loads(sns.run("revert", str(filed["lock"]), *as_("dave"),
+                               "--format", "json").stdout)
+    assert again[0]["status"] == "already-requested" and again[0]["request"] == 1
+    assert len(request_rows(sns)) == 1 and actions(sns)[-1][0] == "revert-requested"
+
+    listed = json.loads(sns.run("requests", "--format", "json").stdout)
+    assert [(r["request"], r["state"], r["requested_by"]) for r in listed] == [
+        (1, "pending", "alice")]
+
+    out = sns.run("approve", "1", "--operator", "bob", "--format", "json")
+    [done] = json.loads(out.stdout)
+    assert done["status"] == "reverted" and done["approved_by"] == "bob"
+    assert sns.everything() == before  # restored exactly
+    [req] = request_rows(sns)
+    assert (req["state"], req["approved_by"], req["outcome"], req["open_lock_id"]) == (
+        "done", "bob", "reverted", None)
+    assert [a for a in actions(sns) if a[0].startswith(("revert", "restore"))] == [
+        ("revert-requested", "alice", "T-2"), ("revert-approved", "bob", "T-2"),
+        ("restore", "bob", "T-2"), ("restore", "bob", "T-2"), ("revert", "bob", "T-2")]
+    assert sns.lock_rows()[0]["reverted_by"] == "bob"
+    assert json.loads(sns.run("requests", "--format", "json").stdout) == []
+    assert sns.run("audit", "verify").stdout.startswith(f"{sns.audit_count()}/")
+
+    again = sns.run("approve", "1", "--operator", "carol", expect=2)
+    assert "request 1 is already done" in again.stderr
+
+
+def test_self_approval_is_refused_audited_and_changes_nothing(sns):
+    user = sns.users[0]
+    sns.run("apply", str(user), *as_("alice"))
+    sns.run("revert", "--user", str(user), *as_("alice"))
+    hidden, requests_before = sns.everything(), request_rows(sns)
+    for name in ("alice", " ALICE ", "Alice"):
+        result = sns.run("approve", "1", "--operator", name, expect=2)
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert errors == ["privacy-lock: error: request 1 was filed by alice: a revert needs a "
+                          "second operator's approval (refused; nothing was changed)"]
+        assert "Traceback" not in result.output
+    assert sns.everything() == hidden
+    assert request_rows(sns) == requests_before
+    refused = [a for a in actions(sns) if a[0] == "revert-refused"]
+    assert [a[1] for a in refused] == ["alice", "ALICE", "Alice"]
+    assert sns.run("approve", "1", expect=2).stderr.count("--operator required") == 1
+    assert "no revert request with id 9" in sns.run("approve", "9", "--operator", "bob",
+                                                    expect=2).stderr
+
+
+def test_dry_run_needs_no_approval_and_policy_off_reverts_at_once(sns):
+    user = sns.users[0]
+    before = sns.everything()
+    sns.run("apply", str(user), *as_("alice"))
+    plan = json.loads(sns.run("revert", "--user", str(user), "--dry-run",
+                              "--format", "json").stdout)
+    assert plan[0]["status"] == "would-revert" and request_rows(sns) == []
+    set_policy(sns, revert_requires_approval=False)
+    sns.run("revert", "--user", str(user), *as_("alice"))
+    assert sns.everything() == before and request_rows(sns) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_interrupted_approved_revert_is_finished_by_approving_again(sns, monkeypatch):
+    user = sns.users[0]
+    before = sns.everything()
+    sns.run("apply", str(user), *as_("alice"))
+    sns.run("revert", "--user", str(user), *as_("alice"))
+    real = locking.revert_lock
+
+    def crash(*args, **kwargs):
+        raise LockStateError("connection lost (simulated)")
+
+    monkeypatch.setattr(locking, "revert_lock", crash)
+    assert "simulated" in sns.run("approve", "1", "--operator", "bob", expect=1).stderr
+    [req] = request_rows(sns)
+    assert req["state"] == "approved" and req["approved_by"] == "bob"
+    # while it is approved but unfinished it is still open: no second request for the lock
+    assert json.loads(sns.run("revert", "--user", str(user), *as_("dave"),
+                              "--format", "json").stdout)[0]["status"] == "already-requested"
+    assert "approved" in sns.run("requests").stdout
+
+    monkeypatch.setattr(locking, "revert_lock", real)
+    assert "alice" in sns.run("approve", "1", "--operator", "alice", expect=2).stderr
+    out = json.loads(sns.run("approve", "1", "--operator", "bob", "--format", "json").stdout)
+    assert out[0]["status"] == "reverted" and out[0]["resumed"] is True
+    assert sns.everything() == before
+    assert request_rows(sns)[0]["state"] == "done"
+    assert [a[0] for a in actions(sns)].count("revert-approved") == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_request_file_files_one_request_per_row(sns, tmp_path):
+    sns.run("apply", str(sns.users[0]), str(sns.users[1]), *as_("alice"))
+    path = tmp_path / "back.csv"
+    path.write_text(f"user_id,ticket,reason\n{sns.users[0]},T-5,back\n{sns.users[1]},T-6,back\n"
+                    f"{sns.users[2]},T-7,never locked\n", encoding="utf-8")
+    out = json.loads(sns.run("revert", "--from-file", str(path), "--operator", "alice",
+                             "--format", "json").stdout)
+    assert [o["status"] for o in out] == ["pending-approval", "pending-approval", "not-locked"]
+    assert [(r["ticket"], r["state"]) for r in request_rows(sns)] == [
+        ("T-5", "pending"), ("T-6", "pending")]
+    assert all(lk["state"] == "active" for lk in sns.lock_rows())
+    sns.run("approve", "1", "2", "--operator", "bob")
+    assert all(lk["state"] == "reverted" for lk in sns.lock_rows())
+
+
+def count_viewed(sns) -> int:
+    with sns.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(audit_events)
+                            .where(audit_events.c.action == "viewed")).scalar_one()
+
+
+def test_reads_are_logged_only_when_the_policy_says_so(sns):
+    user, other = sns.users[0], sns.users[1]
+    sns.run("apply", str(user), *as_("alice"))
+    sns.run("status", str(user), str(other))
+    sns.run("apply", str(other), "--dry-run")
+    sns.run("revert", "--user", str(user), "--dry-run")
+    assert count_viewed(sns) == 0
+
+    set_policy(sns, audit_reads=True, revert_requires_approval=False)
+    sns.run("status", str(user), str(other), "--items", "--operator", "dana")
+    sns.run("apply", str(other), "--dry-run", "--operator", "erin")
+    sns.run("revert", "--user", str(user), "--dry-run")
+    with sns.engine.connect() as conn:
+        viewed = [dict(r) for r in conn.execute(
+            select(audit_events).where(audit_events.c.action == "viewed")
+            .order_by(audit_events.c.seq)).mappings()]
+    lock_id = sns.lock_rows()[0]["lock_id"]
+    assert [(v["subject"], v["lock_id"], v["operator"], json.loads(v["details"])["command"])
+            for v in viewed] == [
+        (str(user), lock_id, "dana", "status --items"), (str(other), None, "dana",
+                                                         "status --items"),
+        (str(other), None, "erin", "apply --dry-run"),
+        (str(user), lock_id, None, "revert --dry-run"),
+    ]
+    assert all(v["os_user"] and v["host"] for v in viewed)
+    assert sns.run("audit", "verify").exit_code == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_policy_keys_are_checked(sns):
+    set_policy(sns)
+    text = sns.config_path.read_text(encoding="utf-8")
+    sns.config_path.write_text(text + "[policy]\nrevert_requires_approval = \"yes\"\n", "utf-8")
+    result = sns.run("requests", expect=2)
+    assert "policy.revert_requires_approval must be true or false" in result.stderr
+    sns.config_path.write_text(text + "[policy]\naudit_read = true\n", "utf-8")
+    assert "unknown key 'policy.audit_read'" in sns.run("requests", expect=2).stderr
+
+
+def test_one_open_request_per_lock_even_if_the_check_is_raced(sns):
+    """The unique open_lock_id column is what holds when two operators ask at the same time."""
+    sns.run("apply", str(sns.users[0]), *as_("alice"))
+    sns.run("revert", "--user", str(sns.users[0]), *as_("alice"))
+    [req] = request_rows(sns)
+    row = {k: v for k, v in req.items() if k != "request_id"}
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):  # noqa: PT011
+        with sns.engine.begin() as conn:
+            conn.execute(revert_requests.insert().values(row))
+    with sns.engine.begin() as conn:
+        conn.execute(update(revert_requests).values(open_lock_id=None, state="done"))
+        conn.execute(revert_requests.insert().values({**row, "state": "done",
+                                                      "open_lock_id": None}))
+    assert len(request_rows(sns)) == 2  # closed requests do not block each other

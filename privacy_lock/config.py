@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Table, select
+from sqlalchemy import Column, Connection, MetaData, Table, inspect, select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import NoSuchTableError
 
@@ -296,6 +296,21 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
         accounts_id is not None and _is_integer(accounts_id)
     )
     return ContentMap(kinds, accounts_table, accounts_id, integer_users)
+
+
+def missing_owner_indexes(conn: Connection, cmap: ContentMap) -> list[str]:
+    """A CREATE INDEX suggestion for every content table with no index leading with its owner
+    column: without one, each chunk of apply scans the whole table under a transaction."""
+    inspector = inspect(conn)
+    suggestions = []
+    for kind in cmap.kinds.values():
+        table, owner, key = kind.table.name, kind.owner_col.name, kind.id_col.name
+        leading = [ix["column_names"][:1] for ix in inspector.get_indexes(table)]
+        if [owner] not in leading:
+            suggestions.append(
+                f"CREATE INDEX ix_{table}_{owner}_{key} ON {table} ({owner}, {key});"
+            )
+    return suggestions
 
 
 def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:

@@ -37,3 +37,17 @@ def test_init_is_idempotent(db_url):
     engine = create_engine(db_url, poolclass=NullPool)
     assert set(TOOL_TABLES) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_init_suggests_the_owner_index_a_content_table_lacks(db_url, tmp_path):
+    from sqlalchemy import text
+
+    from sns import build_sns
+
+    sns = build_sns(db_url, tmp_path, init=False)
+    with sns.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_photos_owner" + (" ON photos" if "mysql" in db_url
+                                                          else "")))
+    result = sns.run("init")
+    assert "CREATE INDEX ix_photos_owner_id_id ON photos (owner_id, id);" in result.stderr
+    assert "diaries" not in result.stderr

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from privacy_lock import locking
 from privacy_lock.audit import Actor, append_event, utc_now
 from privacy_lock.config import ContentMap
+from privacy_lock.db import reading
 from privacy_lock.errors import UsageError
 from privacy_lock.report import from_stored, now_utc, show_time
 from privacy_lock.schema import locks, revert_requests
@@ -207,7 +208,7 @@ def list_requests(
         query = query.where(revert_requests.c.state.in_(OPEN_STATES))
     elif state != "all":
         query = query.where(revert_requests.c.state == state)
-    with conn.begin():
+    with reading(conn):
         rows = conn.execute(query).all()
     return [
         {

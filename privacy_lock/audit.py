@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from privacy_lock import __version__
+from privacy_lock.db import reading
 from privacy_lock.errors import NotInitializedError, UsageError
 from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
 
@@ -199,8 +200,10 @@ def verify_chain(
 ) -> VerifyResult:
     """Recompute every event's hash in order and name the first event that does not fit.
 
-    Runs in its own transaction on one consistent snapshot (REPEATABLE READ on PostgreSQL and
-    MySQL; SQLite's write lock), so operators appending meanwhile do not look like tampering.
+    Runs in its own read-only transaction on one consistent snapshot (REPEATABLE READ on
+    PostgreSQL and MySQL; a SQLite read transaction), so operators appending meanwhile do not
+    look like tampering, and takes no locks a writer would wait for (on SQLite a writer's
+    commit waits until the check ends).
     ``expect_head`` is a head hash published earlier: the chain must still contain it.
     """
     expect_head = normalize_head(expect_head)
@@ -211,7 +214,7 @@ def verify_chain(
         previous_level = conn.get_isolation_level()
         conn.execution_options(isolation_level="REPEATABLE READ")
     try:
-        with conn.begin():
+        with reading(conn):
             return _verify(conn, expect_head, batch)
     finally:
         if previous_level is not None:

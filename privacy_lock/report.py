@@ -19,6 +19,7 @@ from sqlalchemy import Connection, func, select
 
 from privacy_lock import __version__
 from privacy_lock.audit import EventFilters, VerifyResult, query_events, verify_chain
+from privacy_lock.db import reading
 from privacy_lock.errors import UsageError
 from privacy_lock.schema import locks, snapshots
 
@@ -219,7 +220,7 @@ def lock_rows(
         query = query.where(c.created_at >= filters.since)
     if filters.until_before:
         query = query.where(c.created_at < filters.until_before)
-    with conn.begin():
+    with reading(conn):
         rows = conn.execute(query).all()
     return [
         {
@@ -296,7 +297,7 @@ def build_report(
     report = Report(zone, filters, filter_words, database, show_time(to_stored(now), zone) or "")
     counts: Counter[tuple[str, str, str | None]] = Counter()
     daily: Counter[tuple[str, str]] = Counter()
-    with conn.begin():
+    with reading(conn):
         for event in query_events(conn, filters):
             day = day_of(event["occurred_at"], zone)
             counts[(day, event["action"], event["operator"])] += 1

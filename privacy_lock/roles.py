@@ -43,6 +43,17 @@ PG_SEQUENCES = (
     "privacy_lock_revert_requests_request_id_seq",
 )
 
+# Optional on MySQL/MariaDB (docs/DBA.md): refuse UPDATE and DELETE of audit events even from
+# accounts that hold those privileges. TRUNCATE fires no trigger there; only grants stop it.
+MYSQL_APPEND_ONLY_TRIGGERS = (
+    "CREATE TRIGGER privacy_lock_audit_no_update BEFORE UPDATE ON privacy_lock_audit "
+    "FOR EACH ROW SIGNAL SQLSTATE '45000' "
+    "SET MESSAGE_TEXT = 'privacy_lock_audit is append-only: UPDATE refused'",
+    "CREATE TRIGGER privacy_lock_audit_no_delete BEFORE DELETE ON privacy_lock_audit "
+    "FOR EACH ROW SIGNAL SQLSTATE '45000' "
+    "SET MESSAGE_TEXT = 'privacy_lock_audit is append-only: DELETE refused'",
+)
+
 _EXAMPLE_CONTENT = {
     "diary": ContentKind("diary", "diaries", "id", "user_id", "visibility", "self"),
     "photo": ContentKind("photo", "photos", "id", "owner_id", "scope", "self"),

@@ -10,7 +10,9 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -214,6 +216,26 @@ def test_html_report_is_one_self_contained_page(story, tmp_path):
               "--reason", "x", "-q")
     page = story.run("audit", "report", "--format", "html").stdout
     assert "&lt;b&gt;eve&lt;/b&gt;" in page and "<b>eve</b>" not in page
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_offline_check_in_docs_audit_md_rechecks_a_json_export(story, tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "AUDIT.md").read_text("utf-8")
+    script = doc.split("<!-- offline-check -->", 1)[1].split("```python\n", 1)[1]
+    check = tmp_path / "check_trail.py"
+    check.write_text(script.split("```", 1)[0], encoding="utf-8")
+    export = tmp_path / "trail.json"
+    story.run("audit", "report", "--format", "json", "--output", str(export))
+    done = subprocess.run([sys.executable, str(check), str(export)], capture_output=True,
+                          text=True, check=False)
+    head = story.run("audit", "verify").stdout.splitlines()[1].split()[1]
+    assert done.returncode == 0 and done.stdout.strip() == f"15 events valid; head {head}"
+    events = json.loads(export.read_text(encoding="utf-8"))
+    events[6]["reason"] = "edited"
+    export.write_text(json.dumps(events), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(check), str(export)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 1 and "event 7: its content does not match its hash" in done.stderr
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

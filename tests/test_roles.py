@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from privacy_lock.cli import cli
-from privacy_lock.roles import PSQL_ROLE, grants_sql
+from privacy_lock.roles import MYSQL_APPEND_ONLY_TRIGGERS, PSQL_ROLE, grants_sql
 from sns import IDENTITY, build_sns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +102,15 @@ def test_postgresql_role_can_apply_and_revert_but_not_touch_the_trail(pg_url, tm
         run_as(owner, role_url, "status", str(user))
         run_as(owner, role_url, "revert", "--user", str(user), *IDENTITY)
         assert owner.everything() == before
+        # two-person revert through the role too
+        run_as(owner, role_url, "apply", str(user), *IDENTITY)
+        config = owner.config_path.read_text(encoding="utf-8")
+        owner.config_path.write_text(config.replace("revert_requires_approval = false",
+                                                    "revert_requires_approval = true"), "utf-8")
+        run_as(owner, role_url, "revert", "--user", str(user), *IDENTITY)
+        run_as(owner, role_url, "requests")
+        run_as(owner, role_url, "approve", "1", "--operator", "second")
+        assert owner.everything() == before
         run_as(owner, role_url, "audit", "verify")
         run_as(owner, role_url, "audit", "report", "--format", "csv")
 
@@ -162,3 +171,18 @@ def test_mariadb_account_with_the_documented_grants(mysql_url, tmp_path):
     finally:
         with admin.begin() as conn:
             conn.execute(text(f"DROP USER IF EXISTS '{account}'@'%'"))
+
+
+def test_mariadb_optional_triggers_from_docs_refuse_edits_even_by_root(mysql_url, tmp_path):
+    doc = (ROOT / "docs" / "DBA.md").read_text(encoding="utf-8")
+    assert all(statement in doc for statement in MYSQL_APPEND_ONLY_TRIGGERS)
+    sns = build_sns(mysql_url, tmp_path)
+    with sns.engine.begin() as conn:
+        for statement in MYSQL_APPEND_ONLY_TRIGGERS:
+            conn.execute(text(statement))
+    sns.run("apply", str(sns.users[0]), *IDENTITY)
+    sns.run("revert", "--user", str(sns.users[0]), *IDENTITY)
+    assert "append-only: UPDATE refused" in refused(
+        sns.engine, "UPDATE privacy_lock_audit SET reason = 'x'")
+    assert "append-only: DELETE refused" in refused(sns.engine, "DELETE FROM privacy_lock_audit")
+    assert sns.run("audit", "verify").stdout.startswith("7/7 events valid")

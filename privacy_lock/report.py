@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sqlalchemy import Connection, func, select
 
@@ -47,6 +47,9 @@ def resolve_zone(name: str | None) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        if not available_timezones():
+            raise UsageError(f"cannot use time zone {name!r}: this machine has no time zone "
+                             "database (pip install tzdata)") from None
         raise UsageError(f"unknown time zone {name!r} (use an IANA name such as Asia/Tokyo, "
                          "Europe/Berlin or UTC)") from None
 

@@ -174,12 +174,13 @@ def outcome_rows(outcomes: Sequence[Outcome], mode: Mode) -> list[dict[str, Any]
     """One flat row per request and kind, for tables and CSV."""
     counts = ("changed", "already_private") if mode == "apply" else (
         "restored", "conflicts", "gone")
+    from_file = any(o.request.line for o in outcomes)
     rows = []
     for outcome in outcomes:
         for kind, kind_counts in (outcome.kinds or {"-": None}).items():
-            row: dict[str, Any] = {"line": outcome.request.line or "-", "user": outcome.user,
-                                   "lock": outcome.lock_id, "status": outcome.status,
-                                   "kind": kind}
+            row: dict[str, Any] = {"line": outcome.request.line} if from_file else {}
+            row.update({"user": outcome.user, "lock": outcome.lock_id,
+                        "status": outcome.status, "kind": kind})
             for name in counts:
                 row[name] = getattr(kind_counts, name) if kind_counts else 0
             if outcome.error:

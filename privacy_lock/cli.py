@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,18 +14,29 @@ import click
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from privacy_lock import __version__, locking
-from privacy_lock.audit import Actor, verify_chain
-from privacy_lock.config import ContentMap, Settings, bind_content_map, load_settings
+from privacy_lock import __version__, approvals, batch, locking
+from privacy_lock import report as reporting
+from privacy_lock.audit import ACTIONS, Actor, EventFilters, record_views, verify_chain
+from privacy_lock.config import (
+    ContentMap,
+    Settings,
+    bind_content_map,
+    load_settings,
+    missing_owner_indexes,
+)
 from privacy_lock.db import (
     connect_check,
     create_tool_engine,
     first_line,
+    reading,
     safe_url,
     translate_errors,
 )
 from privacy_lock.errors import PrivacyLockError, UsageError
-from privacy_lock.render import FORMATS, render
+from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
+from privacy_lock.progress import Progress, RunStats
+from privacy_lock.render import FORMATS, REPORT_FORMATS, render
+from privacy_lock.requests import Request, load_requests
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
 
 
@@ -66,13 +77,13 @@ class App:
 
     def content_map(self, conn: Connection) -> ContentMap:
         """The content map checked against the live schema, after checking the tool's tables."""
-        with conn.begin():
+        with reading(conn):
             require_tool_tables(conn)
             return bind_content_map(conn, self.settings)
 
     @staticmethod
     def require_tables(conn: Connection) -> None:
-        with conn.begin():
+        with reading(conn):
             require_tool_tables(conn)
 
 
@@ -121,15 +132,39 @@ def identity_options(func: Any) -> Any:
 
 
 def pacing_options(func: Any) -> Any:
-    """--chunk-size / --sleep: how large each transaction is and the pause between them."""
+    """How large each transaction is, how the run yields to the live site, and how it reports."""
+    options = [
+        click.option("--chunk-size", type=click.IntRange(1, MAX_CHUNK_SIZE),
+                     default=DEFAULT_CHUNK_SIZE, show_default=True,
+                     help="Items per transaction."),
+        click.option("--max-chunk-seconds", type=click.FloatRange(min=0.001),
+                     help="Grow or shrink chunks to keep each transaction near this long."),
+        click.option("--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Seconds to pause between chunks (gives a busy site room)."),
+        click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="While this file exists, wait between chunks."),
+        click.option("--lock-timeout", type=click.FloatRange(min=0.001), default=2.0,
+                     show_default=True,
+                     help="Seconds to wait for a row the site holds before backing off."),
+        click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True,
+                     help="Retries (with backoff) of a chunk that could not get its locks."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def batch_options(func: Any) -> Any:
+    """--from-file / --output, shared by apply and revert."""
     func = click.option(
-        "--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
-        help="Seconds to pause between chunks (gives a busy site room).",
+        "--output", type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write the per-request results here (.json or .csv); failed requests go to "
+        "NAME.failed.csv, ready for --from-file.",
     )(func)
     func = click.option(
-        "--chunk-size", type=click.IntRange(1, locking.MAX_CHUNK_SIZE),
-        default=locking.DEFAULT_CHUNK_SIZE, show_default=True,
-        help="Items per transaction.",
+        "--from-file", type=click.Path(dir_okay=False, path_type=Path),
+        help="Request file (CSV with a header, or JSON): one request per row.",
     )(func)
     return func
 
@@ -186,6 +221,14 @@ def init(app: App) -> None:
         click.echo(f"created: {', '.join(created)}")
     else:
         click.echo("all privacy-lock tables already exist; nothing to do")
+    if app.settings.content:
+        with app.connect() as conn, reading(conn):
+            suggestions = missing_owner_indexes(conn, bind_content_map(conn, app.settings))
+        if suggestions:
+            note("note: these content tables have no (owner, id) index; each chunk would scan "
+                 "the table. Ask a DBA to review and create:")
+            for line in suggestions:
+                note(f"  {line}")
 
 
 @cli.command()
@@ -226,65 +269,51 @@ def demo(path: Path, force: bool, users: int) -> None:
         f'{prefix} apply {user} --operator you --ticket T-1 --reason "lost access, keep private"',
         f"{prefix} status {user} --items",
         f'{prefix} revert --user {user} --operator you --ticket T-2 --reason "user is back"',
+        f"{prefix} requests",
+        f"{prefix} approve 1 --operator reviewer",
         f"{prefix} locks --state all",
         f"{prefix} audit verify",
+        f"{prefix} audit report --format html --output audit-report.html",
     ):
         click.echo(f"  {line}")
 
 
 @cli.command()
 @click.argument("users", nargs=-1)
+@batch_options
 @identity_options
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable); default all.")
-@click.option("--dry-run", is_flag=True, help="Count what would change; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show exactly what would change; change nothing.")
 @pacing_options
 @format_option
 @click.pass_obj
-def apply(
-    app: App, users: tuple[str, ...], operator: str | None, ticket: str | None,
-    reason: str | None, kinds: tuple[str, ...], dry_run: bool, chunk_size: int, sleep: float,
-    fmt: str,
-) -> None:
+def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: Any) -> None:
     """Make every diary/photo of USER... visible to the owner only, remembering each old value.
 
     A user who already has an active lock gets it extended with whatever became visible since;
-    no stored original is ever overwritten.
+    no stored original is ever overwritten. With --from-file, the whole file is checked first
+    and nothing changes if any row is wrong; re-running a file is safe.
 
     \b
     Example:
       privacy-lock apply 42 --operator alice --ticket SUP-1234 \\
           --reason "lost carrier mail; asked to hide, not delete"
       privacy-lock apply 42 43 --kind diary --dry-run
+      privacy-lock apply --from-file tickets.csv --operator alice --output result.csv
     """
-    if not users:
-        raise UsageError("name at least one USER")
-    actor = None if dry_run else make_actor(operator, ticket, reason)
-    policy = locking.ChunkPolicy(chunk_size, sleep)
-    results = []
-    with app.connect() as conn:
-        cmap = app.content_map(conn)
-        selected = cmap.select(kinds)
-        subjects = locking.check_users(conn, cmap, users)
-        for subject in subjects:
-            results.append(locking.apply_lock(
-                conn, cmap, subject, selected, actor or Actor.current(""), policy, dry_run
-            ))
-    print_results(results, fmt, apply_view=True)
+    run_requests(app, "apply", users, (), kinds, **options)
 
 
 @cli.command()
 @click.argument("lock_ids", nargs=-1, type=int)
 @click.option("--user", "users", multiple=True, help="Revert this user's active lock (repeatable).")
+@batch_options
 @identity_options
-@click.option("--dry-run", is_flag=True, help="Count what would be restored; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @pacing_options
 @format_option
 @click.pass_obj
-def revert(
-    app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], operator: str | None,
-    ticket: str | None, reason: str | None, dry_run: bool, chunk_size: int, sleep: float,
-    fmt: str,
-) -> None:
+def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **options: Any) -> None:
     """Restore the items of a lock to their exact old values, where nobody changed them since.
 
     An item changed since the lock is left as it is and reported as a conflict; an item deleted
@@ -294,57 +323,138 @@ def revert(
     Example:
       privacy-lock revert 7 --operator alice --ticket SUP-1300 --reason "user is back"
       privacy-lock revert --user 42 --dry-run
+      privacy-lock revert --from-file returning.csv --operator alice
     """
-    if not lock_ids and not users:
-        raise UsageError("name at least one LOCK_ID or --user USER")
-    actor = None if dry_run else make_actor(operator, ticket, reason)
-    policy = locking.ChunkPolicy(chunk_size, sleep)
-    results: list[locking.UserResult] = []
+    run_requests(app, "revert", users, lock_ids, (), **options)
+
+
+def run_requests(
+    app: App, mode: batch.Mode, users: tuple[str, ...], lock_ids: tuple[int, ...],
+    kinds: tuple[str, ...], *, from_file: Path | None, output: Path | None,
+    operator: str | None, ticket: str | None, reason: str | None, dry_run: bool,
+    chunk_size: int, max_chunk_seconds: float | None, sleep: float, pause_file: Path | None,
+    lock_timeout: float, retries: int, quiet: bool, fmt: str,
+) -> None:
+    """Validate every request, run them one by one, print the outcome table and a last line
+    that says how the run ended; exit 1 if any request failed."""
+    if from_file and (users or lock_ids):
+        raise UsageError("give USER/LOCK_ID arguments or --from-file, not both")
+    if not from_file and not (users or lock_ids):
+        raise UsageError("name at least one USER" if mode == "apply"
+                         else "name at least one LOCK_ID or --user USER (or --from-file)")
+    if from_file and kinds:
+        raise UsageError("--kind applies to USER arguments; in a request file use a kinds column")
+    started = time.monotonic()
     with app.connect() as conn:
         cmap = app.content_map(conn)
-        subjects = locking.check_users(conn, cmap, users)
-        with conn.begin():
-            for lock_id in lock_ids:
-                locking.find_lock(conn, lock_id)
-            targets = list(lock_ids)
-            for subject in subjects:
-                lock_id = locking.active_lock_id(conn, subject)
-                if lock_id is None:
-                    results.append(locking.UserResult(subject, None, "not-locked", dry_run))
-                else:
-                    targets.append(lock_id)
-        for lock_id in dict.fromkeys(targets):
-            results.append(locking.revert_lock(
-                conn, cmap, lock_id, actor or Actor.current(""), policy, dry_run
-            ))
-    print_results(results, fmt, apply_view=False)
+        if from_file:
+            with reading(conn):
+                requests = load_requests(
+                    from_file, mode, default_ticket=ticket, default_reason=reason,
+                    default_operator=operator, known_kinds=list(cmap.kinds),
+                    normalize_user=cmap.normalize_user,
+                    user_exists=lambda s: locking.user_known(conn, cmap, s),
+                    lock_exists=lambda lock_id: locking.lock_exists(conn, lock_id),
+                )
+        else:
+            requests = argument_requests(conn, cmap, mode, users, lock_ids, kinds,
+                                         operator, ticket, reason, dry_run)
+        if mode == "revert" and not dry_run and app.settings.policy.revert_requires_approval:
+            file_revert_requests(conn, cmap, requests, fmt, output)
+            return
+        total = batch.planned_items(conn, cmap, mode, requests)
+        progress = Progress(total, len(requests), quiet=quiet or len(requests) == 1 and total
+                            < DEFAULT_CHUNK_SIZE)
+        stats = RunStats(action=("would be " if dry_run else "")
+                         + ("hidden" if mode == "apply" else "restored"))
+        pacer = Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
+                      pause_file=pause_file, on_note=progress.note,
+                      on_chunk=lambda user, kind, n: (progress.item_done(user, kind, n),
+                                                      stats.add_chunk(kind, n)))
 
+        def done(outcome: batch.Outcome) -> None:
+            progress.user_done(outcome.user or "", outcome.status)
+            if dry_run:
+                for name, counts in outcome.kinds.items():
+                    stats.items[name] = stats.items.get(name, 0) + (
+                        counts.changed if mode == "apply" else counts.restored)
+            stats.add_user(failed=outcome.failed,
+                           conflicts=sum(c.conflicts for c in outcome.kinds.values()),
+                           gone=sum(c.gone for c in outcome.kinds.values()))
 
-def print_results(results: list[locking.UserResult], fmt: str, apply_view: bool) -> None:
-    """One row per user and kind; JSON keeps the nested per-kind counts."""
-    counts = ("changed", "already_private") if apply_view else ("restored", "conflicts", "gone")
-    rows = []
-    for result in results:
-        for kind, kind_counts in (result.kinds or {"-": None}).items():
-            row = {"user": result.user, "lock": result.lock_id, "status": result.status,
-                   "kind": kind}
-            for name in counts:
-                row[name] = getattr(kind_counts, name) if kind_counts else 0
-            rows.append(row)
-    click.echo(render(rows, fmt, payload=[r.as_dict() for r in results]))
-    if fmt == "table" and any(r.dry_run for r in results):
-        note("dry run: nothing was changed")
-    if not apply_view and any(c.conflicts for r in results for c in r.kinds.values()):
+        try:
+            result = batch.run_batch(conn, cmap, mode, requests, pacer, dry_run, on_done=done)
+        finally:
+            progress.close()
+        if dry_run and app.settings.policy.audit_reads:
+            record_views(conn, f"{mode} --dry-run", [
+                (Actor.current(o.request.operator, o.request.ticket or None,
+                               o.request.reason or None), o.user, o.lock_id)
+                for o in result.outcomes if o.user and not o.failed])
+    stats.retries, stats.elapsed = pacer.retried, time.monotonic() - started
+    rows = batch.outcome_rows(result.outcomes, mode)
+    click.echo(render(rows, fmt, payload=[o.as_dict() for o in result.outcomes]))
+    if output:
+        retry_file = batch.write_output(output, result.outcomes, mode)
+        note(f"results written to {output}")
+        if retry_file:
+            note(f"failed requests written to {retry_file}: re-run them with "
+                 f"`privacy-lock {mode} --from-file {retry_file}`")
+    if mode == "revert" and stats.conflicts:
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")
+    failed = result.failed
+    for outcome in failed:
+        if outcome.error:
+            note(f"privacy-lock: error: {outcome.label}: {outcome.error}")
+    if dry_run:
+        note(stats.summary_line("dry run, nothing was changed"))
+    elif result.interrupted:
+        note(stats.summary_line("interrupted") + f"; {len(failed)} of {len(requests)} "
+             "requests not finished: re-run the same command to finish them")
+    elif failed:
+        note(stats.summary_line("finished with failures") + f"; {len(failed)} of "
+             f"{len(requests)} requests failed (see the error column)")
+    else:
+        note(stats.summary_line("done"))
+    if failed:
+        sys.exit(1)
+
+
+def argument_requests(
+    conn: Connection, cmap: ContentMap, mode: batch.Mode, users: tuple[str, ...],
+    lock_ids: tuple[int, ...], kinds: tuple[str, ...], operator: str | None,
+    ticket: str | None, reason: str | None, dry_run: bool,
+) -> list[Request]:
+    """Requests from command-line arguments, checked like a request file's rows."""
+    if dry_run:
+        operator, ticket, reason = operator or "", ticket or "", reason or ""
+    else:
+        actor = make_actor(operator, ticket, reason)
+        operator, ticket, reason = actor.operator, actor.ticket or "", actor.reason or ""
+    cmap.select(kinds)  # unknown kinds are a usage error before anything runs
+    subjects = locking.check_users(conn, cmap, users)
+    with reading(conn):
+        for lock_id in lock_ids:
+            locking.find_lock(conn, lock_id)
+    made = [Request(0, s, None, ticket, reason, operator, tuple(kinds)) for s in subjects]
+    made += [Request(0, None, lock_id, ticket, reason, operator, ()) for lock_id in lock_ids]
+    return made
 
 
 @cli.command()
 @click.argument("users", nargs=-1, required=True)
 @click.option("--items", is_flag=True, help="Also list every snapshotted item.")
+@click.option(
+    "--operator", envvar="PRIVACY_LOCK_OPERATOR",
+    help="Your name, for the `viewed` event when [policy] audit_reads is on "
+    "[env: PRIVACY_LOCK_OPERATOR].",
+)
 @format_option
 @click.pass_obj
-def status(app: App, users: tuple[str, ...], items: bool, fmt: str) -> None:
+def status(
+    app: App, users: tuple[str, ...], items: bool, operator: str | None, fmt: str
+) -> None:
     """Show a user's lock and how many items are visible, private and snapshotted.
 
     \b
@@ -356,6 +466,10 @@ def status(app: App, users: tuple[str, ...], items: bool, fmt: str) -> None:
         cmap = app.content_map(conn)
         subjects = locking.check_users(conn, cmap, users)
         reports = [locking.user_status(conn, cmap, s, items) for s in subjects]
+        if app.settings.policy.audit_reads:
+            viewer = Actor.current((operator or "").strip())
+            record_views(conn, "status --items" if items else "status", [
+                (viewer, r["user"], (r["lock"] or {}).get("lock_id")) for r in reports])
     rows = []
     for report in reports:
         lock = report["lock"] or {}
@@ -373,46 +487,64 @@ def status(app: App, users: tuple[str, ...], items: bool, fmt: str) -> None:
                                                    "current"]))
 
 
-def parse_when(value: str | None, end: bool = False) -> str | None:
-    """A --since/--until value (YYYY-MM-DD or ISO time, UTC) as the stored text form.
+def tz_option(func: Any) -> Any:
+    """--tz: the zone times are shown in, and bare --since/--until dates are days of."""
+    return click.option(
+        "--tz", "tz_name", metavar="ZONE", default="UTC", show_default=True,
+        help="Show times in this IANA zone (e.g. Asia/Tokyo); bare dates are days there.",
+    )(func)
 
-    A bare --until date includes that whole day.
-    """
-    if not value:
-        return None
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return (day + timedelta(days=1) if end else day).isoformat()
-        return datetime.fromisoformat(value.replace("Z", "")).isoformat()
-    except ValueError:
-        raise UsageError(f"not a date: {value!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+
+def when_options(what: str) -> Any:
+    """--since / --until for a listing of ``what``."""
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--until", metavar="DATE",
+            help=f"{what} on or before this day (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM[+09:00]).",
+        )(func)
+        return click.option(
+            "--since", metavar="DATE",
+            help=f"{what} on or after this day (YYYY-MM-DD) or time.",
+        )(func)
+    return decorate
+
+
+def time_range(since: str | None, until: str | None, tz_name: str) -> tuple[Any, Any, Any]:
+    """(zone, since, until-exclusive) as the stored UTC text the filters compare with."""
+    zone = reporting.resolve_zone(tz_name)
+    since_at = reporting.parse_bound(since, zone, "--since")
+    until_before = reporting.parse_bound(until, zone, "--until", end=True)
+    reporting.check_range(since_at, until_before)
+    return zone, since_at, until_before
 
 
 @cli.command("locks")
 @click.option("--state", type=click.Choice(["active", "reverted", "all"]), default="active",
               show_default=True)
 @click.option("--operator", help="Only locks opened by this operator.")
-@click.option("--since", help="Opened on or after this UTC date (YYYY-MM-DD).")
-@click.option("--until", help="Opened on or before this UTC date (YYYY-MM-DD).")
+@click.option("--user", help="Only this user's locks.")
+@click.option("--ticket", help="Only locks opened under this ticket.")
+@when_options("Opened")
+@tz_option
 @format_option
 @click.pass_obj
 def locks_command(
-    app: App, state: str, operator: str | None, since: str | None, until: str | None, fmt: str
+    app: App, state: str, operator: str | None, user: str | None, ticket: str | None,
+    since: str | None, until: str | None, tz_name: str, fmt: str,
 ) -> None:
-    """List locks with their items, operator, ticket and dates.
+    """List locks with their items, age (days since applied), operator, ticket and dates.
 
     \b
     Example:
       privacy-lock locks --state all --since 2026-11-01 --format csv
+      privacy-lock locks --operator alice --tz Asia/Tokyo
     """
-    since_at, until_at = parse_when(since), parse_when(until, end=True)
+    zone, since_at, until_before = time_range(since, until, tz_name)
+    filters = reporting.LockFilters(state, operator, user, ticket, None, since_at, until_before)
     with app.connect() as conn:
         app.require_tables(conn)
-        rows = locking.list_locks(conn, state, operator, since_at, until_at)
-    columns = ["lock_id", "user", "state", "items", "operator", "ticket", "created_at",
-               "reverted_at", "reason"]
-    click.echo(render(rows, fmt, columns=columns))
+        rows = reporting.lock_rows(conn, filters, zone)
+    click.echo(render(rows, fmt, columns=reporting.LOCK_COLUMNS))
 
 
 @cli.group()
@@ -421,10 +553,14 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--expect-head", help="A head hash published earlier; it must still be in the chain.")
+@click.option("--expect-head", metavar="HASH",
+              help="A head hash published earlier; it must still be in the chain.")
 @click.pass_obj
 def audit_verify(app: App, expect_head: str | None) -> None:
     """Recompute the audit chain and name the first event that was edited, removed or inserted.
+
+    Prints "N/N events valid" and the head hash to publish (e.g. in the monthly compliance
+    record); exits 1 when the chain is broken or no longer contains --expect-head.
 
     \b
     Example:
@@ -433,28 +569,250 @@ def audit_verify(app: App, expect_head: str | None) -> None:
     """
     with app.connect() as conn:
         app.require_tables(conn)
-        with conn.begin():
-            result = verify_chain(conn, expect_head)
+        result = verify_chain(conn, expect_head)
     if result.ok:
-        click.echo(f"{result.valid}/{result.total} events valid; head {result.head_hash}")
+        click.echo(f"{result.valid}/{result.total} events valid")
+        when = f", {result.head_time}" if result.head_time else ""
+        click.echo(f"head: {result.head_hash} (event {result.head_seq}{when})")
+        if result.expect_head_seq is not None:
+            click.echo(f"published head found at event {result.expect_head_seq}: nothing "
+                       "before it was changed or removed")
         return
-    click.echo(f"BROKEN: {result.problem}", err=True)
-    click.echo(f"{result.valid}/{result.total} events valid before it; last good head "
-               f"{result.head_hash}")
+    click.echo(f"privacy-lock: BROKEN: {result.problem}", err=True)
+    click.echo(f"{result.valid}/{result.total} events valid before the first broken one"
+               + (f" (event {result.broken_seq})" if result.broken_seq else ""))
+    click.echo(f"last intact head: {result.head_hash} (event {result.head_seq})")
     sys.exit(1)
+
+
+@audit.command("report")
+@when_options("Events")
+@tz_option
+@click.option("--operator", help="Only events by this operator.")
+@click.option("--user", help="Only events about this user (content owner id).")
+@click.option("--action", "actions", multiple=True, type=click.Choice(list(ACTIONS)),
+              help="Only this action (repeatable).")
+@click.option("--ticket", help="Only events under this ticket.")
+@click.option("--lock", "lock_id", type=int, help="Only events of this lock id.")
+@click.option("--summary", is_flag=True,
+              help="Counts per action x operator x day, and active locks by age.")
+@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table",
+              show_default=True, help="Output format (html: one self-contained page).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file instead of standard output.")
+@click.pass_obj
+def audit_report(
+    app: App, since: str | None, until: str | None, tz_name: str, operator: str | None,
+    user: str | None, actions: tuple[str, ...], ticket: str | None, lock_id: int | None,
+    summary: bool, fmt: str, output: Path | None,
+) -> None:
+    """Who changed whose content, when, under which ticket and reason.
+
+    Every filter applies to every format. Times are stored and compared in UTC and shown in
+    --tz; the html page also holds the summary, a chart of applies/reverts per day and the
+    result of `audit verify` with the head hash.
+
+    \b
+    Example:
+      privacy-lock audit report --since 2026-11-01 --until 2026-11-30 --tz Asia/Tokyo
+      privacy-lock audit report --user 42 --format csv --output user-42.csv
+      privacy-lock audit report --summary --since 2026-11-01
+      privacy-lock audit report --format html --output audit-2026-11.html
+    """
+    zone, since_at, until_before = time_range(since, until, tz_name)
+    filters = EventFilters(since_at, until_before, operator, user, actions, ticket, lock_id)
+    words = reporting.describe_filters(since=since, until=until, operator=operator, user=user,
+                                       action=actions, ticket=ticket, lock=lock_id)
+    with app.connect() as conn:
+        app.require_tables(conn)
+        report = reporting.build_report(
+            conn, filters, zone, database=safe_url(app.settings.database_url),
+            filter_words=words, keep_events=fmt == "html" or not summary,
+            verify=fmt in ("html", "table"),
+        )
+    if fmt == "html":
+        text = render(report.events, fmt, payload=report)
+    elif summary:
+        text = summary_text(report, fmt)
+    elif fmt == "json":
+        text = render(report.events, fmt, payload=[reporting.event_json(r)
+                                                   for r in report.events])
+    elif fmt == "csv":
+        text = render(report.events, fmt, columns=reporting.EVENT_COLUMNS)
+    else:
+        text = render([reporting.table_row(r) for r in report.events], fmt,
+                      columns=reporting.EVENT_TABLE_COLUMNS)
+    write_or_echo(text, output)
+    if output:
+        note(f"wrote {output} ({report.event_total} events)")
+    if report.verify is not None and not report.verify.ok:
+        note(f"warning: the audit chain is BROKEN: {report.verify.problem} "
+             "(run `privacy-lock audit verify`)")
+    elif report.verify is not None and fmt == "table":
+        note(f"{report.event_total} events; chain: {report.verify.valid}/"
+             f"{report.verify.total} events valid, head {report.verify.head_hash}")
+
+
+def summary_text(report: reporting.Report, fmt: str) -> str:
+    """The --summary output: counts per action x operator x day, then active locks by age."""
+    if fmt == "json":
+        return render([], fmt, payload=report.summary_json())
+    if fmt == "csv":
+        return render(report.counts, fmt, columns=reporting.COUNT_COLUMNS)
+    return "\n".join([
+        render(report.counts, fmt, columns=reporting.COUNT_COLUMNS), "",
+        "active locks by age (days since applied):",
+        render(report.ages, fmt, columns=["age", "locks", "oldest_days"]),
+    ])
+
+
+def write_or_echo(text: str, output: Path | None) -> None:
+    """Print ``text``, or write it to ``output`` whole (a reader never sees half a report)."""
+    if output is None:
+        click.echo(text)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def file_revert_requests(
+    conn: Connection, cmap: ContentMap, requests: list[Request], fmt: str, output: Path | None
+) -> None:
+    """revert under [policy] revert_requires_approval: file requests, change no content."""
+    outcomes = approvals.request_reverts(conn, cmap, requests)
+    rows = [o.as_dict() for o in outcomes]
+    text = render(rows, fmt, columns=["request", "lock", "user", "status", "requested_by"])
+    click.echo(text)
+    if output:
+        write_or_echo(render(rows, "json" if output.suffix == ".json" else "csv"), output)
+        note(f"results written to {output}")
+    waiting = [o for o in outcomes if o.request_id is not None]
+    if not waiting:
+        note("nothing to revert: no active lock was named")
+        return
+    ids = " ".join(str(o.request_id) for o in waiting)
+    asked = sorted({o.requested_by for o in waiting if o.requested_by})
+    note(f"nothing was changed yet: a revert needs a second operator's approval "
+         f"([policy] revert_requires_approval). Someone other than {', '.join(asked)} runs:")
+    for o in waiting:
+        note(f"  privacy-lock approve {o.request_id} --operator NAME")
+    if len(waiting) > 1:
+        note(f"(pending: {ids}; see `privacy-lock requests`)")
+
+
+@cli.command()
+@click.argument("request_ids", nargs=-1, type=int, required=True)
+@click.option(
+    "--operator", envvar="PRIVACY_LOCK_OPERATOR",
+    help="Your name; it must differ from the requester's [env: PRIVACY_LOCK_OPERATOR].",
+)
+@click.option("--reason", help="Why you approve (recorded in the revert-approved event).")
+@pacing_options
+@format_option
+@click.pass_obj
+def approve(
+    app: App, request_ids: tuple[int, ...], operator: str | None, reason: str | None,
+    fmt: str, **pacing: Any,
+) -> None:
+    """Approve a pending revert request and run it (a second operator, not the requester).
+
+    The revert runs under the request's ticket and reason, as you. An approval by the
+    requester is refused (exit 2) and recorded as revert-refused; nothing else changes.
+    Approving again an approved request whose run was interrupted finishes it.
+
+    \b
+    Example:
+      privacy-lock requests
+      privacy-lock approve 3 --operator bob
+    """
+    if not (operator and operator.strip()):
+        raise UsageError("--operator required: the approval is audited under your name")
+    pacer = Pacer(pacing["chunk_size"], pacing["sleep"], pacing["max_chunk_seconds"],
+                  pacing["lock_timeout"], pacing["retries"], pause_file=pacing["pause_file"])
+    approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
+    outcomes = []
+    with app.connect() as conn:
+        cmap = app.content_map(conn)
+        for request_id in dict.fromkeys(request_ids):
+            outcomes.append(approvals.approve_request(conn, cmap, request_id, approver, pacer))
+    rows = []
+    for outcome in outcomes:
+        result = outcome.result
+        for kind, counts in (result.kinds or {"-": None}).items():
+            rows.append({
+                "request": outcome.request["request_id"], "user": result.user,
+                "lock": result.lock_id, "status": result.status, "kind": kind,
+                "restored": counts.restored if counts else 0,
+                "conflicts": counts.conflicts if counts else 0,
+                "gone": counts.gone if counts else 0,
+            })
+    click.echo(render(rows, fmt, payload=[
+        {"request": o.request["request_id"], "requested_by": o.request["requested_by"],
+         "approved_by": o.request["approved_by"], "resumed": o.resumed,
+         **o.result.as_dict()} for o in outcomes]))
+    for outcome in outcomes:
+        req = outcome.request
+        note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
+             f"{req['approved_by']}; lock {req['lock_id']} {outcome.result.status}")
+        if outcome.same_os_account:
+            note(f"  note: requested and approved from the same OS account "
+                 f"({req['requested_os_user']}@{req['requested_host']}); recorded in the trail")
+    if any(c.conflicts for o in outcomes for c in o.result.kinds.values()):
+        note("conflicts were left as they are: the item was changed after the lock "
+             "(see `status USER --items`)")
+
+
+@cli.command("requests")
+@click.option("--state", type=click.Choice(["open", "pending", "approved", "done", "all"]),
+              default="open", show_default=True,
+              help="open = waiting for approval, or approved but not finished.")
+@tz_option
+@format_option
+@click.pass_obj
+def requests_command(app: App, state: str, tz_name: str, fmt: str) -> None:
+    """List revert requests waiting for a second operator's approval.
+
+    \b
+    Example:
+      privacy-lock requests
+      privacy-lock requests --state all --format csv
+    """
+    zone = reporting.resolve_zone(tz_name)
+    with app.connect() as conn:
+        app.require_tables(conn)
+        rows = approvals.list_requests(conn, state, zone)
+    columns = ["request", "lock", "user", "state", "age_days", "requested_by",
+               "requested_from", "ticket", "reason", "requested_at", "approved_by"]
+    click.echo(render(rows, fmt, columns=columns))
 
 
 @cli.command("sql")
 @click.option("--dialect", type=click.Choice(["sqlite", "postgresql", "mysql"]),
               default="sqlite", show_default=True)
-def sql_command(dialect: str) -> None:
+@click.option("--grants", "role", metavar="ROLE",
+              help="Print the least-privilege GRANTs for this role (PostgreSQL) or user[@host] "
+              "(MySQL/MariaDB) instead, with column grants from the content map.")
+@click.pass_obj
+def sql_command(app: App, dialect: str, role: str | None) -> None:
     """Print the DDL of the tool's tables for a DBA to review (same as sql/DIALECT.sql).
 
     \b
     Example:
       privacy-lock sql --dialect postgresql > review.sql
+      privacy-lock --config sns.toml sql --dialect postgresql --grants privacy_lock_tool
     """
-    click.echo(ddl_for(dialect), nl=False)
+    if role is None:
+        click.echo(ddl_for(dialect), nl=False)
+        return
+    from privacy_lock.roles import grants_sql
+
+    settings = app.settings
+    click.echo(grants_sql(dialect, role, settings.content or None, settings.accounts), nl=False)
 
 
 def main() -> None:

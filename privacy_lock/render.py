@@ -29,7 +29,7 @@ def render(
     if fmt == "json":
         data = payload if payload is not None else list(rows)
         return json.dumps(data, ensure_ascii=False, indent=2, default=str)
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

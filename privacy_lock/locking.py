@@ -639,34 +639,3 @@ def _lock_dict(row: Any) -> dict[str, Any]:
         "created_at": row.created_at, "reverted_at": row.reverted_at,
         "reverted_by": row.reverted_by,
     }
-
-
-def list_locks(
-    conn: Connection,
-    state: str = "active",
-    operator: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-) -> list[dict[str, Any]]:
-    """Locks with their item counts, filtered; ``since``/``until`` are UTC ISO dates or times."""
-    items = (
-        select(snapshots.c.lock_id, func.count().label("items"))
-        .group_by(snapshots.c.lock_id)
-        .subquery()
-    )
-    query = (
-        select(locks, func.coalesce(items.c["items"], 0).label("items"))
-        .select_from(locks.outerjoin(items, items.c.lock_id == locks.c.lock_id))
-        .order_by(locks.c.lock_id)
-    )
-    if state != "all":
-        query = query.where(locks.c.state == state)
-    if operator:
-        query = query.where(locks.c.operator == operator)
-    if since:
-        query = query.where(locks.c.created_at >= since)
-    if until:
-        query = query.where(locks.c.created_at < until)
-    with reading(conn):
-        rows = conn.execute(query).all()
-    return [{**_lock_dict(row), "items": int(row.items)} for row in rows]

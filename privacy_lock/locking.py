@@ -213,11 +213,11 @@ def open_lock(conn: Connection, subject: str, actor: Actor, pacer: Pacer) -> tup
 
 def snapshot_and_hide_chunk(
     conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any, limit: int
-) -> tuple[int, int, Any]:
+) -> tuple[int, int, Any, int]:
     """Snapshot and hide the next ``limit`` visible items after key ``after``.
 
-    Returns (items hidden, snapshot rows written, last key visited); last key is None when
-    there was nothing left to visit. Runs inside the caller's transaction.
+    Returns (items hidden, snapshot rows written, last key visited, keys visited); last key
+    is None when there was nothing left to visit. Runs inside the caller's transaction.
     """
     walk = select(kind.id_col).where(kind.owner_col == owner, visible(kind))
     if after is not None:
@@ -227,14 +227,14 @@ def snapshot_and_hide_chunk(
     # (MariaDB does on small or skewed tables) and wait on, or lock, other users' rows.
     candidates = conn.execute(walk.order_by(kind.id_col).limit(limit)).scalars().all()
     if not candidates:
-        return 0, 0, None
+        return 0, 0, None, 0
     ids = conn.execute(
         select(kind.id_col)
         .where(kind.owner_col == owner, kind.id_col.in_(candidates), visible(kind))
         .with_for_update()
     ).scalars().all()
     if not ids:  # all of them were hidden by someone else meanwhile
-        return 0, 0, candidates[-1]
+        return 0, 0, candidates[-1], len(candidates)
     these_rows = and_(kind.owner_col == owner, kind.id_col.in_(ids), visible(kind))
     # An item the lock already holds a snapshot for (made visible again since) is hidden again,
     # but its stored original is never overwritten.
@@ -260,7 +260,7 @@ def snapshot_and_hide_chunk(
     hidden = conn.execute(
         update(kind.table).where(these_rows).values({kind.vis_col.name: kind.private})
     ).rowcount
-    return hidden, snapshotted, candidates[-1]
+    return hidden, snapshotted, candidates[-1], len(candidates)
 
 
 def apply_lock(
@@ -287,13 +287,13 @@ def apply_lock(
     lock_id, opened = open_lock(conn, subject, actor, pacer)
     result = UserResult(subject, lock_id, "locked" if opened else "extended")
 
-    def hide_next_chunk(kind: BoundKind, owner: Any, after: Any) -> tuple[int, int, Any]:
+    def hide_next_chunk(kind: BoundKind, owner: Any, after: Any) -> tuple[int, int, Any, int]:
         if _lock_row(conn, lock_id).state != ACTIVE:
             raise LockStateError(
                 f"lock {lock_id} of user {subject} was reverted while this apply was "
                 "running; the chunks already committed stay hidden under it"
             )
-        hidden, snapshotted, last = snapshot_and_hide_chunk(
+        hidden, snapshotted, last, seen = snapshot_and_hide_chunk(
             conn, kind, lock_id, owner, after, pacer.size
         )
         if last is not None:
@@ -301,19 +301,23 @@ def apply_lock(
                 conn, "hide", actor, subject=subject, lock_id=lock_id,
                 details={"kind": kind.name, "hidden": hidden, "snapshotted": snapshotted},
             )
-        return hidden, snapshotted, last
+        return hidden, snapshotted, last, seen
 
     for kind in kinds:
         counts = result.kinds.setdefault(kind.name, KindCounts())
         counts.already_private = planned[kind.name].already_private
         owner, after = cmap.owner_value(kind, subject), None
-        while True:
-            hidden, _snapshotted, last = pacer.chunk(
+        # The walk ends at the first chunk that is not full (or at once when the plan found
+        # nothing visible): no extra transaction just to learn that nothing is left.
+        more = planned[kind.name].changed > 0
+        while more:
+            size = pacer.size
+            hidden, _snapshotted, last, seen = pacer.chunk(
                 conn, partial(hide_next_chunk, kind, owner, after)
             )
             if last is None:
                 break
-            after = last
+            after, more = last, seen >= size
             counts.changed += hidden
             result.chunks += 1
             pacer.after_chunk(subject, kind.name, hidden)
@@ -545,8 +549,9 @@ def revert_lock(
 
     while True:
         for kind in kinds:
-            owner, after = cmap.owner_value(kind, subject), 0
-            while True:
+            owner, after, more = cmap.owner_value(kind, subject), 0, True
+            while more:  # until a chunk that is not full: nothing pending is left behind it
+                size = pacer.size
                 counts, last = pacer.chunk(
                     conn, partial(restore_next_chunk, kind, owner, after)
                 )
@@ -555,7 +560,7 @@ def revert_lock(
                     return result
                 if last is None:
                     break
-                after = last
+                after, more = last, counts.restored + counts.conflicts + counts.gone >= size
                 result.chunks += 1
                 pacer.after_chunk(subject, kind.name, counts.restored)
         outcome = pacer.chunk(conn, close_lock)

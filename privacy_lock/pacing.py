@@ -26,6 +26,7 @@ from privacy_lock.errors import PrivacyLockError, UsageError
 DEFAULT_CHUNK_SIZE = 1000
 MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
 T = TypeVar("T")
+_TIMEOUT_SET = "privacy_lock_lock_timeout"  # connection info key: the lock timeout in force
 
 # Driver error codes that mean "someone else holds the lock; try again later".
 _PG_RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
@@ -95,6 +96,7 @@ class Pacer:
                     self._set_lock_timeout(conn)
                     result = work()
             except DBAPIError as exc:
+                conn.info.pop(_TIMEOUT_SET, None)  # a rolled-back SET is gone with the rest
                 if not is_lock_conflict(exc):
                     raise
                 if attempt == self.retries:
@@ -159,15 +161,19 @@ class Pacer:
             signal.signal(signal.SIGINT, previous)
 
     def _set_lock_timeout(self, conn: Connection) -> None:
+        """Bound lock waits for this connection's session (once; cheap on every later chunk)."""
         millis = max(1, int(self.lock_timeout * 1000))
+        if conn.info.get(_TIMEOUT_SET) == millis:
+            return
         name = conn.dialect.name
         if name == "postgresql":
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {millis}")
+            conn.exec_driver_sql(f"SET lock_timeout = {millis}")
         elif name in ("mysql", "mariadb"):
             # InnoDB takes whole seconds, at least 1.
             conn.exec_driver_sql(
                 f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.lock_timeout))}"
             )
+        conn.info[_TIMEOUT_SET] = millis
 
     def _set_sqlite_busy_timeout(self, conn: Connection) -> None:
         """SQLite waits for the database lock at BEGIN IMMEDIATE, before any statement of ours

@@ -484,7 +484,8 @@ def status(
         item_rows = [{"user": r["user"], **item} for r in reports for item in r["items"]]
         click.echo("")
         click.echo(render(item_rows, fmt, columns=["user", "kind", "item", "original", "state",
-                                                   "current"]))
+                                                   "current"],
+                          value_columns=("original", "current")))
 
 
 def tz_option(func: Any) -> Any:

@@ -20,11 +20,14 @@ def render(
     fmt: str,
     columns: Sequence[str] | None = None,
     payload: Any = None,
+    value_columns: Sequence[str] = (),
 ) -> str:
     """Render ``rows`` (one dict per line) in ``fmt``.
 
     ``payload`` is what JSON output prints instead of the flat rows, when the command has a
     richer machine-readable shape (e.g. counts nested per kind); tables and CSV always show rows.
+    In a table, a missing value shows as "-", except in ``value_columns`` (visibility values),
+    where NULL means "site default" and is shown as NULL.
     """
     if fmt == "json":
         data = payload if payload is not None else list(rows)
@@ -40,7 +43,7 @@ def render(
     if fmt == "table":
         if not rows:
             return "(none)"
-        body = [[_table_cell(row.get(c)) for c in columns] for row in rows]
+        body = [[_table_cell(row.get(c), c in value_columns) for c in columns] for row in rows]
         return tabulate(body, headers=columns, tablefmt="simple", disable_numparse=True)
     if fmt == "html":
         from privacy_lock.html_report import html_document
@@ -53,10 +56,10 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _table_cell(value: Any) -> str:
-    """NULL is shown as NULL in tables, so it is never mistaken for an empty string."""
+def _table_cell(value: Any, is_value: bool) -> str:
+    """NULL and '' are shown so that neither is mistaken for the other."""
     if value is None:
-        return "NULL"
+        return "NULL" if is_value else "-"
     if value == "":
         return "''"
     return str(value)

@@ -18,7 +18,7 @@ site that keeps editing the person's items cannot keep a run going forever.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -27,6 +27,8 @@ from sqlalchemy import (
     Connection,
     String,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     func,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
@@ -105,6 +108,25 @@ def _snapshot_item_as_id(kind: BoundKind) -> ColumnElement[Any]:
     if isinstance(kind.id_col.type, String):
         return snapshots.c.item_id
     return cast(snapshots.c.item_id, kind.id_col.type)
+
+
+def _in_keys(conn: Connection, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
+    """``col IN (keys)`` for a chunk's keys. On PostgreSQL one array parameter (``= ANY``)
+    instead of a thousand: a 1000-key statement takes 5-6 ms instead of 16-21 (bench/)."""
+    if conn.dialect.name == "postgresql":
+        return col == any_(bindparam(None, list(keys), type_=ARRAY(col.type)))
+    return col.in_(keys)
+
+
+def _plan_for_actual_keys(conn: Connection) -> None:
+    """On PostgreSQL, plan the rest of this transaction for its actual owner and keys.
+
+    psycopg prepares a statement after its fifth run, and PostgreSQL may then switch to a
+    generic plan that knows neither: for a heavy user it reads every item of the owner for
+    each chunk (a 100,000-item revert took 24-150 s instead of 10, bench/).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
 def _original_col(kind: BoundKind) -> Any:
@@ -235,12 +257,15 @@ def snapshot_and_hide_chunk(
     in_range = kind.id_col.between(candidates[0], candidates[-1])
     ids = conn.execute(
         select(kind.id_col)
-        .where(kind.owner_col == owner, in_range, kind.id_col.in_(candidates), visible(kind))
+        .where(kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, candidates),
+               visible(kind))
         .with_for_update()
     ).scalars().all()
     if not ids:  # all of them were hidden by someone else meanwhile
         return 0, 0, candidates[-1], len(candidates)
-    these_rows = and_(kind.owner_col == owner, in_range, kind.id_col.in_(ids), visible(kind))
+    these_rows = and_(
+        kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, ids), visible(kind)
+    )
     # An item the lock already holds a snapshot for (made visible again since) is hidden again,
     # but its stored original is never overwritten.
     already_snapshotted = (
@@ -425,6 +450,7 @@ def restore_chunk(
     changed it since) or gone (deleted, or no longer this user's). Returns the counts and the
     last snapshot id visited (None when nothing was left). Runs in the caller's transaction.
     """
+    _plan_for_actual_keys(conn)
     pending = conn.execute(
         select(snapshots.c.snapshot_id, snapshots.c.item_id)
         .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
@@ -440,7 +466,7 @@ def restore_chunk(
     current = dict(
         conn.execute(
             select(_id_as_text(kind), kind.vis_col)
-            .where(kind.owner_col == owner, kind.id_col.in_(item_ids))
+            .where(kind.owner_col == owner, _in_keys(conn, kind.id_col, item_ids))
             .with_for_update()
         ).all()
     )
@@ -460,9 +486,9 @@ def restore_chunk(
             .where(
                 kind.owner_col == owner,
                 kind.vis_col == kind.private,
-                kind.id_col.in_(item_ids),
+                _in_keys(conn, kind.id_col, item_ids),
                 kind.id_col == _snapshot_item_as_id(kind),
-                snapshots.c.snapshot_id.in_(by_state[RESTORED]),
+                _in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
             )
         ).rowcount
         if restored != len(by_state[RESTORED]):
@@ -476,7 +502,7 @@ def restore_chunk(
         if ids:
             conn.execute(
                 update(snapshots)
-                .where(snapshots.c.snapshot_id.in_(ids))
+                .where(_in_keys(conn, snapshots.c.snapshot_id, ids))
                 .values(state=state, resolved_at=now)
             )
     counts = KindCounts(restored=len(by_state[RESTORED]), conflicts=len(by_state[CONFLICT]),

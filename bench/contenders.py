@@ -1,0 +1,367 @@
+"""The contenders: the floor, the naive tool, and privacy-lock through its API and its CLI.
+
+Each one does the same change to the same users: ``apply`` hides every visible item of each
+user and keeps its original in a snapshot row under the user's lock; ``revert`` puts every
+snapshotted item back and closes the lock. Each returns a Measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Integer,
+    String,
+    cast,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, registry
+
+from bench.data import (
+    FIRST_BATCH_USER,
+    HEAVY_USER,
+    KINDS,
+    Dataset,
+    batch_table,
+    content_tables,
+    users_table,
+    visible,
+)
+from bench.worker import peak_rss_mb
+from privacy_lock.audit import utc_now
+from privacy_lock.schema import locks, snapshots
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IDENTITY = ("--operator", "bench", "--ticket", "BENCH-1", "--reason", "benchmark")
+SUBJECT = String(191)  # how the tool's tables store user and item ids
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A set of users the same change is made to: the heavy user, or the batch."""
+
+    name: str
+    subjects: tuple[str, ...]
+
+    @classmethod
+    def heavy(cls) -> Workload:
+        return cls("heavy", (str(HEAVY_USER),))
+
+    @classmethod
+    def batch(cls, users: int) -> Workload:
+        return cls("batch", tuple(str(FIRST_BATCH_USER + i) for i in range(users)))
+
+    def owns(self, owner_col: Any) -> Any:
+        """SQL: the owner column names one of this workload's users."""
+        if self.name == "heavy":
+            return owner_col == HEAVY_USER
+        return owner_col.in_(select(batch_table.c.user_id))
+
+    def locked_by_us(self, subject_col: Any) -> Any:
+        """SQL: a lock's (active) subject is one of this workload's users."""
+        if self.name == "heavy":
+            return subject_col == str(HEAVY_USER)
+        return subject_col.in_(select(cast(batch_table.c.user_id, SUBJECT)))
+
+
+@dataclass
+class Measurement:
+    """What one contender did and what it cost."""
+
+    seconds: float
+    items: int
+    peak_rss_mb: float | None = None
+    longest_txn_ms: float | None = None  # any transaction, read-only validation included
+    longest_writing_txn_ms: float | None = None  # one that changed rows or held row locks
+    transactions: int | None = None
+    writing_transactions: int | None = None
+    max_chunk_items: int | None = None
+    sampled: bool = False  # items/seconds come from a sample; the rate is what extrapolates
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Items per second."""
+        return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+
+# --- the floor: one hand-written set-based transaction -----------------------------------------
+
+
+def floor_apply(ds: Dataset, wl: Workload) -> Measurement:
+    """Open the locks, snapshot every visible item and hide it: one transaction, no chunks."""
+    now = utc_now()
+    items = 0
+    with ds.engine.connect() as conn:
+        started = time.perf_counter()
+        with conn.begin():
+            user = cast(users_table.c.id, SUBJECT)
+            conn.execute(insert(locks).from_select(
+                ["subject", "active_subject", "state", "operator", "ticket", "reason",
+                 "created_at", "updated_at"],
+                select(user, user, literal("active"), literal("floor"), literal("BENCH-1"),
+                       literal("benchmark"), literal(now), literal(now))
+                .where(wl.owns(users_table.c.id)),
+            ))
+            for spec in KINDS:
+                table = content_tables[spec.name]
+                owner = table.c[spec.owner]
+                conn.execute(insert(snapshots).from_select(
+                    ["lock_id", "kind", "item_id", spec.original_column, "state",
+                     "snapshotted_at"],
+                    select(locks.c.lock_id, literal(spec.name), cast(table.c.id, SUBJECT),
+                           table.c[spec.visibility], literal("locked"), literal(now))
+                    .select_from(table.join(locks, locks.c.active_subject == cast(owner, SUBJECT)))
+                    .where(wl.owns(owner), visible(spec)),
+                ))
+                items += conn.execute(
+                    update(table).where(wl.owns(owner), visible(spec))
+                    .values({spec.visibility: spec.private})
+                ).rowcount
+        return Measurement(time.perf_counter() - started, items, transactions=1)
+
+
+def floor_revert(ds: Dataset, wl: Workload) -> Measurement:
+    """Put every snapshotted item back, mark the snapshots restored, close the locks: one
+    transaction, no conflict check beyond "still owner-only"."""
+    now = utc_now()
+    items = 0
+    with ds.engine.connect() as conn:
+        started = time.perf_counter()
+        with conn.begin():
+            for spec in KINDS:
+                table = content_tables[spec.name]
+                items += conn.execute(
+                    update(table)
+                    .values({spec.visibility: snapshots.c[spec.original_column]})
+                    .where(
+                        locks.c.lock_id == snapshots.c.lock_id,
+                        wl.locked_by_us(locks.c.active_subject),
+                        snapshots.c.kind == spec.name,
+                        snapshots.c.state == "locked",
+                        table.c.id == cast(snapshots.c.item_id, Integer),
+                        table.c[spec.owner] == cast(locks.c.subject, Integer),
+                        table.c[spec.visibility] == spec.private,
+                    )
+                ).rowcount
+            conn.execute(
+                update(snapshots)
+                .where(snapshots.c.state == "locked", snapshots.c.lock_id.in_(
+                    select(locks.c.lock_id).where(wl.locked_by_us(locks.c.active_subject))))
+                .values(state="restored", resolved_at=now)
+            )
+            conn.execute(
+                update(locks).where(wl.locked_by_us(locks.c.active_subject))
+                .values(state="reverted", active_subject=None, reverted_at=now, updated_at=now,
+                        reverted_by="floor")
+            )
+        return Measurement(time.perf_counter() - started, items, transactions=1)
+
+
+# --- the naive tool: a per-row ORM loop --------------------------------------------------------
+
+
+def _naive_mappings() -> dict[str, type]:
+    """ORM classes for the content tables and the tool's tables, in a registry of their own."""
+    mapper_registry = registry()
+    classes: dict[str, type] = {}
+    for spec in KINDS:
+        cls = type(f"Naive{spec.name.title()}", (), {})
+        mapper_registry.map_imperatively(cls, content_tables[spec.name])
+        classes[spec.name] = cls
+    lock_cls = type("NaiveLock", (), {})
+    snap_cls = type("NaiveSnapshot", (), {})
+    mapper_registry.map_imperatively(lock_cls, locks)
+    mapper_registry.map_imperatively(snap_cls, snapshots)
+    classes["lock"], classes["snapshot"] = lock_cls, snap_cls
+    return classes
+
+
+def naive_apply(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
+    """What a hurried script does: load the user's items, then for each one save a snapshot
+    object and change it, committing every 100 rows (each commit expires the loaded objects,
+    so every next item is fetched again, one SELECT per row).
+
+    With ``sample``, stops after about that many items (whole users in the batch) and the
+    measured rate is what the report extrapolates.
+    """
+    classes = _naive_mappings()
+    subjects, per_user_limit = _naive_scope(ds, wl, sample)
+    items = 0
+    started = time.perf_counter()
+    with Session(ds.engine) as session:
+        for subject in subjects:
+            now = utc_now()
+            lock = classes["lock"](subject=subject, active_subject=subject, state="active",
+                                   operator="naive", ticket="BENCH-1", reason="benchmark",
+                                   created_at=now, updated_at=now)
+            session.add(lock)
+            session.commit()
+            for spec in KINDS:
+                cls = classes[spec.name]
+                query = select(cls).where(getattr(cls, spec.owner) == int(subject))
+                query = query.order_by(cls.id).limit(per_user_limit)
+                for item in session.scalars(query).all():
+                    value = getattr(item, spec.visibility)
+                    if value == spec.private:
+                        continue
+                    session.add(classes["snapshot"](**{
+                        "lock_id": lock.lock_id, "kind": spec.name, "item_id": str(item.id),
+                        spec.original_column: value, "state": "locked",
+                        "snapshotted_at": utc_now(),
+                    }))
+                    setattr(item, spec.visibility, spec.private)
+                    items += 1
+                    if items % 100 == 0:
+                        session.commit()
+            session.commit()
+    return Measurement(time.perf_counter() - started, items, sampled=sample is not None)
+
+
+def naive_revert(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
+    """The hurried script's revert: for each snapshot object, load the item, put it back if it
+    is still owner-only, mark the snapshot, commit every 100 rows."""
+    classes = _naive_mappings()
+    subjects, per_user_limit = _naive_scope(ds, wl, sample)
+    specs = {spec.name: spec for spec in KINDS}
+    items = done = 0
+    started = time.perf_counter()
+    with Session(ds.engine) as session:
+        for subject in subjects:
+            lock_cls, snap_cls = classes["lock"], classes["snapshot"]
+            lock = session.scalars(
+                select(lock_cls).where(lock_cls.active_subject == subject)).one()
+            query = (select(snap_cls)
+                     .where(snap_cls.lock_id == lock.lock_id, snap_cls.state == "locked")
+                     .order_by(snap_cls.snapshot_id).limit(per_user_limit * len(KINDS)))
+            for snap in session.scalars(query).all():
+                spec = specs[snap.kind]
+                item = session.get(classes[spec.name], int(snap.item_id))
+                if item is None or getattr(item, spec.owner) != int(subject):
+                    snap.state = "gone"
+                elif getattr(item, spec.visibility) == spec.private:
+                    setattr(item, spec.visibility, getattr(snap, spec.original_column))
+                    snap.state = "restored"
+                    items += 1
+                else:
+                    snap.state = "conflict"
+                snap.resolved_at = utc_now()
+                done += 1
+                if done % 100 == 0:
+                    session.commit()
+            if sample is None:
+                now = utc_now()
+                lock.state, lock.active_subject = "reverted", None
+                lock.reverted_at, lock.updated_at, lock.reverted_by = now, now, "naive"
+            session.commit()
+    return Measurement(time.perf_counter() - started, items, sampled=sample is not None)
+
+
+def _naive_scope(ds: Dataset, wl: Workload, sample: int | None) -> tuple[tuple[str, ...], int]:
+    """Which users the naive tool works on, and at most how many items of each kind per user."""
+    if sample is None:
+        return wl.subjects, ds.sizes.total_rows
+    if wl.name == "heavy":
+        return wl.subjects, max(1, sample // len(KINDS))
+    users = max(1, sample // ds.sizes.items_per_user)
+    return wl.subjects[:users], ds.sizes.total_rows
+
+
+# --- privacy-lock itself -----------------------------------------------------------------------
+
+
+def _run_child(args: list[str], workdir: Path, label: str) -> tuple[float, float | None, str]:
+    """Run a child process; return (wall seconds, its peak RSS in MB, its stdout).
+
+    The peak is the child's VmHWM, sampled from /proc while it runs (it only grows, so the
+    last sample is the peak up to a few milliseconds before exit). Not getrusage: a child's
+    ru_maxrss starts from its parent's RSS at fork on Linux, which is this benchmark's own.
+    """
+    out_path, err_path = workdir / f"{label}.out", workdir / f"{label}.err"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    peak: list[float] = []
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(args, stdout=out, stderr=err, cwd=workdir, env=env)
+
+        def sample() -> None:
+            while child.returncode is None:
+                value = peak_rss_mb(child.pid)
+                if value is not None:
+                    peak.append(value)
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        child.wait()
+        seconds = time.perf_counter() - started
+        sampler.join()
+    if child.returncode != 0:
+        detail = err_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{label} exited with {child.returncode}: " + " | ".join(detail))
+    return seconds, max(peak, default=None), out_path.read_text()
+
+
+def tool_api(ds: Dataset, wl: Workload, operation: str) -> Measurement:
+    """The tool through its Python API, in a child process of its own (bench.worker), so that
+    its peak RSS is the tool's alone; its transactions are timed by engine events there."""
+    spec = {"url": ds.url, "config": str(ds.config_path), "operation": operation,
+            "subjects": list(wl.subjects), "chunk_size": ds.sizes.chunk_size}
+    spec_path = ds.workdir / "worker.json"
+    spec_path.write_text(json.dumps(spec))
+    _seconds, sampled_rss, out = _run_child(
+        [sys.executable, "-m", "bench.worker", str(spec_path)], ds.workdir, f"api-{operation}"
+    )
+    report = json.loads(out)
+    return Measurement(
+        report["seconds"], report["items"], report["peak_rss_mb"] or sampled_rss,
+        report["longest_txn_ms"], report["longest_writing_txn_ms"], report["transactions"],
+        report["writing_transactions"], report["max_chunk_items"],
+        extra={"validate_seconds": report["validate_seconds"]},
+    )
+
+
+def tool_cli(ds: Dataset, wl: Workload, operation: str) -> Measurement:
+    """The whole CLI process, ``python -m privacy_lock apply|revert ...``, timed from outside.
+
+    The heavy user is named on the command line; the batch comes as a request file (CSV).
+    """
+    if wl.name == "heavy":
+        targets = list(wl.subjects) if operation == "apply" else ["--user", *wl.subjects]
+    else:
+        request_file = ds.workdir / f"batch-{operation}.csv"
+        request_file.write_text("user_id,ticket,reason\n" + "".join(
+            f"{subject},BENCH-1,benchmark\n" for subject in wl.subjects), encoding="utf-8")
+        targets = ["--from-file", str(request_file)]
+    args = [sys.executable, "-m", "privacy_lock", "--config", str(ds.config_path),
+            "--database-url", ds.url, operation, *targets, *IDENTITY,
+            "--chunk-size", str(ds.sizes.chunk_size), "--quiet", "--format", "json"]
+    seconds, rss, out = _run_child(args, ds.workdir, f"cli-{operation}")
+    counted = "changed" if operation == "apply" else "restored"
+    items = sum(kind[counted] for user in json.loads(out) for kind in user["kinds"].values())
+    return Measurement(seconds, items, rss)
+
+
+CONTENDERS: dict[str, Callable[..., Measurement]] = {
+    "floor": lambda ds, wl, op: (floor_apply if op == "apply" else floor_revert)(ds, wl),
+    "api": tool_api,
+    "cli": tool_cli,
+}
+
+
+def naive(ds: Dataset, wl: Workload, operation: str, sample: int | None) -> Measurement:
+    """The naive tool for ``operation``."""
+    return (naive_apply if operation == "apply" else naive_revert)(ds, wl, sample)

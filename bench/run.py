@@ -1,0 +1,317 @@
+"""``python -m bench``: build the data, time every contender on every workload, print the table.
+
+For each workload (the heavy user, the batch) and operation (apply, revert), every contender
+starts from the same state: the data is reset to its built visibility and the tool's tables are
+emptied; a revert starts from the floor's apply (whose end state equals the tool's, checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import text
+
+from bench.contenders import (
+    CONTENDERS,
+    Measurement,
+    Workload,
+    floor_apply,
+    naive,
+)
+from bench.data import SERVER_URLS, Dataset, Sizes, build, end_state, reset, scratch_database
+
+OPERATIONS = ("apply", "revert")
+WORKLOADS = ("heavy", "batch")
+TARGET_FLOOR = {"heavy": 0.5, "batch": 0.3}
+TARGET_NAIVE = 100.0
+TARGET_RSS_MB = 150.0
+TARGET_TXN_MS = 250.0
+
+
+@dataclass
+class Row:
+    """One workload and operation on one database: every contender's measurement."""
+
+    dialect: str
+    workload: str
+    operation: str
+    results: dict[str, Measurement] = field(default_factory=dict)
+    # contender -> None when its end state equals the floor's row for row, else the difference
+    differences: dict[str, str | None] = field(default_factory=dict)
+
+    def ratio(self, contender: str, base: str = "floor") -> float | None:
+        """Throughput of ``contender`` divided by the throughput of ``base``."""
+        if contender not in self.results or base not in self.results:
+            return None
+        return self.results[contender].rate / self.results[base].rate
+
+    @property
+    def equal(self) -> bool:
+        return all(d is None for d in self.differences.values())
+
+
+def run_database(
+    url: str | None,
+    sizes: Sizes,
+    workloads: tuple[str, ...] = WORKLOADS,
+    with_naive: bool = True,
+    keep: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, Any], list[Row]]:
+    """Build the data in a scratch database and run every workload; (database facts, rows)."""
+    with scratch_database(url, keep) as (scratch_url, workdir):
+        started = time.perf_counter()
+        ds = build(scratch_url, workdir, sizes)
+        facts = {"dialect": ds.dialect, "version": server_version(ds),
+                 "build_seconds": round(time.perf_counter() - started, 1)}
+        log(f"[{ds.dialect}] built {sizes.total_rows:,} rows in {facts['build_seconds']} s")
+        try:
+            rows = [
+                run_workload(ds, make_workload(name, sizes), operation, with_naive, log)
+                for name in workloads for operation in OPERATIONS
+            ]
+        finally:
+            ds.engine.dispose()
+    return facts, rows
+
+
+def make_workload(name: str, sizes: Sizes) -> Workload:
+    return Workload.heavy() if name == "heavy" else Workload.batch(sizes.batch_users)
+
+
+def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
+    """The common starting state: as built, plus the floor's apply when timing a revert."""
+    reset(ds)
+    if operation == "revert":
+        floor_apply(ds, wl)
+
+
+def run_workload(
+    ds: Dataset, wl: Workload, operation: str, with_naive: bool, log: Callable[[str], None]
+) -> Row:
+    """Time the floor, the tool (API, CLI) and the naive tool on one workload and operation."""
+    row = Row(ds.dialect, wl.name, operation)
+    reference = None
+    for name, contender in CONTENDERS.items():
+        prepare(ds, wl, operation)
+        row.results[name] = contender(ds, wl, operation)
+        state = end_state(ds)
+        if reference is None:
+            reference = state
+        else:
+            row.differences[name] = state.difference(reference)
+        _log_result(log, row, name, state.summary)
+    if with_naive:
+        prepare(ds, wl, operation)
+        expected = ds.sizes.heavy_items if wl.name == "heavy" else (
+            ds.sizes.batch_users * ds.sizes.items_per_user)
+        sample = ds.sizes.naive_sample if ds.sizes.naive_sample < expected else None
+        row.results["naive"] = naive(ds, wl, operation, sample)
+        if sample is None:
+            assert reference is not None
+            row.differences["naive"] = end_state(ds).difference(reference)
+        _log_result(log, row, "naive", "sampled" if sample else "")
+    return row
+
+
+def _log_result(log: Callable[[str], None], row: Row, name: str, note: str) -> None:
+    m = row.results[name]
+    diff = row.differences.get(name)
+    check = "" if name == "floor" else (" = floor" if diff is None else f" DIFFERS: {diff}")
+    log(f"[{row.dialect}] {row.workload} {row.operation} {name}: {m.items:,} items in "
+        f"{m.seconds:.2f} s ({m.rate:,.0f}/s) {note}{check}")
+
+
+def server_version(ds: Dataset) -> str:
+    query = {"sqlite": "SELECT sqlite_version()", "postgresql": "SHOW server_version"}.get(
+        ds.dialect, "SELECT VERSION()")
+    with ds.engine.connect() as conn:
+        version = str(conn.execute(text(query)).scalar())
+    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    name = names.get(ds.dialect, "MariaDB" if "mariadb" in version.lower() else "MySQL")
+    return f"{name} {version}"
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    """The machine the numbers come from."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
+        memory = " ".join(memory.splitlines()[1].split()[:2]) if memory else "unknown"
+    except (OSError, IndexError):
+        memory = "unknown"
+    return {"nproc": str(os.cpu_count()), "memory": memory, "cpu": cpu,
+            "os": platform.platform(), "python": platform.python_version(),
+            "sqlalchemy": sqlalchemy.__version__}
+
+
+def _fmt_rate(m: Measurement | None) -> str:
+    if m is None:
+        return "–"
+    return f"{m.rate:,.0f}" + ("\\*" if m.sampled else "")
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×" if value < 10 else f"{value:,.0f}×"
+
+
+def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
+    """The results of one database as a Markdown section."""
+    out = [
+        f"### {facts['version']}",
+        "",
+        f"{sizes.total_rows:,} content rows; heavy user {sizes.heavy_items:,} items; batch "
+        f"{sizes.batch_users:,} users × {sizes.items_per_user} items; chunk size "
+        f"{sizes.chunk_size}; data built in {facts['build_seconds']} s.",
+        "",
+        "| workload | items changed | floor s | floor items/s | tool API items/s "
+        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor | naive items/s | API ÷ naive "
+        "| peak RSS API / CLI | longest writing txn | writing txns | end state = floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        floor, api, cli = (row.results.get(n) for n in ("floor", "api", "cli"))
+        nv = row.results.get("naive")
+        rss = " / ".join(f"{m.peak_rss_mb:.0f}" for m in (api, cli) if m and m.peak_rss_mb)
+        equal = "yes" if row.equal else "**NO**: " + "; ".join(
+            f"{k}: {v}" for k, v in row.differences.items() if v)
+        out.append(
+            f"| {row.workload} {row.operation} | {floor.items:,} | {floor.seconds:.2f} "
+            f"| {_fmt_rate(floor)} | {_fmt_rate(api)} | **{_fmt_ratio(row.ratio('api'))}** "
+            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} | {_fmt_rate(nv)} "
+            f"| {_fmt_ratio(row.ratio('api', 'naive'))} | {rss} MB "
+            f"| {api.longest_writing_txn_ms:.0f} ms | {api.writing_transactions:,} | {equal} |"
+            if floor and api and cli else f"| {row.workload} {row.operation} | (incomplete) |"
+        )
+    if any(m.sampled for row in rows for m in row.results.values()):
+        out += ["", f"\\* naive tool timed on a sample of {sizes.naive_sample:,} items and "
+                "extrapolated at that rate (it would take minutes to hours in full)."]
+    out += ["", *targets(facts["dialect"], rows, sizes), ""]
+    return "\n".join(out)
+
+
+def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
+    """The issue's targets, each marked met or missed for this database."""
+    lines = []
+    for row in rows:
+        ratio = row.ratio("api")
+        if ratio is not None:
+            goal = TARGET_FLOOR[row.workload]
+            if row.workload == "batch" or dialect in ("sqlite", "postgresql"):
+                lines.append(_mark(ratio >= goal, f"{row.workload} {row.operation}: API "
+                                   f"{ratio:.2f}× floor (target ≥ {goal}×)"))
+        naive_ratio = row.ratio("api", "naive")
+        if naive_ratio is not None:
+            lines.append(_mark(naive_ratio >= TARGET_NAIVE, f"{row.workload} {row.operation}: "
+                               f"{_fmt_ratio(naive_ratio)} naive (target ≥ {TARGET_NAIVE:.0f}×)"))
+        api = row.results.get("api")
+        if api and api.peak_rss_mb:
+            lines.append(_mark(api.peak_rss_mb < TARGET_RSS_MB,
+                               f"{row.workload} {row.operation}: peak RSS "
+                               f"{api.peak_rss_mb:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)"))
+        if api and api.max_chunk_items is not None:
+            lines.append(_mark(api.max_chunk_items <= sizes.chunk_size,
+                               f"{row.workload} {row.operation}: largest transaction "
+                               f"{api.max_chunk_items} items (≤ chunk size {sizes.chunk_size})"))
+        if api and dialect == "postgresql" and api.longest_writing_txn_ms is not None:
+            lines.append(_mark(
+                api.longest_writing_txn_ms < TARGET_TXN_MS,
+                f"{row.workload} {row.operation}: longest writing transaction "
+                f"{api.longest_writing_txn_ms:.0f} ms (target < {TARGET_TXN_MS:.0f} ms; "
+                f"longest read-only one, validating the users: {api.longest_txn_ms:.0f} ms)"))
+    return lines
+
+
+def _mark(ok: bool, text_: str) -> str:
+    return f"- {'met' if ok else '**missed**'}: {text_}"
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Sizes()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Time privacy-lock apply/revert against the database's set-based floor "
+        "and a naive per-row ORM tool, on data the benchmark builds itself.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database-url", help="Where to run: a new SQLite file, or a server "
+                       "URL (a pl_bench_* schema/database is created there and dropped). "
+                       "Default: a temporary SQLite file.")
+    where.add_argument("--dialects", help="Comma-separated sqlite,postgresql,mysql: run on each, "
+                       "using the local servers on 127.0.0.1.")
+    parser.add_argument("--total-rows", type=int, default=defaults.total_rows)
+    parser.add_argument("--heavy-items", type=int, default=defaults.heavy_items,
+                        help="Items (diaries + photos) of the heavy user.")
+    parser.add_argument("--batch-users", type=int, default=defaults.batch_users)
+    parser.add_argument("--items-per-user", type=int, default=defaults.items_per_user)
+    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--naive-sample", type=int, default=defaults.naive_sample,
+                        help="Items the naive tool does before its rate is extrapolated.")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="Comma-separated: heavy,batch.")
+    parser.add_argument("--no-naive", action="store_true", help="Skip the naive tool.")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch database.")
+    parser.add_argument("--output-markdown", type=Path, help="Write the results here.")
+    parser.add_argument("--output-json", type=Path, help="Write the raw results here.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        sizes = Sizes(args.total_rows, args.heavy_items, args.batch_users, args.items_per_user,
+                      args.chunk_size, args.naive_sample)
+    except ValueError as exc:
+        sys.exit(f"python -m bench: {exc}")
+    workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    if not set(workloads) <= set(WORKLOADS):
+        sys.exit(f"python -m bench: --workloads takes {','.join(WORKLOADS)}")
+    if args.dialects:
+        urls: list[str | None] = [
+            None if d.strip() == "sqlite" else SERVER_URLS[d.strip()]
+            for d in args.dialects.split(",")
+        ]
+    else:
+        urls = [args.database_url]
+    info = machine()
+    sections, raw = [], []
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    for url in urls:
+        facts, rows = run_database(url, sizes, workloads, not args.no_naive, args.keep, log)
+        sections.append(markdown(facts, rows, sizes))
+        raw.append({**facts, "rows": [
+            {"workload": r.workload, "operation": r.operation, "differences": r.differences,
+             "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
+    header = (f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+              f"{info['os']}, Python {info['python']}, SQLAlchemy {info['sqlalchemy']}.")
+    report = "\n".join([header, "", *sections])
+    print(report)
+    if args.output_markdown:
+        args.output_markdown.write_text(report, encoding="utf-8")
+    if args.output_json:
+        args.output_json.write_text(json.dumps(
+            {"machine": info, "sizes": asdict(sizes), "databases": raw}, indent=2))

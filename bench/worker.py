@@ -1,0 +1,145 @@
+"""The tool's Python API in a process of its own: ``python -m bench.worker SPEC.json``.
+
+It does what the CLI does for several USER arguments (validate the users, then apply or revert
+them one by one on one connection) and prints a JSON report: seconds, items, number of
+transactions, the longest one, and the largest chunk. Transactions are timed with SQLAlchemy
+engine events from here, so the product carries no timing code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+
+from privacy_lock import locking
+from privacy_lock.audit import Actor
+from privacy_lock.config import bind_content_map, load_settings
+from privacy_lock.db import create_tool_engine
+from privacy_lock.pacing import Pacer
+
+
+class TransactionTimer:
+    """Times every transaction of an engine, from ``begin`` to the end of the DBAPI commit.
+
+    The ``begin`` listener goes first (``insert=True``) so that SQLite's ``BEGIN IMMEDIATE``,
+    where a writer may wait, is inside the measured time; the end is taken after the driver's
+    commit returns, so the commit (WAL flush, fsync) is inside it too. A transaction that ran
+    an INSERT, UPDATE, DELETE or a locking read counts as *writing*: those are the ones that
+    hold row locks the live site could wait on; a read-only one (validating 10,000 users)
+    holds none.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.count = self.writing_count = 0
+        self.longest = self.longest_writing = 0.0
+        self._started: float | None = None
+        self._writing = False
+        event.listen(engine, "begin", self._begin, insert=True)
+        event.listen(engine, "before_cursor_execute", self._statement)
+        dialect = engine.dialect
+        real_commit, real_rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: Any) -> None:
+            real_commit(dbapi_connection)
+            self._end()
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            real_rollback(dbapi_connection)
+            self._end()
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+    def _begin(self, _conn: Connection) -> None:
+        self._started = time.perf_counter()
+        self._writing = False
+
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        head = statement.lstrip()[:6].upper()
+        if head in ("INSERT", "UPDATE", "DELETE") or "FOR UPDATE" in statement:
+            self._writing = True
+
+    def _end(self) -> None:
+        if self._started is None:
+            return  # the pool's reset-on-return rollback, outside any transaction
+        seconds = time.perf_counter() - self._started
+        self.longest = max(self.longest, seconds)
+        self.count += 1
+        if self._writing:
+            self.longest_writing = max(self.longest_writing, seconds)
+            self.writing_count += 1
+        self._started = None
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """The process's peak resident set size (VmHWM) in MB, from /proc; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Apply or revert ``spec["subjects"]`` through the API; return the report."""
+    settings = load_settings(spec["config"], spec["url"])
+    engine = create_tool_engine(settings.database_url)
+    actor = Actor.current("bench", "BENCH-1", "benchmark")
+    largest_chunk = 0
+
+    def on_chunk(_user: str, _kind: str, items: int) -> None:
+        nonlocal largest_chunk
+        largest_chunk = max(largest_chunk, items)
+
+    pacer = Pacer(spec["chunk_size"], on_chunk=on_chunk)
+    with engine.connect() as conn:
+        with conn.begin():
+            cmap = bind_content_map(conn, settings)
+        kinds = cmap.select(None)
+        timer = TransactionTimer(engine)
+        started = time.perf_counter()
+        subjects = locking.check_users(conn, cmap, spec["subjects"])
+        validated = time.perf_counter()
+        items = 0
+        if spec["operation"] == "apply":
+            for subject in subjects:
+                result = locking.apply_lock(conn, cmap, subject, kinds, actor, pacer)
+                items += sum(c.changed for c in result.kinds.values())
+        else:
+            with conn.begin():
+                lock_ids = [locking.active_lock_id(conn, s) for s in subjects]
+            for lock_id in lock_ids:
+                if lock_id is None:
+                    continue
+                result = locking.revert_lock(conn, cmap, lock_id, actor, pacer)
+                items += sum(c.restored for c in result.kinds.values())
+        finished = time.perf_counter()
+    engine.dispose()
+    return {
+        "seconds": finished - started,
+        "validate_seconds": validated - started,
+        "items": items,
+        "transactions": timer.count,
+        "writing_transactions": timer.writing_count,
+        "longest_txn_ms": timer.longest * 1000,
+        "longest_writing_txn_ms": timer.longest_writing * 1000,
+        "max_chunk_items": largest_chunk,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main() -> None:
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    print(json.dumps(run(spec)))
+
+
+if __name__ == "__main__":
+    main()

@@ -161,9 +161,14 @@ def machine() -> dict[str, str]:
         memory = " ".join(memory.splitlines()[1].split()[:2]) if memory else "unknown"
     except (OSError, IndexError):
         memory = "unknown"
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
     return {"nproc": str(os.cpu_count()), "memory": memory, "cpu": cpu,
             "os": platform.platform(), "python": platform.python_version(),
-            "sqlalchemy": sqlalchemy.__version__}
+            "sqlalchemy": sqlalchemy.__version__, "commit": commit or "unknown"}
 
 
 def _fmt_rate(m: Measurement | None) -> str:
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             {"workload": r.workload, "operation": r.operation, "differences": r.differences,
              "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
     header = (f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
-              f"{info['os']}, Python {info['python']}, SQLAlchemy {info['sqlalchemy']}.")
+              f"{info['os']}, Python {info['python']}, SQLAlchemy {info['sqlalchemy']}; "
+              f"privacy-lock at {info['commit']}.")
     report = "\n".join([header, "", *sections])
     print(report)
     if args.output_markdown:

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Integer,
     String,
     cast,
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session, registry
@@ -34,6 +36,7 @@ from bench.data import (
     HEAVY_USER,
     KINDS,
     Dataset,
+    KindSpec,
     batch_table,
     content_tables,
     users_table,
@@ -142,6 +145,9 @@ def floor_revert(ds: Dataset, wl: Workload) -> Measurement:
         started = time.perf_counter()
         with conn.begin():
             for spec in KINDS:
+                if ds.dialect == "mysql":
+                    items += _mysql_restore(conn, wl, spec)
+                    continue
                 table = content_tables[spec.name]
                 items += conn.execute(
                     update(table)
@@ -168,6 +174,27 @@ def floor_revert(ds: Dataset, wl: Workload) -> Measurement:
                         reverted_by="floor")
             )
         return Measurement(time.perf_counter() - started, items, transactions=1)
+
+
+def _mysql_restore(conn: Connection, wl: Workload, spec: KindSpec) -> int:
+    """The floor's restore on MySQL/MariaDB, joined in the order that is fast.
+
+    Left to itself the optimizer trusts a sampled estimate of two rows per owner, starts from
+    the content table and scans every snapshot for each of the heavy user's items (the
+    statement ran for over 15 minutes); STRAIGHT_JOIN goes locks -> snapshots -> item by key.
+    """
+    subjects = ("l.active_subject = :subject" if wl.name == "heavy" else
+                "l.active_subject IN (SELECT CAST(user_id AS CHAR) FROM bench_batch)")
+    statement = text(
+        f"UPDATE privacy_lock_locks AS l"
+        f" STRAIGHT_JOIN privacy_lock_snapshots AS s ON s.lock_id = l.lock_id"
+        f" STRAIGHT_JOIN {spec.table} AS t ON t.id = CAST(s.item_id AS SIGNED)"
+        f" SET t.{spec.visibility} = s.{spec.original_column}"
+        f" WHERE {subjects} AND s.kind = :kind AND s.state = 'locked'"
+        f" AND t.{spec.owner} = CAST(l.subject AS SIGNED) AND t.{spec.visibility} = :private"
+    )
+    params = {"kind": spec.name, "private": spec.private, "subject": str(HEAVY_USER)}
+    return conn.execute(statement, params).rowcount
 
 
 # --- the naive tool: a per-row ORM loop --------------------------------------------------------

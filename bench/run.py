@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -286,6 +287,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the scratch schema/database is still dropped.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     args = parse_args(argv)
     try:
         sizes = Sizes(args.total_rows, args.heavy_items, args.batch_users, args.items_per_user,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -356,6 +358,21 @@ def reset(ds: Dataset) -> None:
         create_tool_tables(conn)
     if ds.dialect == "postgresql":
         analyze(ds)  # VACUUM: each contender starts without the dead rows of the one before
+
+
+def settle(ds: Dataset) -> None:
+    """Write out what the reset left dirty, so no contender pays for the one before it.
+
+    Without this the first contender after a reset ran 10-25% slower than the second (its
+    commits waited behind the writeback of the reset's pages).
+    """
+    if ds.dialect == "postgresql":
+        with ds.engine.connect() as conn:
+            try:
+                conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("CHECKPOINT"))
+            except DBAPIError:
+                pass  # CHECKPOINT needs superuser (or pg_checkpoint on 15+): skip it
+    os.sync()
 
 
 @dataclass(frozen=True)

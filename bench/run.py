@@ -30,7 +30,16 @@ from bench.contenders import (
     floor_apply,
     naive,
 )
-from bench.data import SERVER_URLS, Dataset, Sizes, build, end_state, reset, scratch_database
+from bench.data import (
+    SERVER_URLS,
+    Dataset,
+    Sizes,
+    build,
+    end_state,
+    reset,
+    scratch_database,
+    settle,
+)
 
 OPERATIONS = ("apply", "revert")
 WORKLOADS = ("heavy", "batch")
@@ -96,6 +105,7 @@ def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
     reset(ds)
     if operation == "revert":
         floor_apply(ds, wl)
+    settle(ds)
 
 
 def run_workload(

@@ -14,6 +14,13 @@ Re-running walks whatever is still visible, so the same command resumes and fini
 
 The walk is keyset pagination on (owner, id): each item is visited at most once per run, so a
 site that keeps editing the person's items cannot keep a run going forever.
+
+SQLite has one writer: a chunk's ``BEGIN IMMEDIATE`` holds the database's write lock (and SQLite
+transactions are serializable in any case), so no row can change between two statements of a
+chunk. There a chunk is named by its key range instead of its key list: the walk returns only
+its last key, and the snapshot and the change cover ``owner = ? AND after < id <= last``,
+exactly the walked items. Binding a 1000-key list into three statements per chunk cost more
+than all of the chunk's SQL (bench/).
 """
 
 from __future__ import annotations
@@ -245,27 +252,55 @@ def snapshot_and_hide_chunk(
     walk = select(kind.id_col).where(kind.owner_col == owner, visible(kind))
     if after is not None:
         walk = walk.where(kind.id_col > after)
-    # Find the next keys with a plain read, then lock exactly those rows by key. Locking in the
-    # walk itself would let the planner choose a primary-key scan for ORDER BY ... LIMIT
-    # (MariaDB does on small or skewed tables) and wait on, or lock, other users' rows.
-    candidates = conn.execute(walk.order_by(kind.id_col).limit(limit)).scalars().all()
-    if not candidates:
-        return 0, 0, None, 0
-    # The key range is redundant with the key list but bounds every plan to this chunk's slice
-    # of the (owner, id) index: a prepared (generic) PostgreSQL plan uses only the owner as
-    # index condition and checks a 1000-key list against every item of a heavy user.
-    in_range = kind.id_col.between(candidates[0], candidates[-1])
-    ids = conn.execute(
-        select(kind.id_col)
-        .where(kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, candidates),
-               visible(kind))
-        .with_for_update()
-    ).scalars().all()
-    if not ids:  # all of them were hidden by someone else meanwhile
-        return 0, 0, candidates[-1], len(candidates)
+    walk = walk.order_by(kind.id_col).limit(limit)
+    if conn.dialect.name == "sqlite":
+        # One writer (see the module docstring): the range (after, last] is the walked items.
+        chunk = walk.subquery()
+        seen, last = conn.execute(select(func.count(), func.max(chunk.c[0]))).one()
+        if not seen:
+            return 0, 0, None, 0
+        these_rows = and_(kind.owner_col == owner, kind.id_col <= last, visible(kind))
+        if after is not None:
+            these_rows = and_(these_rows, kind.id_col > after)
+        return (*_snapshot_and_hide(conn, kind, lock_id, these_rows), last, seen)
+    if conn.dialect.name == "postgresql":
+        # PostgreSQL locks only the rows a locking read returns (its filter runs before the
+        # lock), whatever index the plan walks: here the walk itself locks, one statement less.
+        candidates = ids = conn.execute(walk.with_for_update()).scalars().all()
+        if not ids:
+            return 0, 0, None, 0
+        in_range = kind.id_col.between(ids[0], ids[-1])
+    else:
+        # Find the next keys with a plain read, then lock exactly those rows by key. Locking in
+        # the walk itself would let MariaDB choose a primary-key scan for ORDER BY ... LIMIT (it
+        # does on small or skewed tables) and wait on, or lock, other users' rows.
+        candidates = conn.execute(walk).scalars().all()
+        if not candidates:
+            return 0, 0, None, 0
+        # The key range is redundant with the key list but bounds every plan to this chunk's
+        # slice of the (owner, id) index.
+        in_range = kind.id_col.between(candidates[0], candidates[-1])
+        ids = conn.execute(
+            select(kind.id_col)
+            .where(kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, candidates),
+                   visible(kind))
+            .with_for_update()
+        ).scalars().all()
+        if not ids:  # all of them were hidden by someone else meanwhile
+            return 0, 0, candidates[-1], len(candidates)
+    # A prepared (generic) PostgreSQL plan uses only the owner as index condition and checks a
+    # 1000-key list against every item of a heavy user: the key range keeps it to the chunk.
     these_rows = and_(
         kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, ids), visible(kind)
     )
+    return (*_snapshot_and_hide(conn, kind, lock_id, these_rows), candidates[-1], len(candidates))
+
+
+def _snapshot_and_hide(
+    conn: Connection, kind: BoundKind, lock_id: int, these_rows: ColumnElement[bool]
+) -> tuple[int, int]:
+    """Snapshot ``these_rows`` (unless the lock holds them already), then hide them:
+    (items hidden, snapshot rows written). The rows must be locked (or SQLite's)."""
     # An item the lock already holds a snapshot for (made visible again since) is hidden again,
     # but its stored original is never overwritten.
     already_snapshotted = (
@@ -302,7 +337,7 @@ def snapshot_and_hide_chunk(
     hidden = conn.execute(
         update(kind.table).where(these_rows).values({kind.vis_col.name: kind.private})
     ).rowcount
-    return hidden, snapshotted, candidates[-1], len(candidates)
+    return hidden, snapshotted
 
 
 def apply_lock(
@@ -450,6 +485,8 @@ def restore_chunk(
     changed it since) or gone (deleted, or no longer this user's). Returns the counts and the
     last snapshot id visited (None when nothing was left). Runs in the caller's transaction.
     """
+    if conn.dialect.name == "sqlite":
+        return _restore_range(conn, kind, lock_id, owner, after, limit)
     _plan_for_actual_keys(conn)
     pending = conn.execute(
         select(snapshots.c.snapshot_id, snapshots.c.item_id)
@@ -461,13 +498,18 @@ def restore_chunk(
     if not pending:
         return KindCounts(), None
     snapshot_ids = [row.snapshot_id for row in pending]
+    # Key ranges, redundant with the key lists, bound every plan to this chunk's slice of the
+    # (owner, id) and snapshot indexes instead of all of a heavy user's items and snapshots.
+    these_snapshots = and_(snapshots.c.lock_id == lock_id,
+                           snapshots.c.snapshot_id.between(snapshot_ids[0], snapshot_ids[-1]))
     # Lock the items first, by key, then decide: while we hold them nobody can change them.
     item_ids = [bind_value(kind.id_col, row.item_id) for row in pending]
+    these_items = and_(kind.owner_col == owner, _in_keys(conn, kind.id_col, item_ids))
+    if isinstance(item_ids[0], int):
+        these_items = and_(these_items, kind.id_col.between(min(item_ids), max(item_ids)))
     current = dict(
         conn.execute(
-            select(_id_as_text(kind), kind.vis_col)
-            .where(kind.owner_col == owner, _in_keys(conn, kind.id_col, item_ids))
-            .with_for_update()
+            select(_id_as_text(kind), kind.vis_col).where(these_items).with_for_update()
         ).all()
     )
     by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
@@ -484,30 +526,82 @@ def restore_chunk(
             update(kind.table)
             .values({kind.vis_col.name: _original_col(kind)})
             .where(
-                kind.owner_col == owner,
+                these_items,
                 kind.vis_col == kind.private,
-                _in_keys(conn, kind.id_col, item_ids),
                 kind.id_col == _snapshot_item_as_id(kind),
+                these_snapshots,
                 _in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
             )
         ).rowcount
         if restored != len(by_state[RESTORED]):
             # Cannot happen while the rows are locked; if it does, change nothing in this chunk.
-            raise LockStateError(
-                f"lock {lock_id}: expected to restore {len(by_state[RESTORED])} {kind.name} "
-                f"items but the database matched {restored}; chunk rolled back, re-run revert"
-            )
+            raise _restore_mismatch(lock_id, kind, len(by_state[RESTORED]), restored)
     now = utc_now()
     for state, ids in by_state.items():
         if ids:
             conn.execute(
                 update(snapshots)
-                .where(_in_keys(conn, snapshots.c.snapshot_id, ids))
+                .where(these_snapshots, _in_keys(conn, snapshots.c.snapshot_id, ids))
                 .values(state=state, resolved_at=now)
             )
     counts = KindCounts(restored=len(by_state[RESTORED]), conflicts=len(by_state[CONFLICT]),
                         gone=len(by_state[GONE]))
     return counts, snapshot_ids[-1]
+
+
+def _restore_range(
+    conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: int, limit: int
+) -> tuple[KindCounts, int | None]:
+    """restore_chunk on SQLite: the chunk is the snapshot id range (after, last], decided and
+    restored set-based, with no key lists (one writer: see the module docstring).
+
+    Gone and conflicting snapshots are marked first; every pending snapshot left in the range
+    then holds an item that is still owner-only, which is restored and marked.
+    """
+    chunk = (
+        select(snapshots.c.snapshot_id)
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+               snapshots.c.state == PENDING, snapshots.c.snapshot_id > after)
+        .order_by(snapshots.c.snapshot_id)
+        .limit(limit)
+        .subquery()
+    )
+    total, last = conn.execute(select(func.count(), func.max(chunk.c.snapshot_id))).one()
+    if not total:
+        return KindCounts(), None
+    in_chunk = and_(
+        snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+        snapshots.c.state == PENDING, snapshots.c.snapshot_id > after,
+        snapshots.c.snapshot_id <= last,
+    )
+    item = select(kind.id_col).where(
+        kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner
+    )
+    now = utc_now()
+
+    def mark(state: str, *where: ColumnElement[bool]) -> int:
+        statement = update(snapshots).where(in_chunk, *where)
+        return conn.execute(statement.values(state=state, resolved_at=now)).rowcount
+
+    gone = mark(GONE, ~item.exists())
+    conflicts = mark(CONFLICT, ~item.where(kind.vis_col == kind.private).exists())
+    restored = conn.execute(
+        update(kind.table)
+        .values({kind.vis_col.name: _original_col(kind)})
+        .where(kind.owner_col == owner, kind.vis_col == kind.private,
+               kind.id_col == _snapshot_item_as_id(kind), in_chunk)
+    ).rowcount
+    marked = mark(RESTORED)
+    if restored != marked or gone + conflicts + marked != total:
+        raise _restore_mismatch(lock_id, kind, marked, restored)
+    return KindCounts(restored=restored, conflicts=conflicts, gone=gone), last
+
+
+def _restore_mismatch(lock_id: int, kind: BoundKind, expected: int, matched: int) -> Exception:
+    return LockStateError(
+        f"lock {lock_id}: expected to restore {expected} {kind.name} items but the database "
+        f"matched {matched}; chunk rolled back, re-run revert"
+    )
 
 
 def lock_exists(conn: Connection, lock_id: int) -> bool:

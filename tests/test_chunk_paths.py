@@ -1,0 +1,102 @@
+"""Chunk boundaries, on every dialect: a chunk is exactly the items it walked, whether the
+dialect names them by key list (PostgreSQL, MariaDB) or by key range (SQLite, one writer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from privacy_lock import locking
+from privacy_lock.audit import Actor
+from privacy_lock.pacing import Interrupted, Pacer
+from sns import build_sns, tool_session
+
+SHAPES = [("int", "text"), ("uuid", "code")]
+ACTOR = Actor.current("op", "T-1", "test")
+
+
+@pytest.fixture(params=SHAPES, ids=lambda s: f"{s[0]}-ids-{s[1]}-visibility")
+def sns(request, db_url, tmp_path):
+    id_style, vis_style = request.param
+    return build_sns(db_url, tmp_path, id_style, vis_style)
+
+
+def _stop_after(chunks: int) -> Pacer:
+    """Chunks of 3 that stop the run (as Ctrl-C does) after ``chunks`` committed chunks."""
+    def on_chunk(_user, _kind, _items):
+        if pacer.chunks >= chunks:
+            pacer._stop = True
+    pacer = Pacer(size=3, on_chunk=on_chunk)
+    return pacer
+
+
+def test_apply_chunks_skip_other_users_and_private_items_between_their_keys(sns):
+    user, other = sns.users[0], sns.users[1]
+    # interleave keys: the user's items alternate with another user's and with private ones
+    for _ in range(4):
+        sns.add_item("diary", user, sns.public)
+        sns.add_item("diary", other, sns.public)
+        sns.add_item("diary", user, sns.private)
+        sns.add_item("diary", user, None)
+    before = sns.everything()
+    visible = {(k, str(i)): v for (k, i), v in sns.items_of(user).items() if v != sns.private}
+    engine, cmap = tool_session(sns)
+    with engine.connect() as conn:
+        result = locking.apply_lock(conn, cmap, str(user), list(cmap.kinds.values()), ACTOR,
+                                    Pacer(size=3))
+    engine.dispose()
+    assert result.chunks > 3
+    snaps = sns.snapshot_rows()
+    assert {(s["kind"], s["item_id"]): sns.original_of(s) for s in snaps} == visible
+    assert len(snaps) == len(visible)
+    assert all(v == sns.private for v in sns.items_of(user).values())
+    assert sns.items_of(other) == {(k, i): row[1] for k, rows in before.items()
+                                   for i, row in rows.items() if row[0] == other}
+
+
+def test_resumed_revert_never_touches_items_an_earlier_run_resolved(sns):
+    user, other = sns.users[0], sns.users[1]
+    before = sns.everything()
+    sns.apply(user)
+    engine, cmap = tool_session(sns)
+    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
+    with engine.connect() as conn:
+        with pytest.raises(Interrupted):
+            locking.revert_lock(conn, cmap, lock_id, ACTOR, _stop_after(1))
+    snaps = sns.snapshot_rows()
+    resolved = [s for s in snaps if s["state"] != "locked"]
+    pending = [s for s in snaps if s["state"] == "locked" and s["kind"] == resolved[0]["kind"]]
+    assert len(resolved) == 3 and len(pending) >= 3
+    ids = {str(i): i for i in sns.rows(resolved[0]["kind"])}
+    kind = resolved[0]["kind"]
+    # after the first run: a restored item is made private again by the person (it must stay so),
+    # a pending one is set back to its original by hand (a conflict, not a restore), one is
+    # deleted, one now belongs to someone else (both gone); the rest are restored.
+    again_private = ids[resolved[0]["item_id"]]
+    sns.set_vis(kind, again_private, sns.private)
+    by_hand, deleted, moved = (ids[s["item_id"]] for s in pending[:3])
+    sns.set_vis(kind, by_hand, sns.original_of(pending[0]))
+    sns.delete(kind, deleted)
+    table = sns.tables[kind]
+    id_col, owner_col, _ = sns.columns[kind]
+    with sns.engine.begin() as conn:
+        conn.execute(table.update().where(table.c[id_col] == moved).values({owner_col: other}))
+
+    with engine.connect() as conn:
+        result = locking.revert_lock(conn, cmap, lock_id, ACTOR, Pacer(size=3))
+    engine.dispose()
+    assert result.status == "reverted"
+    states = {(s["kind"], s["item_id"]): s["state"] for s in sns.snapshot_rows()}
+    assert states[(kind, str(again_private))] == "restored"
+    assert states[(kind, str(by_hand))] == "conflict"
+    assert states[(kind, str(deleted))] == "gone"
+    assert states[(kind, str(moved))] == "gone"
+    assert sum(1 for s in states.values() if s == "restored") == len(snaps) - 3
+    counts = result.kinds[kind]
+    assert (counts.conflicts, counts.gone) == (1, 2)
+    after = sns.everything()
+    assert after[kind][again_private][1] == sns.private  # an earlier run's item: untouched
+    assert after[kind][moved] == (other, sns.private)
+    for k, rows in before.items():
+        for item_id, row in rows.items():
+            if (k, item_id) not in {(kind, again_private), (kind, deleted), (kind, moved)}:
+                assert after[k][item_id] == row, (k, item_id)

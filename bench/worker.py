@@ -1,9 +1,9 @@
 """The tool's Python API in a process of its own: ``python -m bench.worker SPEC.json``.
 
-It does what the CLI does for several USER arguments (validate the users, then apply or revert
-them one by one on one connection) and prints a JSON report: seconds, items, number of
-transactions, the longest one, and the largest chunk. Transactions are timed with SQLAlchemy
-engine events from here, so the product carries no timing code.
+It does what the CLI does for several USER arguments (validate the users, then run them as one
+batch on one connection, where small users share chunks) and prints a JSON report: seconds,
+items, number of transactions, the longest one, and the largest chunk. Transactions are timed
+with SQLAlchemy engine events from here, so the product carries no timing code.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 
-from privacy_lock import locking
-from privacy_lock.audit import Actor
+from privacy_lock import batch, locking
 from privacy_lock.config import bind_content_map, load_settings
 from privacy_lock.db import create_tool_engine
 from privacy_lock.pacing import Pacer
+from privacy_lock.requests import Request
 
 
 class TransactionTimer:
@@ -91,35 +91,32 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Apply or revert ``spec["subjects"]`` through the API; return the report."""
     settings = load_settings(spec["config"], spec["url"])
     engine = create_tool_engine(settings.database_url)
-    actor = Actor.current("bench", "BENCH-1", "benchmark")
-    largest_chunk = 0
+    chunk_items: dict[int, int] = {}
 
     def on_chunk(_user: str, _kind: str, items: int) -> None:
-        nonlocal largest_chunk
-        largest_chunk = max(largest_chunk, items)
+        # Called for each user and kind of a committed chunk; several users may share one.
+        chunk_items[pacer.chunks] = chunk_items.get(pacer.chunks, 0) + items
 
     pacer = Pacer(spec["chunk_size"], on_chunk=on_chunk)
     with engine.connect() as conn:
         with conn.begin():
             cmap = bind_content_map(conn, settings)
-        kinds = cmap.select(None)
         timer = TransactionTimer(engine)
         started = time.perf_counter()
         subjects = locking.check_users(conn, cmap, spec["subjects"])
         validated = time.perf_counter()
-        items = 0
         if spec["operation"] == "apply":
-            for subject in subjects:
-                result = locking.apply_lock(conn, cmap, subject, kinds, actor, pacer)
-                items += sum(c.changed for c in result.kinds.values())
+            requests = [_request(user_id=s) for s in subjects]
         else:
             with conn.begin():
                 lock_ids = [locking.active_lock_id(conn, s) for s in subjects]
-            for lock_id in lock_ids:
-                if lock_id is None:
-                    continue
-                result = locking.revert_lock(conn, cmap, lock_id, actor, pacer)
-                items += sum(c.restored for c in result.kinds.values())
+            requests = [_request(lock_id=i) for i in lock_ids if i is not None]
+        result = batch.run_batch(conn, cmap, spec["operation"], requests, pacer)
+        failed = [o for o in result.outcomes if o.failed]
+        if failed:
+            raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0].error}")
+        counted = "changed" if spec["operation"] == "apply" else "restored"
+        items = sum(getattr(c, counted) for o in result.outcomes for c in o.kinds.values())
         finished = time.perf_counter()
     engine.dispose()
     return {
@@ -130,9 +127,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "writing_transactions": timer.writing_count,
         "longest_txn_ms": timer.longest * 1000,
         "longest_writing_txn_ms": timer.longest_writing * 1000,
-        "max_chunk_items": largest_chunk,
+        "max_chunk_items": max(chunk_items.values(), default=0),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _request(user_id: str | None = None, lock_id: int | None = None) -> Request:
+    return Request(line=0, user_id=user_id, lock_id=lock_id, ticket="BENCH-1",
+                   reason="benchmark", operator="bench", kinds=())
 
 
 def main() -> None:

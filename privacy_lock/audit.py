@@ -17,7 +17,7 @@ import hashlib
 import json
 import socket
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -96,6 +96,26 @@ def append_event(
     Call it last in a transaction: the head row lock it takes is held until commit, and every
     other append in the database waits for it.
     """
+    return append_events(conn, [EventSpec(action, actor, subject, lock_id, details)])[0]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event to append: what happened, who did it, to whom, with which counts."""
+
+    action: str
+    actor: Actor | None
+    subject: str | None = None
+    lock_id: int | None = None
+    details: dict[str, Any] | None = None
+
+
+def append_events(conn: Connection, specs: Sequence[EventSpec]) -> list[dict[str, Any]]:
+    """Append events in this order inside the caller's transaction, under one lock of the head
+    row and with one multi-row insert; return them (with their hashes).
+
+    Like :func:`append_event`, call it last in a transaction.
+    """
     head = conn.execute(
         select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
     ).first()
@@ -103,29 +123,35 @@ def append_event(
         raise NotInitializedError(
             "the audit head row is missing: run `privacy-lock init` (and `audit verify`)"
         )
-    event = {
-        "seq": head.seq + 1,
-        "occurred_at": utc_now(),
-        "action": action,
-        "subject": subject,
-        "lock_id": lock_id,
-        "operator": (actor.operator or None) if actor else None,
-        "os_user": actor.os_user if actor else None,
-        "host": actor.host if actor else None,
-        "ticket": actor.ticket if actor else None,
-        "reason": actor.reason if actor else None,
-        "details": json.dumps(details or {}, ensure_ascii=False, sort_keys=True),
-        "tool_version": __version__,
-        "prev_hash": head.hash,
-    }
-    event["hash"] = event_hash(event)
-    conn.execute(audit_events.insert().values(event))
+    seq, prev_hash, now = head.seq, head.hash, utc_now()
+    events = []
+    for spec in specs:
+        actor = spec.actor
+        seq += 1
+        event = {
+            "seq": seq,
+            "occurred_at": now,
+            "action": spec.action,
+            "subject": spec.subject,
+            "lock_id": spec.lock_id,
+            "operator": (actor.operator or None) if actor else None,
+            "os_user": actor.os_user if actor else None,
+            "host": actor.host if actor else None,
+            "ticket": actor.ticket if actor else None,
+            "reason": actor.reason if actor else None,
+            "details": json.dumps(spec.details or {}, ensure_ascii=False, sort_keys=True),
+            "tool_version": __version__,
+            "prev_hash": prev_hash,
+        }
+        event["hash"] = prev_hash = event_hash(event)
+        events.append(event)
+    if not events:
+        return events
+    conn.execute(audit_events.insert(), events)
     conn.execute(
-        audit_head.update()
-        .where(audit_head.c.id == 1)
-        .values(seq=event["seq"], hash=event["hash"])
+        audit_head.update().where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash)
     )
-    return event
+    return events
 
 
 def record_views(

@@ -12,18 +12,19 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Connection, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from privacy_lock import locking
+from privacy_lock import grouped, locking
 from privacy_lock.audit import Actor
 from privacy_lock.config import ContentMap
 from privacy_lock.db import first_line, reading
 from privacy_lock.errors import PrivacyLockError
-from privacy_lock.pacing import Interrupted, Pacer
+from privacy_lock.pacing import Interrupted, LockTimeoutError, Pacer
 from privacy_lock.requests import COLUMNS, Request
 from privacy_lock.schema import snapshots
 
@@ -88,31 +89,153 @@ def run_batch(
     pacer: Pacer,
     dry_run: bool = False,
     on_done: Callable[[Outcome], None] | None = None,
+    share_chunks: bool = True,
 ) -> BatchResult:
-    """Run every request in order; one failing does not stop the others, Ctrl-C does."""
-    outcomes: list[Outcome] = []
-    interrupted = False
+    """Run every request in order; one failing does not stop the others, Ctrl-C does.
+
+    With ``share_chunks``, consecutive apply requests of users with few items share chunks
+    (see grouped.py); without it, every transaction stays inside one user's rows.
+    """
+    run = _BatchRun(conn, cmap, mode, pacer, dry_run, on_done)
     with pacer.stop_on_sigint():
-        for index, request in enumerate(requests):
+        try:
+            if mode == "apply" and share_chunks and len(requests) > 1:
+                run.apply_grouped(requests)
+            else:
+                for request in requests:
+                    run.one_by_one(request)
+        except Interrupted:
+            run.stopped(requests)
+    return BatchResult([run.outcomes[id(r)] for r in requests], run.interrupted)
+
+
+class _BatchRun:
+    """The outcomes of a batch as it goes, and the two ways of running its requests."""
+
+    def __init__(self, conn: Connection, cmap: ContentMap, mode: Mode, pacer: Pacer,
+                 dry_run: bool, on_done: Callable[[Outcome], None] | None) -> None:
+        self.conn, self.cmap, self.mode, self.pacer = conn, cmap, mode, pacer
+        self.dry_run, self.on_done = dry_run, on_done
+        self.outcomes: dict[int, Outcome] = {}
+        self.in_flight: Request | None = None
+        self.share = True  # until a shared chunk fails for a reason that is not passing
+        self.interrupted = False
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcomes[id(outcome.request)] = outcome
+        if self.on_done:
+            self.on_done(outcome)
+
+    def one_by_one(self, request: Request) -> None:
+        """Run one request on its own (the per-user way); a failure becomes its outcome."""
+        self.pacer.check_stop()
+        self.in_flight = request
+        try:
+            outcome = _run_one(self.conn, self.cmap, self.mode, request, self.pacer,
+                               self.dry_run)
+        except (PrivacyLockError, SQLAlchemyError) as exc:
+            if isinstance(exc, Interrupted):
+                raise
+            outcome = Outcome(request, request.user_id, request.lock_id, FAILED,
+                              error=_message(exc))
+        self.in_flight = None
+        self.finish(outcome)
+
+    def apply_grouped(self, requests: Sequence[Request]) -> None:
+        """Plan a window of requests at a time; users whose visible items fit a chunk together
+        share it, bigger ones (and any the plan could not place) go one by one, in file order."""
+        for start in range(0, len(requests), IN_BATCH):
+            window = requests[start:start + IN_BATCH]
+            plans = self._plan(window)
+            group: list[tuple[Request, grouped.Planned]] = []
+            for request in window:
+                plan = plans.get(id(request))
+                if plan is None or plan.weight > self.pacer.size or not self.share:
+                    self._run_group(group)
+                    group = []
+                    self.one_by_one(request)
+                    continue
+                weight = sum(p.weight for _r, p in group)
+                if weight + plan.weight > self.pacer.size or len(group) >= grouped.MAX_GROUP_USERS:
+                    self._run_group(group)
+                    group = []
+                group.append((request, plan))
+            self._run_group(group)
+
+    def _plan(self, window: Sequence[Request]) -> dict[int, grouped.Planned]:
+        """Plans by request (its id()); a request that cannot be planned is left out."""
+        wanted, by_subject = [], {}
+        for request in window:
             try:
-                pacer.check_stop()
-                outcome = _run_one(conn, cmap, mode, request, pacer, dry_run)
-            except Interrupted:
-                interrupted = True
-                outcomes.append(Outcome(request, request.user_id, request.lock_id, INTERRUPTED,
-                                        error="stopped by Ctrl-C; re-run to finish"))
-                outcomes += [Outcome(r, r.user_id, r.lock_id, NOT_STARTED)
-                             for r in requests[index + 1:]]
-                break
-            except (PrivacyLockError, SQLAlchemyError) as exc:
-                message = (str(exc) if isinstance(exc, PrivacyLockError)
-                           else f"database error: {first_line(exc)}")
-                outcome = Outcome(request, request.user_id, request.lock_id, FAILED,
-                                  error=message)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
-    return BatchResult(outcomes, interrupted)
+                subject = self.cmap.normalize_user(request.user_id or "")
+                kinds = self.cmap.select(request.kinds)
+            except PrivacyLockError:
+                continue  # the per-user way reports it as the request's failure
+            wanted.append((subject, kinds, Actor.current(request.operator, request.ticket,
+                                                          request.reason)))
+            by_subject[subject] = request
+        with reading(self.conn):
+            plans = grouped.plan_apply(self.conn, self.cmap, wanted)
+        return {id(by_subject[s]): p for s, p in plans.items()}
+
+    def _run_group(self, group: list[tuple[Request, grouped.Planned]]) -> None:
+        """One shared chunk for the group (a dry run only reports the plan); when it fails,
+        each of its users goes one by one."""
+        if not group:
+            return
+        if self.dry_run:
+            for request, plan in group:
+                result = plan.dry_run_result()
+                self.finish(Outcome(request, plan.subject, result.lock_id, result.status,
+                                    result.kinds, dry_run=True))
+            return
+        if len(group) == 1:
+            self.one_by_one(group[0][0])
+            return
+        self.pacer.check_stop()
+        plans = [plan for _request, plan in group]
+        try:
+            results = self.pacer.chunk(self.conn, partial(
+                grouped.apply_group, self.conn, self.cmap, plans, self.pacer.size))
+        except (grouped.StaleGroup, PrivacyLockError, SQLAlchemyError) as exc:
+            if isinstance(exc, Interrupted):
+                raise
+            if isinstance(exc, grouped.StaleGroup | IntegrityError | LockTimeoutError):
+                self.pacer.note(f"{len(group)} users could not share a chunk "
+                                f"({_message(exc)}); doing them one by one")
+            else:  # not a passing state of the data: do not try again in this run
+                self.share = False
+                self.pacer.note(f"users cannot share chunks here ({_message(exc)}); doing "
+                                "the rest of the batch one by one")
+            for request, _plan in group:
+                self.one_by_one(request)
+            return
+        self.pacer.count_chunk([(r.user, name, c.changed) for r in results
+                                for name, c in r.kinds.items() if c.changed])
+        for (request, _plan), result in zip(group, results, strict=True):
+            self.finish(Outcome(request, result.user, result.lock_id, result.status,
+                                result.kinds, chunks=result.chunks))
+        self.pacer.between_chunks()
+
+    def stopped(self, requests: Sequence[Request]) -> None:
+        """Ctrl-C: the request in flight is interrupted, the ones not reached not started."""
+        self.interrupted = True
+        for request in requests:
+            if id(request) in self.outcomes:
+                continue
+            if request is self.in_flight:
+                self.outcomes[id(request)] = Outcome(
+                    request, request.user_id, request.lock_id, INTERRUPTED,
+                    error="stopped by Ctrl-C; re-run to finish")
+            else:
+                self.outcomes[id(request)] = Outcome(request, request.user_id, request.lock_id,
+                                                     NOT_STARTED)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, PrivacyLockError | grouped.StaleGroup):
+        return str(exc)
+    return f"database error: {first_line(exc)}"
 
 
 def _run_one(

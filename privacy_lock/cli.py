@@ -370,7 +370,7 @@ def run_requests(
         pacer = Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
                       pause_file=pause_file, on_note=progress.note,
                       on_chunk=lambda user, kind, n: (progress.item_done(user, kind, n),
-                                                      stats.add_chunk(kind, n)))
+                                                      stats.add_items(kind, n)))
 
         def done(outcome: batch.Outcome) -> None:
             progress.user_done(outcome.user or "", outcome.status)
@@ -383,7 +383,8 @@ def run_requests(
                            gone=sum(c.gone for c in outcome.kinds.values()))
 
         try:
-            result = batch.run_batch(conn, cmap, mode, requests, pacer, dry_run, on_done=done)
+            result = batch.run_batch(conn, cmap, mode, requests, pacer, dry_run, on_done=done,
+                                     share_chunks=not app.settings.one_user_per_chunk)
         finally:
             progress.close()
         if dry_run and app.settings.policy.audit_reads:
@@ -392,6 +393,7 @@ def run_requests(
                                o.request.reason or None), o.user, o.lock_id)
                 for o in result.outcomes if o.user and not o.failed])
     stats.retries, stats.elapsed = pacer.retried, time.monotonic() - started
+    stats.chunks = pacer.chunks
     rows = batch.outcome_rows(result.outcomes, mode)
     click.echo(render(rows, fmt, payload=[o.as_dict() for o in result.outcomes]))
     if output:

@@ -67,6 +67,9 @@ class Settings:
     content: dict[str, ContentKind] = field(default_factory=dict)
     accounts: Accounts | None = None
     policy: Policy = Policy()
+    # Never share a transaction between users (batches then go user by user): for engines
+    # that shard by owner id, where a transaction over several owners spans shards.
+    one_user_per_chunk: bool = False
 
 
 def load_settings(config_option: str | None, url_option: str | None) -> Settings:
@@ -84,7 +87,8 @@ def load_settings(config_option: str | None, url_option: str | None) -> Settings
     data = _read_toml(path) if path else {}
     settings = _parse(data, path)
     url = url_option or settings.database_url or DEFAULT_DATABASE_URL
-    return Settings(url, path, settings.content, settings.accounts, settings.policy)
+    return Settings(url, path, settings.content, settings.accounts, settings.policy,
+                    settings.one_user_per_chunk)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -101,10 +105,13 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     where = str(path) if path else "config"
     _reject_unknown(data, _ALLOWED_TOP_LEVEL, where, "section")
     database = _section(data, "database", where)
-    _reject_unknown(database, {"url"}, where, "key", "database")
+    _reject_unknown(database, {"url", "one_user_per_chunk"}, where, "key", "database")
     url = database.get("url", "")
     if not isinstance(url, str):
         raise ConfigError(f"{where}: database.url must be a string")
+    one_user_per_chunk = database.get("one_user_per_chunk", False)
+    if not isinstance(one_user_per_chunk, bool):
+        raise ConfigError(f"{where}: database.one_user_per_chunk must be true or false")
 
     accounts = None
     if "accounts" in data:
@@ -141,7 +148,7 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     for key, expected in _POLICY_KEYS.items():
         if key in policy_section and not isinstance(policy_section[key], expected):
             raise ConfigError(f"{where}: policy.{key} must be true or false")
-    return Settings(url, path, content, accounts, Policy(**policy_section))
+    return Settings(url, path, content, accounts, Policy(**policy_section), one_user_per_chunk)
 
 
 def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:

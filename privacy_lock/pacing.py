@@ -116,9 +116,18 @@ class Pacer:
 
     def after_chunk(self, user: str, kind: str, items: int) -> None:
         """Report a committed chunk, pause if asked, and stop here if Ctrl-C was pressed."""
+        self.count_chunk([(user, kind, items)])
+        self.between_chunks()
+
+    def count_chunk(self, pieces: list[tuple[str, str, int]]) -> None:
+        """Report one committed chunk: (user, kind, items changed) for each user and kind in it."""
         self.chunks += 1
         if self.on_chunk:
-            self.on_chunk(user, kind, items)
+            for user, kind, items in pieces:
+                self.on_chunk(user, kind, items)
+
+    def between_chunks(self) -> None:
+        """Stop here if Ctrl-C was pressed, else sleep ``--sleep`` seconds."""
         self.check_stop()
         if self.sleep:
             time.sleep(self.sleep)

@@ -225,6 +225,10 @@ class RunStats:
     def add_chunk(self, kind: str, items: int) -> None:
         """One committed chunk that changed ``items`` items of ``kind``."""
         self.chunks += 1
+        self.add_items(kind, items)
+
+    def add_items(self, kind: str, items: int) -> None:
+        """``items`` items of ``kind`` changed (a chunk of several users reports each)."""
         self.items[kind] = self.items.get(kind, 0) + items
 
     def add_user(self, *, failed: bool = False, conflicts: int = 0, gone: int = 0) -> None:
@@ -254,6 +258,6 @@ class RunStats:
             parts.append(f"{self.gone:,} gone")
         parts += [_count(self.chunks, "chunk"), _count(self.retries, "retry", "retries")]
         line = f"{outcome}: {', '.join(parts)} in {format_duration(self.elapsed)}"
-        if self.elapsed > 0:
+        if self.elapsed > 0 and not self.action.startswith("would"):
             line += f" ({self.total_items / self.elapsed:,.0f} items/s)"
         return line

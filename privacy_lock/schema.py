@@ -132,8 +132,10 @@ TOOL_TABLES = [t.name for t in metadata.sorted_tables]
 
 # PostgreSQL makes the audit trail append-only in the database itself, so that not even the
 # tool's own role (nor a mistaken hand-written statement) can edit it: UPDATE, DELETE and
-# TRUNCATE of events are refused, and the head row can only move forward one event at a time
-# (it cannot be deleted or rolled back to hide removed events). Only the tables' owner can
+# TRUNCATE of events are refused, and the head row can only move forward, to an event that is
+# in the trail with that hash (it cannot be deleted, rolled back to hide removed events, or
+# pointed past the last event). One append may move it by several events (a chunk shared by
+# several users writes theirs together). Only the tables' owner can
 # disable these triggers: grant the tool a role that does not own them (sql/roles-postgresql.sql).
 PG_APPEND_ONLY_DDL = (
     """CREATE OR REPLACE FUNCTION privacy_lock_audit_append_only() RETURNS trigger
@@ -151,11 +153,18 @@ $$""",
     FOR EACH STATEMENT EXECUTE FUNCTION privacy_lock_audit_append_only()""",
     """CREATE OR REPLACE FUNCTION privacy_lock_audit_head_forward_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    in_trail boolean := false;
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq = OLD.seq + 1 THEN
-        RETURN NEW;
+    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq > OLD.seq THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.privacy_lock_audit '
+                       'WHERE seq = $1 AND hash = $2)', TG_TABLE_SCHEMA)
+            INTO in_trail USING NEW.seq, NEW.hash;
+        IF in_trail THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward one event at a time: % refused',
+    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward along the trail: % refused',
         TG_OP USING ERRCODE = 'insufficient_privilege';
 END
 $$""",

@@ -111,11 +111,18 @@ CREATE TRIGGER privacy_lock_audit_no_truncate
 
 CREATE OR REPLACE FUNCTION privacy_lock_audit_head_forward_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    in_trail boolean := false;
 BEGIN
-    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq = OLD.seq + 1 THEN
-        RETURN NEW;
+    IF TG_OP = 'UPDATE' AND NEW.id = OLD.id AND NEW.seq > OLD.seq THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.privacy_lock_audit '
+                       'WHERE seq = $1 AND hash = $2)', TG_TABLE_SCHEMA)
+            INTO in_trail USING NEW.seq, NEW.hash;
+        IF in_trail THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward one event at a time: % refused',
+    RAISE EXCEPTION 'privacy_lock_audit_head only moves forward along the trail: % refused',
         TG_OP USING ERRCODE = 'insufficient_privilege';
 END
 $$;

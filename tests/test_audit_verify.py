@@ -223,9 +223,11 @@ def test_postgresql_refuses_edits_of_the_trail_even_from_the_owner(pg_url, tmp_p
         "UPDATE privacy_lock_audit SET reason = 'x' WHERE seq = 2": "append-only: UPDATE refused",
         "DELETE FROM privacy_lock_audit WHERE seq = 11": "append-only: DELETE refused",
         "TRUNCATE privacy_lock_audit": "append-only: TRUNCATE refused",
-        "DELETE FROM privacy_lock_audit_head": "one event at a time: DELETE refused",
-        "UPDATE privacy_lock_audit_head SET seq = 9": "one event at a time: UPDATE refused",
-        "TRUNCATE privacy_lock_audit_head": "one event at a time: TRUNCATE refused",
+        "DELETE FROM privacy_lock_audit_head": "along the trail: DELETE refused",
+        "UPDATE privacy_lock_audit_head SET seq = 9": "along the trail: UPDATE refused",
+        "UPDATE privacy_lock_audit_head SET seq = seq + 3": "along the trail: UPDATE refused",
+        "UPDATE privacy_lock_audit_head SET hash = repeat('0', 64)": "along the trail: UPDATE",
+        "TRUNCATE privacy_lock_audit_head": "along the trail: TRUNCATE refused",
     }
     for statement, message in attempts.items():
         with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's error class

@@ -1,0 +1,263 @@
+"""Several small users in one chunk: the batch path of apply.
+
+A day's tickets are mostly users with a handful of items each. Done one by one, each user costs
+several short transactions (open the lock, one chunk per kind, the closing event), each with its
+own commit and audit-head lock, and a batch runs at about 1% of what the database can do
+(docs/BENCHMARKS.md). Here consecutive requests whose visible items fit in one chunk together
+share one transaction that, in this order:
+
+  1. locks the users' active locks and opens the missing ones (one multi-row ``INSERT``),
+  2. per kind, locks the users' visible rows (``owner IN (...) ... FOR UPDATE``; on SQLite the
+     ``BEGIN IMMEDIATE`` of every writing transaction already keeps every other writer out),
+  3. copies their visibility into snapshot rows of each user's own lock (one ``INSERT ...
+     SELECT`` that picks the lock by owner) and hides exactly the locked rows (one ``UPDATE``),
+  4. appends each user's ``lock`` and ``apply`` events under one lock of the audit head.
+
+Each user is done whole inside one transaction, with its snapshots and its events: a crash rolls
+the whole group back and a re-run does it again. A user with more visible items than a chunk
+takes the per-user way (:func:`privacy_lock.locking.apply_lock`), and so does every user of a
+group whose transaction fails (the site holds a row past the retries, another operator opens a
+lock for one of them at that moment, the plan went stale): one stubborn user fails alone.
+
+With ``[database] one_user_per_chunk = true`` nothing is grouped, so that every transaction
+stays inside one user's rows, as engines that shard by owner id need.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, case, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
+from privacy_lock.config import BoundKind, ContentMap
+from privacy_lock.locking import (
+    ACTIVE,
+    PENDING,
+    KindCounts,
+    UserResult,
+    _id_as_text,
+    _in_keys,
+    _original_col,
+    _plan_for_actual_keys,
+    visible,
+)
+from privacy_lock.schema import locks, snapshots
+
+MAX_GROUP_USERS = 500  # users per shared chunk: keeps every statement's parameters bounded
+
+
+class StaleGroup(Exception):
+    """The users' rows no longer fit the plan (more visible items than a chunk, an owner the
+    database matched by collation); the transaction is rolled back and each goes on its own."""
+
+
+@dataclass
+class Planned:
+    """One apply request as planned from one read: what a per-user apply would find now."""
+
+    subject: str
+    kinds: list[BoundKind]
+    actor: Actor
+    counts: dict[str, KindCounts]  # per kind: changed = visible now, already_private
+    lock_id: int | None  # the user's active lock when planned
+
+    @property
+    def weight(self) -> int:
+        """What the user costs a shared chunk: its visible items, plus one for its lock row."""
+        return sum(c.changed for c in self.counts.values()) + 1
+
+    def dry_run_result(self) -> UserResult:
+        status = "would-extend" if self.lock_id else "would-lock"
+        return UserResult(self.subject, self.lock_id, status, True, self.counts)
+
+
+def plan_apply(
+    conn: Connection, cmap: ContentMap, wanted: Sequence[tuple[str, list[BoundKind], Actor]]
+) -> dict[str, Planned]:
+    """Count every user's visible and private items per kind (one grouped query per kind, like
+    :func:`privacy_lock.locking.count_for_apply` for each) and find their active locks.
+
+    Users whose rows the database matched by collation rather than exactly (``'Alice'`` for
+    ``'alice'`` on MariaDB) are left out: the per-user way handles them.
+    """
+    plans = {
+        subject: Planned(subject, kinds, actor, {k.name: KindCounts() for k in kinds}, None)
+        for subject, kinds, actor in wanted
+    }
+    inexact: set[str] = set()
+    for kind in cmap.kinds.values():
+        owners = {cmap.owner_value(kind, p.subject): p.subject
+                  for p in plans.values() if kind.name in p.counts}
+        if not owners:
+            continue
+        n_visible = func.sum(case((visible(kind), 1), else_=0))
+        n_private = func.sum(case((kind.vis_col == kind.private, 1), else_=0))
+        rows = conn.execute(
+            select(kind.owner_col, n_visible, n_private)
+            .where(_in_keys(conn, kind.owner_col, list(owners)))
+            .group_by(kind.owner_col)
+        ).all()
+        for owner, n_vis, n_priv in rows:
+            subject = owners.get(owner)
+            if subject is None:
+                inexact.update(owners.values())
+                continue
+            plans[subject].counts[kind.name] = KindCounts(changed=int(n_vis or 0),
+                                                          already_private=int(n_priv or 0))
+    found = conn.execute(
+        select(locks.c.active_subject, locks.c.lock_id)
+        .where(_in_keys(conn, locks.c.active_subject, list(plans)))
+    ).all()
+    for subject, lock_id in found:
+        if subject in plans:
+            plans[subject].lock_id = int(lock_id)
+    return {s: p for s, p in plans.items() if s not in inexact}
+
+
+def apply_group(
+    conn: Connection, cmap: ContentMap, group: Sequence[Planned], limit: int
+) -> list[UserResult]:
+    """Lock, snapshot and hide every visible item of every user in ``group`` and write their
+    events, all inside the caller's transaction; raise :class:`StaleGroup` (roll back) when
+    they now have more than ``limit`` visible items together."""
+    _plan_for_actual_keys(conn)
+    now = utc_now()
+    lock_of, opened = _lock_or_open(conn, group, now)
+    hidden: dict[tuple[str, str], int] = Counter()
+    taken = 0
+    for kind in cmap.kinds.values():
+        members = [p for p in group if kind.name in p.counts]
+        if not members:
+            continue
+        owner_lock = {cmap.owner_value(kind, p.subject): lock_of[p.subject] for p in members}
+        subject_of = {cmap.owner_value(kind, p.subject): p.subject for p in members}
+        owners = list(owner_lock)
+        rows = conn.execute(
+            select(kind.id_col, kind.owner_col)
+            .where(_in_keys(conn, kind.owner_col, owners), visible(kind))
+            .with_for_update()
+        ).all()
+        taken += len(rows)
+        if taken > limit:
+            raise StaleGroup(f"{taken} visible items, more than the chunk of {limit}")
+        if not rows:
+            continue
+        per_owner = Counter(owner for _id, owner in rows)
+        if not per_owner.keys() <= owner_lock.keys():
+            raise StaleGroup("the database matched an owner id by collation, not exactly")
+        _snapshot_and_hide(conn, kind, owner_lock, [row[0] for row in rows], now)
+        for owner, n in per_owner.items():
+            hidden[subject_of[owner], kind.name] += n
+
+    lock_ids = sorted(lock_of.values())
+    totals = _snapshot_totals(conn, lock_ids)
+    conn.execute(update(locks).where(_in_keys(conn, locks.c.lock_id, lock_ids))
+                 .values(updated_at=now))
+    results, events = [], []
+    for plan in group:
+        lock_id = lock_of[plan.subject]
+        result = UserResult(plan.subject, lock_id, "locked" if plan.subject in opened
+                            else "extended")
+        for name, planned in plan.counts.items():
+            result.kinds[name] = KindCounts(
+                changed=hidden[plan.subject, name], already_private=planned.already_private,
+                snapshotted=totals.get((lock_id, name), 0),
+            )
+        changed = sum(c.changed for c in result.kinds.values())
+        result.chunks = 1 if changed else 0
+        if plan.subject not in opened and not changed:
+            result.status = "already-locked"
+        if plan.subject in opened:
+            events.append(EventSpec("lock", plan.actor, plan.subject, lock_id))
+        events.append(EventSpec("apply", plan.actor, plan.subject, lock_id, {
+            "status": result.status,
+            "chunks": result.chunks,
+            "chunk_shared_by": len(group),
+            "kinds": {n: {"changed": c.changed, "already_private": c.already_private,
+                          "snapshotted": c.snapshotted} for n, c in result.kinds.items()},
+        }))
+        results.append(result)
+    append_events(conn, events)
+    return results
+
+
+def _lock_or_open(
+    conn: Connection, group: Sequence[Planned], now: str
+) -> tuple[dict[str, int], set[str]]:
+    """Lock the users' active lock rows and open the missing ones: (lock id per user, the
+    users whose lock was opened now). Another operator opening one at the same moment makes
+    the insert fail (the unique ``active_subject``), and the group goes user by user."""
+    subjects = [p.subject for p in group]
+    lock_of = dict(conn.execute(
+        select(locks.c.active_subject, locks.c.lock_id)
+        .where(_in_keys(conn, locks.c.active_subject, subjects))
+        .order_by(locks.c.lock_id)
+        .with_for_update()
+    ).all())
+    missing = [p for p in group if p.subject not in lock_of]
+    if missing:
+        conn.execute(insert(locks), [
+            {"subject": p.subject, "active_subject": p.subject, "state": ACTIVE,
+             "operator": p.actor.operator, "ticket": p.actor.ticket or "",
+             "reason": p.actor.reason or "", "created_at": now, "updated_at": now}
+            for p in missing
+        ])
+        lock_of.update(conn.execute(
+            select(locks.c.active_subject, locks.c.lock_id)
+            .where(_in_keys(conn, locks.c.active_subject, [p.subject for p in missing]))
+        ).all())
+    return {s: int(lock_id) for s, lock_id in lock_of.items()}, {p.subject for p in missing}
+
+
+def _snapshot_and_hide(
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], ids: list[Any], now: str
+) -> None:
+    """Snapshot the locked rows ``ids`` into their owner's lock, then hide them.
+
+    As in the per-user chunk, an item its lock already holds a snapshot of (made visible again
+    since) is hidden again but its stored original is never overwritten.
+    """
+    owners = list(owner_lock)
+    these_rows = (_in_keys(conn, kind.owner_col, owners), _in_keys(conn, kind.id_col, ids),
+                  visible(kind))
+    lock_id = case(
+        {owner: literal(lid, snapshots.c.lock_id.type) for owner, lid in owner_lock.items()},
+        value=kind.owner_col,
+    )
+    source = select(
+        lock_id,
+        literal(kind.name, snapshots.c.kind.type),
+        _id_as_text(kind),
+        kind.vis_col,
+        literal(PENDING, snapshots.c.state.type),
+        literal(now, snapshots.c.snapshotted_at.type),
+    ).where(*these_rows)
+    target = ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"]
+    if conn.dialect.name == "postgresql":
+        statement = (pg_insert(snapshots).from_select(target, source)
+                     .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
+    else:
+        already_snapshotted = (
+            select(snapshots.c.snapshot_id)
+            .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+                   snapshots.c.item_id == _id_as_text(kind))
+            .exists()
+        )
+        statement = insert(snapshots).from_select(target, source.where(~already_snapshotted))
+    conn.execute(statement)
+    conn.execute(update(kind.table).where(*these_rows).values({kind.vis_col.name: kind.private}))
+
+
+def _snapshot_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str], int]:
+    """Snapshot rows per (lock, kind), for the result's ``snapshotted``."""
+    rows = conn.execute(
+        select(snapshots.c.lock_id, snapshots.c.kind, func.count())
+        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids))
+        .group_by(snapshots.c.lock_id, snapshots.c.kind)
+    ).all()
+    return {(int(lock_id), name): int(n) for lock_id, name, n in rows}

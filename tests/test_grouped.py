@@ -1,0 +1,247 @@
+"""Several small users in one chunk (grouped.py): the same end state, snapshots and outcomes as
+user by user, each user whole in one transaction, and the per-user way whenever a group fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import insert, select
+
+from privacy_lock import batch, grouped
+from privacy_lock.audit import Actor
+from privacy_lock.pacing import Pacer
+from privacy_lock.requests import Request
+from privacy_lock.schema import audit_events
+from sns import IDENTITY, build_sns, tool_session
+from test_concurrency import SiteWriter, widen_race_window
+
+
+def events(sns, action=None):
+    """(action, subject, details) of every event, in chain order."""
+    query = select(audit_events.c.action, audit_events.c.subject, audit_events.c.details)
+    if action:
+        query = query.where(audit_events.c.action == action)
+    with sns.engine.connect() as conn:
+        rows = conn.execute(query.order_by(audit_events.c.seq)).all()
+    return [(a, s, json.loads(d)) for a, s, d in rows]
+
+
+def requests_for(*users):
+    return [Request(line=0, user_id=str(u), lock_id=None, ticket="T-1", reason="test",
+                    operator="tester", kinds=()) for u in users]
+
+
+def assert_locked_with_originals(sns, before, users):
+    """Every item of ``users`` is owner-only, and each one that was visible has exactly one
+    snapshot, holding its original, in the lock of its own owner."""
+    lock_subject = {r["lock_id"]: r["subject"] for r in sns.lock_rows()}
+    snaps = {(s["kind"], s["item_id"]): s for s in sns.snapshot_rows()}
+    for kind, rows in before.items():
+        for item_id, (owner, vis) in rows.items():
+            if owner not in users:
+                assert (kind, str(item_id)) not in snaps
+                continue
+            assert sns.vis(kind, item_id) == sns.private
+            if vis == sns.private:
+                assert (kind, str(item_id)) not in snaps
+            else:
+                snap = snaps[(kind, str(item_id))]
+                assert sns.original_of(snap) == vis
+                assert lock_subject[snap["lock_id"]] == str(owner)
+    assert len(snaps) == len(sns.snapshot_rows())
+
+
+@pytest.mark.parametrize(("id_style", "vis_style"), [("int", "text"), ("uuid", "code")])
+def test_small_users_share_one_chunk_and_keep_every_original(db_url, tmp_path, id_style,
+                                                              vis_style):
+    sns = build_sns(db_url, tmp_path, id_style=id_style, vis_style=vis_style)
+    before = sns.everything()
+    out = sns.run("apply", *map(str, sns.users), *IDENTITY, "--chunk-size", "100",
+                  "--format", "json")
+    assert_locked_with_originals(sns, before, sns.users)
+    results = json.loads(out.stdout)
+    assert [(r["user"], r["status"], r["chunks"]) for r in results] == [
+        (str(u), "locked", 1) for u in sns.users]
+    assert all(r["kinds"]["diary"]["changed"] == 9 and r["kinds"]["photo"]["changed"] == 9
+               and r["kinds"]["diary"]["already_private"] == 3 for r in results)
+    assert "1 chunk," in out.stderr.splitlines()[-1]
+    trail = events(sns)
+    assert [(a, s) for a, s, _d in trail] == [
+        (a, str(u)) for u in sns.users for a in ("lock", "apply")]
+    assert all(d["chunk_shared_by"] == 3 for a, _s, d in trail if a == "apply")
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+    sns.revert_user(*sns.users)
+    assert sns.everything() == before
+
+
+def test_a_shared_chunk_extends_locks_and_never_overwrites_an_original(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    before = sns.everything()
+    sns.apply(u1, u3)
+    reopened = next(i for (k, i), v in sns.items_of(u1, "diary").items()
+                    if before["diary"][i][1] == sns.public)
+    sns.set_vis("diary", reopened, sns.friends)  # the site shows one item again
+    out = sns.run("apply", str(u1), str(u2), str(u3), *IDENTITY, "--format", "json")
+    outcome = {r["user"]: r for r in json.loads(out.stdout)}
+    assert {u: r["status"] for u, r in outcome.items()} == {
+        str(u1): "extended", str(u2): "locked", str(u3): "already-locked"}
+    assert outcome[str(u1)]["kinds"]["diary"]["changed"] == 1
+    assert outcome[str(u1)]["kinds"]["diary"]["snapshotted"] == 9  # no second snapshot
+    assert_locked_with_originals(sns, before, sns.users)  # the original is still "public"
+    assert len(sns.lock_rows()) == 3
+
+    sns.revert_user(u1, u2, u3)
+    assert sns.everything() == before
+
+
+def test_bigger_users_go_one_by_one_and_the_outcomes_keep_file_order(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    for _ in range(30):
+        sns.add_item("diary", u2, sns.public)
+    before = sns.everything()
+    path = tmp_path / "req.csv"
+    path.write_text(f"user_id\n{u1}\n{u3}\n{u2}\n", encoding="utf-8")
+    out = sns.run("apply", "--from-file", str(path), *IDENTITY, "--chunk-size", "40",
+                  "--format", "json")
+    assert [r["user"] for r in json.loads(out.stdout)] == [str(u1), str(u3), str(u2)]
+    assert_locked_with_originals(sns, before, sns.users)
+    shared = {s: d.get("chunk_shared_by") for a, s, d in events(sns, "apply")}
+    assert shared == {str(u1): 2, str(u3): 2, str(u2): None}
+    hides = [s for a, s, _d in events(sns, "hide")]
+    assert hides == [str(u2), str(u2)]  # its 39 diaries in one chunk of 40, its 9 photos
+
+
+def test_a_group_that_no_longer_fits_rolls_back_whole(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    before, audit_before = sns.everything(), sns.audit_count()
+    engine, cmap = tool_session(sns)
+    actor = Actor.current("tester", "T-1", "test")
+    kinds = list(cmap.kinds.values())
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                plans = grouped.plan_apply(conn, cmap, [(str(u), kinds, actor)
+                                                        for u in sns.users])
+            group = [plans[str(u)] for u in sns.users]
+            with pytest.raises(grouped.StaleGroup):
+                Pacer().chunk(conn, lambda: grouped.apply_group(conn, cmap, group, 50))
+    finally:
+        engine.dispose()
+    # The photos did not fit after the diaries: the locks it opened and the diaries it
+    # snapshotted and hid went back with the rest.
+    assert sns.everything() == before
+    assert sns.lock_rows() == [] and sns.snapshot_rows() == []
+    assert sns.audit_count() == audit_before
+
+
+def test_when_a_group_fails_each_of_its_users_goes_one_by_one(db_url, tmp_path, monkeypatch):
+    sns = build_sns(db_url, tmp_path)
+    before = sns.everything()
+
+    def fail(*_args):
+        raise grouped.StaleGroup("as if the site had added items since the plan")
+
+    monkeypatch.setattr(grouped, "apply_group", fail)
+    out = sns.run("apply", *map(str, sns.users), *IDENTITY, "--format", "json")
+    assert {r["status"] for r in json.loads(out.stdout)} == {"locked"}
+    assert "3 users could not share a chunk (as if the site" in out.stderr
+    assert_locked_with_originals(sns, before, sns.users)
+    assert all(d.get("chunk_shared_by") is None for _a, _s, d in events(sns, "apply"))
+
+
+def test_a_crash_inside_a_shared_chunk_leaves_nothing_then_a_rerun_finishes(
+        db_url, tmp_path, monkeypatch):
+    sns = build_sns(db_url, tmp_path)
+    before, audit_before = sns.everything(), sns.audit_count()
+
+    def crash(*_args):
+        raise KeyboardInterrupt  # the process dies after the UPDATE, before the commit
+
+    monkeypatch.setattr(grouped, "append_events", crash)
+    engine, cmap = tool_session(sns)
+    try:
+        with engine.connect() as conn, pytest.raises(KeyboardInterrupt):
+            batch.run_batch(conn, cmap, "apply", requests_for(*sns.users), Pacer())
+    finally:
+        engine.dispose()
+    assert sns.everything() == before
+    assert sns.lock_rows() == [] and sns.snapshot_rows() == []
+    assert sns.audit_count() == audit_before
+
+    monkeypatch.undo()
+    sns.apply(*sns.users)
+    assert_locked_with_originals(sns, before, sns.users)
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+
+def test_site_edits_during_shared_chunks_are_never_lost(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path, items_per_value=2)
+    with sns.engine.begin() as conn:  # 12 more users, so that the batch has several groups
+        conn.execute(insert(sns.tables["diary"].metadata.tables["users"]),
+                     [{"id": 10 + n, "name": f"user {10 + n}"} for n in range(12)])
+    for n in range(12):
+        for value in sns.values:
+            sns.add_item("diary", 10 + n, value)
+            sns.add_item("photo", 10 + n, value)
+    users = [*sns.users, *range(10, 22)]
+    initial = {key: v for u in users for key, v in sns.items_of(u).items()}
+    engine, cmap = tool_session(sns)
+    widen_race_window(engine)
+    writer = SiteWriter(sns, sorted(initial, key=str), seed=2)
+    writer.start()
+    try:
+        with engine.connect() as conn:
+            result = batch.run_batch(conn, cmap, "apply", requests_for(*users), Pacer(size=30))
+    finally:
+        writer.finish()
+        engine.dispose()
+    assert {o.status for o in result.outcomes} == {"locked"}
+    final = {key: v for u in users for key, v in sns.items_of(u).items()}
+    snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
+    for key, value in final.items():
+        last = writer.last.get(key, initial[key])
+        snap = snaps.get((key[0], str(key[1])), "none")
+        if value == sns.private:  # hidden after the last edit: the snapshot holds that value
+            assert snap == ("none" if last == sns.private else last), (key, value, last, snap)
+        else:  # edited after it was hidden: the edit stands
+            assert value == last and key in writer.last, (key, value, last)
+    shared = [d.get("chunk_shared_by") for _a, _s, d in events(sns, "apply")]
+    assert max(s or 0 for s in shared) > 1
+
+
+def test_one_user_per_chunk_keeps_every_transaction_inside_one_user(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    text = sns.config_path.read_text(encoding="utf-8")
+    sns.config_path.write_text("[database]\none_user_per_chunk = true\n\n" + text,
+                               encoding="utf-8")
+    before = sns.everything()
+    sns.apply(*sns.users)
+    assert_locked_with_originals(sns, before, sns.users)
+    assert all("chunk_shared_by" not in d for _a, _s, d in events(sns, "apply"))
+    assert {s for _a, s, _d in events(sns, "hide")} == {str(u) for u in sns.users}
+
+
+def test_a_grouped_dry_run_says_what_one_by_one_would(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    sns.apply(u1)
+    sns.set_vis("photo", next(iter(sns.items_of(u1, "photo")))[1], sns.public)
+    before, audit_before = sns.everything(), sns.audit_count()
+    engine, cmap = tool_session(sns)
+    try:
+        with engine.connect() as conn:
+            grouped_run, one_by_one = (
+                batch.run_batch(conn, cmap, "apply", requests_for(u1, u2, u3), Pacer(),
+                                dry_run=True, share_chunks=share)
+                for share in (True, False))
+            planned = [o.as_dict() for o in grouped_run.outcomes]
+            assert planned == [o.as_dict() for o in one_by_one.outcomes]
+    finally:
+        engine.dispose()
+    assert [(p["status"], p["kinds"]["photo"]["changed"]) for p in planned] == [
+        ("would-extend", 1), ("would-lock", 9), ("would-lock", 9)]
+    assert sns.everything() == before and sns.audit_count() == audit_before

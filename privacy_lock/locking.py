@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     String,
     and_,
     any_,
@@ -485,9 +486,9 @@ def restore_chunk(
     changed it since) or gone (deleted, or no longer this user's). Returns the counts and the
     last snapshot id visited (None when nothing was left). Runs in the caller's transaction.
     """
-    if conn.dialect.name == "sqlite":
-        return _restore_range(conn, kind, lock_id, owner, after, limit)
     _plan_for_actual_keys(conn)
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        return _restore_range(conn, kind, lock_id, owner, after, limit)
     pending = conn.execute(
         select(snapshots.c.snapshot_id, snapshots.c.item_id)
         .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
@@ -534,7 +535,6 @@ def restore_chunk(
             )
         ).rowcount
         if restored != len(by_state[RESTORED]):
-            # Cannot happen while the rows are locked; if it does, change nothing in this chunk.
             raise _restore_mismatch(lock_id, kind, len(by_state[RESTORED]), restored)
     now = utc_now()
     for state, ids in by_state.items():
@@ -552,21 +552,31 @@ def restore_chunk(
 def _restore_range(
     conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: int, limit: int
 ) -> tuple[KindCounts, int | None]:
-    """restore_chunk on SQLite: the chunk is the snapshot id range (after, last], decided and
-    restored set-based, with no key lists (one writer: see the module docstring).
+    """restore_chunk set-based on the chunk's snapshot id range (after, last], with no key
+    lists and no rows fetched (SQLite and PostgreSQL).
 
-    Gone and conflicting snapshots are marked first; every pending snapshot left in the range
-    then holds an item that is still owner-only, which is restored and marked.
+    The chunk's items are locked by key first (a join on the snapshot range, ``FOR UPDATE OF``
+    the content table; SQLite has one writer) and counted as they are then: missing (gone),
+    changed (conflict), still owner-only (to restore). Gone and conflicting snapshots are
+    marked; every pending snapshot left in the range then holds a locked item that is still
+    owner-only, which is restored and marked. Each count is checked against what the statements
+    matched, so a chunk that would not add up changes nothing.
     """
     chunk = (
-        select(snapshots.c.snapshot_id)
+        select(snapshots.c.snapshot_id, snapshots.c.item_id)
         .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
                snapshots.c.state == PENDING, snapshots.c.snapshot_id > after)
         .order_by(snapshots.c.snapshot_id)
         .limit(limit)
         .subquery()
     )
-    total, last = conn.execute(select(func.count(), func.max(chunk.c.snapshot_id))).one()
+    integer_ids = isinstance(kind.id_col.type, Integer)
+    bounds = [func.count(), func.max(chunk.c.snapshot_id)]
+    if integer_ids:
+        as_id = cast(chunk.c.item_id, kind.id_col.type)
+        bounds += [func.min(as_id), func.max(as_id)]
+    found = conn.execute(select(*bounds)).one()
+    total, last = found[0], found[1]
     if not total:
         return KindCounts(), None
     in_chunk = and_(
@@ -574,32 +584,54 @@ def _restore_range(
         snapshots.c.state == PENDING, snapshots.c.snapshot_id > after,
         snapshots.c.snapshot_id <= last,
     )
-    item = select(kind.id_col).where(
-        kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner
+    # The item of a snapshot. The id range, redundant with the join, keeps every plan to the
+    # chunk's slice of the (owner, id) index instead of all of a heavy user's items.
+    its_item = and_(kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner)
+    if integer_ids:
+        its_item = and_(its_item, kind.id_col.between(found[2], found[3]))
+    items = (
+        select(kind.vis_col)
+        .select_from(kind.table.join(snapshots, its_item))
+        .where(in_chunk)
     )
+    if conn.dialect.name != "sqlite":
+        items = items.with_for_update(of=kind.table)
+    items = items.subquery()
+    present, still_private = conn.execute(
+        select(func.count(), func.count(case((items.c[0] == kind.private, 1))))
+    ).one()
+    gone, conflicts = total - present, present - still_private
+    item = select(kind.id_col).where(its_item)
     now = utc_now()
 
-    def mark(state: str, *where: ColumnElement[bool]) -> int:
+    def mark(state: str, expected: int, *where: ColumnElement[bool]) -> None:
         statement = update(snapshots).where(in_chunk, *where)
-        return conn.execute(statement.values(state=state, resolved_at=now)).rowcount
+        marked = conn.execute(statement.values(state=state, resolved_at=now)).rowcount
+        if marked != expected:
+            raise _restore_mismatch(lock_id, kind, expected, marked, state)
 
-    gone = mark(GONE, ~item.exists())
-    conflicts = mark(CONFLICT, ~item.where(kind.vis_col == kind.private).exists())
-    restored = conn.execute(
-        update(kind.table)
-        .values({kind.vis_col.name: _original_col(kind)})
-        .where(kind.owner_col == owner, kind.vis_col == kind.private,
-               kind.id_col == _snapshot_item_as_id(kind), in_chunk)
-    ).rowcount
-    marked = mark(RESTORED)
-    if restored != marked or gone + conflicts + marked != total:
-        raise _restore_mismatch(lock_id, kind, marked, restored)
-    return KindCounts(restored=restored, conflicts=conflicts, gone=gone), last
+    if gone:
+        mark(GONE, gone, ~item.exists())
+    if conflicts:
+        mark(CONFLICT, conflicts, ~item.where(kind.vis_col == kind.private).exists())
+    if still_private:
+        restored = conn.execute(
+            update(kind.table)
+            .values({kind.vis_col.name: _original_col(kind)})
+            .where(its_item, kind.vis_col == kind.private, in_chunk)
+        ).rowcount
+        if restored != still_private:
+            raise _restore_mismatch(lock_id, kind, still_private, restored)
+        mark(RESTORED, still_private)
+    return KindCounts(restored=still_private, conflicts=conflicts, gone=gone), last
 
 
-def _restore_mismatch(lock_id: int, kind: BoundKind, expected: int, matched: int) -> Exception:
+def _restore_mismatch(
+    lock_id: int, kind: BoundKind, expected: int, matched: int, state: str = RESTORED
+) -> Exception:
+    """Cannot happen while the rows are locked; if it does, the chunk changes nothing."""
     return LockStateError(
-        f"lock {lock_id}: expected to restore {expected} {kind.name} items but the database "
+        f"lock {lock_id}: expected {expected} {kind.name} items to be {state} but the database "
         f"matched {matched}; chunk rolled back, re-run revert"
     )
 

@@ -26,7 +26,7 @@ from privacy_lock.db import first_line, reading
 from privacy_lock.errors import PrivacyLockError
 from privacy_lock.pacing import Interrupted, LockTimeoutError, Pacer
 from privacy_lock.requests import COLUMNS, Request
-from privacy_lock.schema import snapshots
+from privacy_lock.schema import locks, snapshots
 
 Mode = Literal["apply", "revert"]
 FAILED, NOT_STARTED, INTERRUPTED = "failed", "not-started", "interrupted"
@@ -99,8 +99,8 @@ def run_batch(
     run = _BatchRun(conn, cmap, mode, pacer, dry_run, on_done)
     with pacer.stop_on_sigint():
         try:
-            if mode == "apply" and share_chunks and len(requests) > 1:
-                run.apply_grouped(requests)
+            if share_chunks and len(requests) > 1 and not (mode == "revert" and dry_run):
+                run.grouped(requests)
             else:
                 for request in requests:
                     run.one_by_one(request)
@@ -141,25 +141,26 @@ class _BatchRun:
         self.in_flight = None
         self.finish(outcome)
 
-    def apply_grouped(self, requests: Sequence[Request]) -> None:
-        """Plan a window of requests at a time; users whose visible items fit a chunk together
-        share it, bigger ones (and any the plan could not place) go one by one, in file order."""
+    def grouped(self, requests: Sequence[Request]) -> None:
+        """Plan a window of requests at a time; users whose items fit a chunk together share
+        it, bigger ones (and any the plan could not place) go one by one, in file order."""
         for start in range(0, len(requests), IN_BATCH):
             window = requests[start:start + IN_BATCH]
-            plans = self._plan(window)
-            group: list[tuple[Request, grouped.Planned]] = []
+            plans = self._plan(window) if self.mode == "apply" else self._plan_revert(window)
+            group: list[tuple[Request, Any]] = []
+            weight = 0
             for request in window:
                 plan = plans.get(id(request))
                 if plan is None or plan.weight > self.pacer.size or not self.share:
                     self._run_group(group)
-                    group = []
+                    group, weight = [], 0
                     self.one_by_one(request)
                     continue
-                weight = sum(p.weight for _r, p in group)
                 if weight + plan.weight > self.pacer.size or len(group) >= grouped.MAX_GROUP_USERS:
                     self._run_group(group)
-                    group = []
+                    group, weight = [], 0
                 group.append((request, plan))
+                weight += plan.weight
             self._run_group(group)
 
     def _plan(self, window: Sequence[Request]) -> dict[int, grouped.Planned]:
@@ -178,7 +179,35 @@ class _BatchRun:
             plans = grouped.plan_apply(self.conn, self.cmap, wanted)
         return {id(by_subject[s]): p for s, p in plans.items()}
 
-    def _run_group(self, group: list[tuple[Request, grouped.Planned]]) -> None:
+    def _plan_revert(self, window: Sequence[Request]) -> dict[int, grouped.PlannedRevert]:
+        """Plans by request (its id()) for the requests naming an active lock, each lock once."""
+        wanted: dict[int, tuple[Request, Actor]] = {}
+        with reading(self.conn):
+            subject_of: dict[int, str] = {}
+            for request in window:
+                if request.lock_id is None and request.user_id:
+                    try:
+                        subject_of[id(request)] = self.cmap.normalize_user(request.user_id)
+                    except PrivacyLockError:
+                        continue
+            active = dict(self.conn.execute(
+                select(locks.c.active_subject, locks.c.lock_id)
+                .where(locks.c.active_subject.in_(list(subject_of.values())))
+            ).all()) if subject_of else {}
+            for request in window:
+                lock_id = request.lock_id
+                if lock_id is None and id(request) in subject_of:
+                    lock_id = active.get(subject_of[id(request)])
+                if lock_id is None or lock_id in wanted:
+                    continue  # not locked, or named twice: the per-user way says so
+                wanted[int(lock_id)] = (request, Actor.current(request.operator, request.ticket,
+                                                               request.reason))
+            plans = grouped.plan_revert(self.conn, self.cmap,
+                                        [(lock_id, actor) for lock_id, (_r, actor)
+                                         in wanted.items()])
+        return {id(wanted[lock_id][0]): plan for lock_id, plan in plans.items()}
+
+    def _run_group(self, group: list[tuple[Request, Any]]) -> None:
         """One shared chunk for the group (a dry run only reports the plan); when it fails,
         each of its users goes one by one."""
         if not group:
@@ -194,9 +223,10 @@ class _BatchRun:
             return
         self.pacer.check_stop()
         plans = [plan for _request, plan in group]
+        run_group = grouped.apply_group if self.mode == "apply" else grouped.revert_group
         try:
             results = self.pacer.chunk(self.conn, partial(
-                grouped.apply_group, self.conn, self.cmap, plans, self.pacer.size))
+                run_group, self.conn, self.cmap, plans, self.pacer.size))
         except (grouped.StaleGroup, PrivacyLockError, SQLAlchemyError) as exc:
             if isinstance(exc, Interrupted):
                 raise
@@ -210,8 +240,9 @@ class _BatchRun:
             for request, _plan in group:
                 self.one_by_one(request)
             return
-        self.pacer.count_chunk([(r.user, name, c.changed) for r in results
-                                for name, c in r.kinds.items() if c.changed])
+        counted = "changed" if self.mode == "apply" else "restored"
+        self.pacer.count_chunk([(r.user, name, getattr(c, counted)) for r in results
+                                for name, c in r.kinds.items() if getattr(c, counted)])
         for (request, _plan), result in zip(group, results, strict=True):
             self.finish(Outcome(request, result.user, result.lock_id, result.status,
                                 result.kinds, chunks=result.chunks))

@@ -27,23 +27,28 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection, case, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
-from privacy_lock.config import BoundKind, ContentMap
+from privacy_lock.config import BoundKind, ContentMap, bind_value
 from privacy_lock.locking import (
     ACTIVE,
+    CONFLICT,
+    GONE,
     PENDING,
+    RESTORED,
+    REVERTED,
     KindCounts,
     UserResult,
     _id_as_text,
     _in_keys,
     _original_col,
     _plan_for_actual_keys,
+    _snapshot_item_as_id,
     visible,
 )
 from privacy_lock.schema import locks, snapshots
@@ -261,3 +266,182 @@ def _snapshot_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, s
         .group_by(snapshots.c.lock_id, snapshots.c.kind)
     ).all()
     return {(int(lock_id), name): int(n) for lock_id, name, n in rows}
+
+
+# --- revert --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedRevert:
+    """One revert request as planned: an active lock and what it holds pending."""
+
+    lock_id: int
+    subject: str
+    actor: Actor
+    pending: int  # snapshots still to resolve, every kind
+
+    @property
+    def weight(self) -> int:
+        return self.pending + 1
+
+
+def plan_revert(
+    conn: Connection, cmap: ContentMap, wanted: Sequence[tuple[int, Actor]]
+) -> dict[int, PlannedRevert]:
+    """The active locks among ``wanted`` (lock id, actor) whose every snapshot kind is in the
+    content map, with their pending snapshot counts; the others take the per-user way, which
+    reports them (not locked, a kind missing from the config)."""
+    lock_ids = [lock_id for lock_id, _actor in wanted]
+    actor_of = dict(wanted)
+    active = dict(conn.execute(
+        select(locks.c.lock_id, locks.c.subject)
+        .where(_in_keys(conn, locks.c.lock_id, lock_ids), locks.c.state == ACTIVE)
+    ).all())
+    plans = {int(lock_id): PlannedRevert(int(lock_id), subject, actor_of[int(lock_id)], 0)
+             for lock_id, subject in active.items()}
+    unmapped: set[int] = set()
+    rows = conn.execute(
+        select(snapshots.c.lock_id, snapshots.c.kind,
+               func.sum(case((snapshots.c.state == PENDING, 1), else_=0)))
+        .where(_in_keys(conn, snapshots.c.lock_id, list(plans)))
+        .group_by(snapshots.c.lock_id, snapshots.c.kind)
+    ).all() if plans else []
+    for lock_id, kind_name, pending in rows:
+        if kind_name not in cmap.kinds:
+            unmapped.add(int(lock_id))
+        plans[int(lock_id)].pending += int(pending or 0)
+    return {lock_id: p for lock_id, p in plans.items() if lock_id not in unmapped}
+
+
+def revert_group(
+    conn: Connection, cmap: ContentMap, group: Sequence[PlannedRevert], limit: int
+) -> list[UserResult]:
+    """Restore every pending item of every lock in ``group``, close the locks and write their
+    ``revert`` events, inside the caller's transaction; raise :class:`StaleGroup` (roll back)
+    when a lock was closed or extended beyond ``limit`` items since the plan.
+
+    As in the per-user revert, each item is locked before it is looked at and put back only if
+    it is still owner-only and still its owner's; otherwise it is a conflict or gone.
+    """
+    _plan_for_actual_keys(conn)
+    lock_ids = sorted(p.lock_id for p in group)
+    states = dict(conn.execute(
+        select(locks.c.lock_id, locks.c.state)
+        .where(_in_keys(conn, locks.c.lock_id, lock_ids))
+        .order_by(locks.c.lock_id)
+        .with_for_update()
+    ).all())
+    if any(states.get(lock_id) != ACTIVE for lock_id in lock_ids):
+        raise StaleGroup("a lock was reverted by someone else meanwhile")
+    pending = conn.execute(
+        select(snapshots.c.snapshot_id, snapshots.c.lock_id, snapshots.c.kind,
+               snapshots.c.item_id)
+        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids), snapshots.c.state == PENDING)
+    ).all()
+    if len(pending) > limit:
+        raise StaleGroup(f"{len(pending)} pending items, more than the chunk of {limit}")
+    subject_of = {p.lock_id: p.subject for p in group}
+    outcome: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
+    for kind_name in sorted({row.kind for row in pending}):
+        if kind_name not in cmap.kinds:
+            raise StaleGroup(f"a lock now holds {kind_name!r} items, which the config lacks")
+        kind = cmap.kinds[kind_name]
+        rows = [row for row in pending if row.kind == kind_name]
+        for state, ids in _restore_kind(conn, cmap, kind, rows, subject_of).items():
+            outcome[state] += ids
+    now = utc_now()
+    for state, ids in outcome.items():
+        if ids:
+            conn.execute(update(snapshots).where(_in_keys(conn, snapshots.c.snapshot_id, ids))
+                         .values(state=state, resolved_at=now))
+    _close_locks(conn, group, now)
+    totals = _state_totals(conn, lock_ids)
+    results, events = [], []
+    for plan in group:
+        result = UserResult(plan.subject, plan.lock_id, "reverted", chunks=1)
+        for name in sorted({n for (lid, n) in totals if lid == plan.lock_id}):
+            per_state = totals[plan.lock_id, name]
+            result.kinds[name] = KindCounts(
+                snapshotted=sum(per_state.values()), restored=per_state.get(RESTORED, 0),
+                conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0))
+        events.append(EventSpec("revert", plan.actor, plan.subject, plan.lock_id, {
+            "chunks": 1,
+            "chunk_shared_by": len(group),
+            "kinds": {n: {k: v for k, v in asdict(c).items() if v}
+                      for n, c in result.kinds.items()},
+        }))
+        results.append(result)
+    append_events(conn, events)
+    return results
+
+
+def _restore_kind(
+    conn: Connection, cmap: ContentMap, kind: BoundKind, pending: Sequence[Any],
+    subject_of: dict[int, str],
+) -> dict[str, list[int]]:
+    """Lock the items of ``pending`` snapshots of one kind, restore those still owner-only and
+    still their lock's user's; return the snapshot ids by outcome."""
+    owner_of_lock = {lock_id: cmap.owner_value(kind, s) for lock_id, s in subject_of.items()}
+    owners = list(set(owner_of_lock.values()))
+    item_ids = list({bind_value(kind.id_col, row.item_id) for row in pending})
+    current = {
+        item: (owner, vis) for item, owner, vis in conn.execute(
+            select(_id_as_text(kind), kind.owner_col, kind.vis_col)
+            .where(_in_keys(conn, kind.owner_col, owners), _in_keys(conn, kind.id_col, item_ids))
+            .with_for_update()
+        ).all()
+    }
+    if any(owner not in owners for owner, _vis in current.values()):
+        raise StaleGroup("the database matched an owner id by collation, not exactly")
+    by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
+    for row in pending:
+        owner, vis = current.get(row.item_id, (None, None))
+        if owner is None or owner != owner_of_lock[row.lock_id]:
+            by_state[GONE].append(row.snapshot_id)  # deleted, or no longer this user's
+        elif vis == kind.private:
+            by_state[RESTORED].append(row.snapshot_id)
+        else:
+            by_state[CONFLICT].append(row.snapshot_id)
+    if by_state[RESTORED]:
+        restored = conn.execute(
+            update(kind.table)
+            .values({kind.vis_col.name: _original_col(kind)})
+            .where(
+                _in_keys(conn, kind.owner_col, owners),
+                _in_keys(conn, kind.id_col, item_ids),
+                kind.vis_col == kind.private,
+                kind.id_col == _snapshot_item_as_id(kind),
+                _in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
+            )
+        ).rowcount
+        if restored != len(by_state[RESTORED]):  # cannot happen while the rows are locked
+            raise StaleGroup(f"expected to restore {len(by_state[RESTORED])} {kind.name} items "
+                             f"but the database matched {restored}")
+    return by_state
+
+
+def _close_locks(conn: Connection, group: Sequence[PlannedRevert], now: str) -> None:
+    """Close the locks, each as reverted by its own request's operator (one statement per
+    operator: a batch file usually has one)."""
+    by_operator: dict[str, list[int]] = {}
+    for plan in group:
+        by_operator.setdefault(plan.actor.operator, []).append(plan.lock_id)
+    for operator, lock_ids in by_operator.items():
+        conn.execute(
+            update(locks).where(_in_keys(conn, locks.c.lock_id, lock_ids))
+            .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
+                    reverted_by=operator)
+        )
+
+
+def _state_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str], dict[str, int]]:
+    """Snapshot rows per (lock, kind) and state."""
+    rows = conn.execute(
+        select(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state, func.count())
+        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids))
+        .group_by(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state)
+    ).all()
+    totals: dict[tuple[int, str], dict[str, int]] = {}
+    for lock_id, name, state, n in rows:
+        totals.setdefault((int(lock_id), name), {})[state] = int(n)
+    return totals

@@ -245,3 +245,89 @@ def test_a_grouped_dry_run_says_what_one_by_one_would(db_url, tmp_path):
     assert [(p["status"], p["kinds"]["photo"]["changed"]) for p in planned] == [
         ("would-extend", 1), ("would-lock", 9), ("would-lock", 9)]
     assert sns.everything() == before and sns.audit_count() == audit_before
+
+
+def test_a_shared_revert_restores_each_item_or_reports_it_conflicting_or_gone(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    before = sns.everything()
+    sns.apply(u1, u2, u3)
+    was_public = [i for i, (owner, vis) in before["diary"].items() if vis == sns.public]
+    changed = next(i for i in was_public if before["diary"][i][0] == u1)
+    deleted = next(i for i in was_public if before["diary"][i][0] == u2)
+    moved = next(i for i in was_public if before["diary"][i][0] == u3)
+    sns.set_vis("diary", changed, sns.friends)  # someone changed it after the lock
+    sns.delete("diary", deleted)
+    diaries, (id_col, owner_col, _vis) = sns.tables["diary"], sns.columns["diary"]
+    with sns.engine.begin() as conn:  # now somebody else's (u1 has no snapshot of it)
+        conn.execute(diaries.update().where(diaries.c[id_col] == moved).values({owner_col: u1}))
+    path = tmp_path / "back.csv"
+    path.write_text(f"user_id\n{u1}\n{u2}\n{u3}\n", encoding="utf-8")
+    out = sns.run("revert", "--from-file", str(path), *IDENTITY, "--format", "json")
+    outcome = {r["user"]: r for r in json.loads(out.stdout)}
+    assert {u: r["status"] for u, r in outcome.items()} == dict.fromkeys(map(str, sns.users),
+                                                                          "reverted")
+    assert outcome[str(u1)]["kinds"]["diary"] | {"snapshotted": 9} == {
+        "changed": 0, "already_private": 0, "snapshotted": 9, "restored": 8, "conflicts": 1,
+        "gone": 0}
+    assert outcome[str(u2)]["kinds"]["diary"]["gone"] == 1
+    assert outcome[str(u3)]["kinds"]["diary"]["gone"] == 1
+    after = sns.everything()
+    for kind, rows in before.items():
+        for item_id, (owner, vis) in rows.items():
+            if (kind, item_id) == ("diary", changed):
+                assert after[kind][item_id] == (owner, sns.friends)  # the edit stands
+            elif (kind, item_id) == ("diary", moved):
+                assert after[kind][item_id] == (u1, sns.private)  # not u3's any more
+            elif (kind, item_id) != ("diary", deleted):
+                assert after[kind][item_id] == (owner, vis)
+    assert {r["state"] for r in sns.lock_rows()} == {"reverted"}
+    assert not [s for s in sns.snapshot_rows() if s["state"] == "locked"]
+    reverts = events(sns, "revert")
+    assert [s for _a, s, _d in reverts] == [str(u) for u in sns.users]
+    assert all(d["chunk_shared_by"] == 3 for _a, _s, d in reverts)
+    assert events(sns, "restore") == []
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+
+def test_a_lock_named_twice_is_reverted_once(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, _u3 = sns.users
+    before = sns.everything()
+    sns.apply(u1, u2)
+    lock_u1 = next(r["lock_id"] for r in sns.lock_rows() if r["subject"] == str(u1))
+    path = tmp_path / "back.csv"
+    path.write_text(f"user_id,lock_id\n{u1},\n,{lock_u1}\n{u2},\n", encoding="utf-8")
+    out = sns.run("revert", "--from-file", str(path), *IDENTITY, "--format", "json")
+    assert [r["status"] for r in json.loads(out.stdout)] == ["reverted", "not-locked",
+                                                             "reverted"]
+    assert sns.everything() == before
+    assert len(events(sns, "revert")) == 2
+
+
+def test_a_crash_inside_a_shared_revert_leaves_every_lock_as_it_was(db_url, tmp_path,
+                                                                    monkeypatch):
+    sns = build_sns(db_url, tmp_path)
+    before = sns.everything()
+    sns.apply(*sns.users)
+    locked, snapshots_then = sns.everything(), sns.snapshot_rows()
+    audit_then = sns.audit_count()
+
+    def crash(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grouped, "append_events", crash)
+    engine, cmap = tool_session(sns)
+    try:
+        with engine.connect() as conn, pytest.raises(KeyboardInterrupt):
+            requests = [Request(0, str(u), None, "T-1", "test", "tester", ())
+                        for u in sns.users]
+            batch.run_batch(conn, cmap, "revert", requests, Pacer())
+    finally:
+        engine.dispose()
+    assert sns.everything() == locked and sns.snapshot_rows() == snapshots_then
+    assert {r["state"] for r in sns.lock_rows()} == {"active"}
+    assert sns.audit_count() == audit_then
+    monkeypatch.undo()
+    sns.revert_user(*sns.users)
+    assert sns.everything() == before

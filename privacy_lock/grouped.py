@@ -48,7 +48,6 @@ from privacy_lock.locking import (
     _in_keys,
     _original_col,
     _plan_for_actual_keys,
-    _snapshot_item_as_id,
     visible,
 )
 from privacy_lock.schema import locks, snapshots
@@ -403,15 +402,28 @@ def _restore_kind(
         else:
             by_state[CONFLICT].append(row.snapshot_id)
     if by_state[RESTORED]:
+        # Each restored item gets the original of its own lock's snapshot, found through the
+        # unique (lock, kind, item) index. (An UPDATE ... FROM snapshots joined on a key list
+        # made PostgreSQL scan: 450 ms for 400 items.)
+        to_restore = set(by_state[RESTORED])
+        restored_items = [bind_value(kind.id_col, row.item_id) for row in pending
+                          if row.snapshot_id in to_restore]
+        lock_of_owner = case({owner: literal(lock_id, snapshots.c.lock_id.type)
+                              for lock_id, owner in owner_of_lock.items()},
+                             value=kind.owner_col)
+        original = (
+            select(_original_col(kind))
+            .where(snapshots.c.lock_id == lock_of_owner, snapshots.c.kind == kind.name,
+                   snapshots.c.item_id == _id_as_text(kind))
+            .scalar_subquery()
+        )
         restored = conn.execute(
             update(kind.table)
-            .values({kind.vis_col.name: _original_col(kind)})
+            .values({kind.vis_col.name: original})
             .where(
                 _in_keys(conn, kind.owner_col, owners),
-                _in_keys(conn, kind.id_col, item_ids),
+                _in_keys(conn, kind.id_col, restored_items),
                 kind.vis_col == kind.private,
-                kind.id_col == _snapshot_item_as_id(kind),
-                _in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
             )
         ).rowcount
         if restored != len(by_state[RESTORED]):  # cannot happen while the rows are locked

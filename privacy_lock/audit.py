@@ -39,9 +39,11 @@ HASHED_FIELDS = (
 ACTIONS = {
     "lock": "a lock was opened for the user (before any item changed)",
     "hide": "one chunk of the user's items was snapshotted and set to owner only",
-    "apply": "an apply run finished for the user (totals per kind)",
+    "apply": "an apply run finished for the user (totals per kind; a user done in a chunk "
+             "shared with others has no hide event, and chunk_shared_by says with how many)",
     "restore": "one chunk of a lock's items was restored (or found changed/gone)",
-    "revert": "a lock was closed: every item restored, conflicting or gone (totals)",
+    "revert": "a lock was closed: every item restored, conflicting or gone (totals; "
+              "chunk_shared_by as for apply)",
     "viewed": "status or a dry run showed the user's content ([policy] audit_reads)",
     "revert-requested": "a revert was asked for and waits for a second operator",
     "revert-approved": "a second operator approved a revert request (the revert follows)",

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.exc import OperationalError
 
 from privacy_lock import batch, grouped
 from privacy_lock.audit import Actor
@@ -178,16 +179,22 @@ def test_a_crash_inside_a_shared_chunk_leaves_nothing_then_a_rerun_finishes(
     assert "events valid" in sns.run("audit", "verify").stdout
 
 
+def add_users(sns, count):
+    """``count`` more users (ids 10, 11, ...) with one diary and one photo of each value."""
+    users = list(range(10, 10 + count))
+    with sns.engine.begin() as conn:
+        conn.execute(insert(sns.tables["diary"].metadata.tables["users"]),
+                     [{"id": u, "name": f"user {u}"} for u in users])
+    for user in users:
+        for value in sns.values:
+            sns.add_item("diary", user, value)
+            sns.add_item("photo", user, value)
+    return users
+
+
 def test_site_edits_during_shared_chunks_are_never_lost(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path, items_per_value=2)
-    with sns.engine.begin() as conn:  # 12 more users, so that the batch has several groups
-        conn.execute(insert(sns.tables["diary"].metadata.tables["users"]),
-                     [{"id": 10 + n, "name": f"user {10 + n}"} for n in range(12)])
-    for n in range(12):
-        for value in sns.values:
-            sns.add_item("diary", 10 + n, value)
-            sns.add_item("photo", 10 + n, value)
-    users = [*sns.users, *range(10, 22)]
+    users = [*sns.users, *add_users(sns, 12)]  # several shared chunks
     initial = {key: v for u in users for key, v in sns.items_of(u).items()}
     engine, cmap = tool_session(sns)
     widen_race_window(engine)
@@ -331,3 +338,24 @@ def test_a_crash_inside_a_shared_revert_leaves_every_lock_as_it_was(db_url, tmp_
     monkeypatch.undo()
     sns.revert_user(*sns.users)
     assert sns.everything() == before
+
+
+def test_a_database_that_refuses_shared_chunks_gets_one_user_per_chunk(db_url, tmp_path,
+                                                                      monkeypatch):
+    sns = build_sns(db_url, tmp_path)
+    users = add_users(sns, 6)  # weights 7: groups of 2 at --chunk-size 15
+    before = sns.everything()
+    calls = []
+
+    def refused(*_args):
+        calls.append(1)
+        raise OperationalError("UPDATE privacy_lock_audit_head ...", {},
+                               Exception("permission denied for table privacy_lock_audit_head"))
+
+    monkeypatch.setattr(grouped, "apply_group", refused)
+    out = sns.run("apply", *map(str, users), *IDENTITY, "--chunk-size", "15")
+    assert len(calls) == 1  # not tried again for every group
+    assert out.stderr.count("users cannot share chunks here (database error: permission "
+                            "denied") == 1
+    assert "doing the rest of the batch one by one" in out.stderr
+    assert_locked_with_originals(sns, before, users)

@@ -292,6 +292,14 @@ def _run_one(
                    dry_run=dry_run, chunks=result.chunks)
 
 
+def missing_locks(conn: Connection, lock_ids: list[int]) -> list[int]:
+    """Of ``lock_ids``, those with no lock row (in any state): one query."""
+    found = set(conn.execute(
+        select(locks.c.lock_id).where(locks.c.lock_id.in_(lock_ids))
+    ).scalars().all())
+    return [lock_id for lock_id in lock_ids if lock_id not in found]
+
+
 def planned_items(
     conn: Connection, cmap: ContentMap, mode: Mode, requests: Sequence[Request]
 ) -> int:

@@ -353,8 +353,8 @@ def run_requests(
                     from_file, mode, default_ticket=ticket, default_reason=reason,
                     default_operator=operator, known_kinds=list(cmap.kinds),
                     normalize_user=cmap.normalize_user,
-                    user_exists=lambda s: locking.user_known(conn, cmap, s),
-                    lock_exists=lambda lock_id: locking.lock_exists(conn, lock_id),
+                    unknown_users=lambda subjects: cmap.unknown_users(conn, subjects),
+                    missing_locks=lambda lock_ids: batch.missing_locks(conn, lock_ids),
                 )
         else:
             requests = argument_requests(conn, cmap, mode, users, lock_ids, kinds,

@@ -20,6 +20,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from privacy_lock.db import DEFAULT_DATABASE_URL
 from privacy_lock.errors import ConfigError, UsageError
+from privacy_lock.schema import locks
 
 DEFAULT_CONFIG_FILE = "privacy-lock.toml"
 _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -245,6 +246,35 @@ class ContentMap:
         value = bind_value(self.accounts_id, subject)
         query = select(self.accounts_id).where(self.accounts_id == value).limit(1)
         return conn.execute(query).first() is not None
+
+
+    def unknown_users(self, conn: Connection, subjects: list[str]) -> list[str]:
+        """Of ``subjects`` (normalized ids), those that do not exist: not in the accounts table
+        when one is configured, else owning no content and having no lock. A few set-based
+        queries for any number of users (a 10,000-row request file is validated in seconds)."""
+        candidates = set(subjects)
+        if self.accounts_table is not None and self.accounts_id is not None:
+            sources = [self.accounts_id]
+        else:
+            sources = [locks.c.subject] + [k.owner_col for k in self.kinds.values()]
+        for col in sources:
+            if not candidates:
+                break
+            values = {bind_value(col, s): s for s in candidates}
+            found = conn.execute(
+                select(col).where(col.in_(list(values))).distinct()
+            ).scalars().all()
+            for value in found:
+                if value in values:
+                    candidates.discard(values[value])
+                else:  # matched by collation ('Alice' for 'alice'): ask about each exactly
+                    candidates = {s for s in candidates if not self._exists_exactly(conn, col, s)}
+                    break
+        return [s for s in subjects if s in candidates]
+
+    def _exists_exactly(self, conn: Connection, col: Column, subject: str) -> bool:
+        value = bind_value(col, subject)
+        return conn.execute(select(col).where(col == value).limit(1)).first() is not None
 
 
 def bind_value(col: Column, text: str) -> int | str | uuid.UUID:

@@ -237,3 +237,26 @@ def test_lock_timeout_is_set_for_the_chunk_transaction(db_url, tmp_path, dialect
         seen = Pacer(lock_timeout=3).chunk(conn, lambda: conn.execute(text(query)).scalar())
     engine.dispose()
     assert str(seen) == {"postgresql": "3s", "sqlite": "3000", "mysql": "3"}[dialect]
+
+
+@pytest.mark.parametrize("accounts", [True, False], ids=["accounts", "no-accounts"])
+def test_a_file_names_unknown_users_and_locks_found_by_a_few_queries(sns, tmp_path, accounts):
+    u1, u2, u3 = sns.users
+    if not accounts:  # then a user is known by owning content or having a lock
+        text = sns.config_path.read_text(encoding="utf-8")
+        sns.config_path.write_text(text.replace('[accounts]\ntable = "users"\nid = "id"\n', ""),
+                                   encoding="utf-8")
+    sns.apply(u3)
+    for kind in sns.tables:
+        for item in sns.items_of(u3, kind):
+            sns.delete(kind, item[1])  # u3 now owns nothing, but has a lock
+    lock = sns.lock_rows()[0]["lock_id"]
+    path = write(tmp_path / "req.csv", f"user_id\n{u1}\n777\n{u3}\n0888\n{u2}\n")
+    result = sns.run("apply", "--from-file", path, *IDENTITY, expect=2)
+    assert "line 3: unknown user '777'" in result.stderr
+    assert "line 5: unknown user '888'" in result.stderr
+    assert "2 problems" in result.stderr
+    path = write(tmp_path / "back.csv", f"lock_id\n{lock}\n4242\n")
+    result = sns.run("revert", "--from-file", path, *IDENTITY, expect=2)
+    assert "line 3: no lock 4242" in result.stderr and "1 problem," in result.stderr
+    assert len(sns.lock_rows()) == 1

@@ -31,7 +31,7 @@ def load(path: Path, mode: str = "apply", **overrides):
     args = dict(
         default_ticket=None, default_reason=None, default_operator="alice",
         known_kinds=KINDS, normalize_user=normalize,
-        user_exists=lambda user: user in KNOWN_USERS,
+        unknown_users=lambda users: [u for u in users if u not in KNOWN_USERS],
     )
     args.update(overrides)
     return load_requests(path, mode, **args)  # type: ignore[arg-type]
@@ -112,14 +112,14 @@ def test_blank_lines_and_all_empty_rows_are_skipped(tmp_path):
 
 def test_unknown_existence_is_not_a_problem(tmp_path):
     path = write(tmp_path, "user_id,ticket,reason\n12345,T,r\n")
-    assert load(path, user_exists=lambda user: None)[0].user_id == "12345"
+    assert load(path, unknown_users=lambda users: [])[0].user_id == "12345"
 
 
-def test_user_exists_is_asked_once_per_row_with_the_normalized_id(tmp_path):
-    asked: list[str] = []
+def test_the_database_is_asked_about_every_normalized_id_at_once(tmp_path):
+    asked: list[list[str]] = []
     path = write(tmp_path, "user_id,ticket,reason\n007,T,r\n8,T,r\n")
-    load(path, user_exists=lambda user: asked.append(user) or True)
-    assert asked == ["7", "8"]
+    load(path, unknown_users=lambda users: asked.append(users) or [])
+    assert asked == [["7", "8"]]
 
 
 def test_extension_less_file_is_sniffed(tmp_path):
@@ -278,7 +278,7 @@ def test_unreadable_file_is_a_usage_error(tmp_path):
 
 def test_revert_by_lock_id_or_user(tmp_path):
     path = write(tmp_path, "lock_id,user_id,ticket,reason\n12,,T,r\n,3,T,r\n")
-    assert load(path, "revert", lock_exists=lambda n: n == 12) == [
+    assert load(path, "revert", missing_locks=lambda ns: [n for n in ns if n != 12]) == [
         Request(2, None, 12, "T", "r", "alice", ()),
         Request(3, "3", None, "T", "r", "alice", ()),
     ]
@@ -293,7 +293,7 @@ def test_revert_problems(tmp_path):
                            "14,4,T,r\n"
                            ",,T,r\n"
                            "0,,T,r\n")
-    assert problems(path, "revert", lock_exists=lambda n: n == 12) == [
+    assert problems(path, "revert", missing_locks=lambda ns: [n for n in ns if n != 12]) == [
         (3, "duplicate lock_id 12 (also on line 2)"),
         (4, "lock_id 'x1' is not a lock number"),
         (5, "no lock 13"),
@@ -364,6 +364,6 @@ def test_one_problem_is_singular(tmp_path):
 def test_large_file_is_fine(tmp_path):
     rows = "".join(f"{n},T-{n},理由 {n}\n" for n in range(1, 30_001))
     path = write(tmp_path, "user_id,ticket,reason\n" + rows)
-    requests = load(path, user_exists=lambda user: True)
+    requests = load(path, unknown_users=lambda users: [])
     assert len(requests) == 30_000 and requests[-1] == Request(
         30_001, "30000", None, "T-30000", "理由 30000", "alice", ())

@@ -70,7 +70,7 @@ class Sizes:
 
     total_rows: int = 1_000_000
     heavy_items: int = 100_000
-    batch_users: int = 1_000  # the 10,000 is --batch-users 10000 (about 25 min a run)
+    batch_users: int = 10_000  # users with a few items each, as in a day's request file
     items_per_user: int = 10
     chunk_size: int = DEFAULT_CHUNK_SIZE
     naive_sample: int = 2_000  # items the naive tool processes before its rate is extrapolated

@@ -30,10 +30,23 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, case, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
+from privacy_lock.audit import Actor, EventSpec, append_events, insert_rows, utc_now
 from privacy_lock.config import BoundKind, ContentMap, bind_value
 from privacy_lock.locking import (
     ACTIVE,
@@ -140,21 +153,12 @@ def apply_group(
             continue
         owner_lock = {cmap.owner_value(kind, p.subject): lock_of[p.subject] for p in members}
         subject_of = {cmap.owner_value(kind, p.subject): p.subject for p in members}
-        owners = list(owner_lock)
-        rows = conn.execute(
-            select(kind.id_col, kind.owner_col)
-            .where(_in_keys(conn, kind.owner_col, owners), visible(kind))
-            .with_for_update()
-        ).all()
-        taken += len(rows)
+        per_owner = _HIDE[conn.dialect.name](conn, kind, owner_lock, now, limit - taken)
+        taken += sum(per_owner.values())
         if taken > limit:
             raise StaleGroup(f"{taken} visible items, more than the chunk of {limit}")
-        if not rows:
-            continue
-        per_owner = Counter(owner for _id, owner in rows)
         if not per_owner.keys() <= owner_lock.keys():
             raise StaleGroup("the database matched an owner id by collation, not exactly")
-        _snapshot_and_hide(conn, kind, owner_lock, [row[0] for row in rows], now)
         for owner, n in per_owner.items():
             hidden[subject_of[owner], kind.name] += n
 
@@ -205,7 +209,7 @@ def _lock_or_open(
     ).all())
     missing = [p for p in group if p.subject not in lock_of]
     if missing:
-        conn.execute(insert(locks), [
+        insert_rows(conn, locks, [
             {"subject": p.subject, "active_subject": p.subject, "state": ACTIVE,
              "operator": p.actor.operator, "ticket": p.actor.ticket or "",
              "reason": p.actor.reason or "", "created_at": now, "updated_at": now}
@@ -218,20 +222,112 @@ def _lock_or_open(
     return {s: int(lock_id) for s, lock_id in lock_of.items()}, {p.subject for p in missing}
 
 
-def _snapshot_and_hide(
-    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], ids: list[Any], now: str
-) -> None:
-    """Snapshot the locked rows ``ids`` into their owner's lock, then hide them.
+def _hide_by_key(
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int
+) -> Counter[Any]:
+    """MySQL/MariaDB: lock the users' visible rows (a plain locking read on the owner index),
+    then snapshot and hide exactly those rows, by key: a row the site inserts meanwhile is
+    neither snapshotted nor hidden. Returns the rows hidden per owner."""
+    rows = conn.execute(
+        select(kind.id_col, kind.owner_col)
+        .where(_in_keys(conn, kind.owner_col, list(owner_lock)), visible(kind))
+        .with_for_update()
+    ).all()
+    if rows and len(rows) <= room:
+        these_rows = (_in_keys(conn, kind.owner_col, list(owner_lock)),
+                      _in_keys(conn, kind.id_col, [row[0] for row in rows]), visible(kind))
+        _insert_snapshots(conn, kind, owner_lock, these_rows, now)
+        conn.execute(update(kind.table).where(*these_rows)
+                     .values({kind.vis_col.name: kind.private}))
+    return Counter(owner for _id, owner in rows)
 
-    As in the per-user chunk, an item its lock already holds a snapshot of (made visible again
-    since) is hidden again but its stored original is never overwritten.
-    """
-    owners = list(owner_lock)
-    these_rows = (_in_keys(conn, kind.owner_col, owners), _in_keys(conn, kind.id_col, ids),
-                  visible(kind))
+
+def _hide_sqlite(
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int
+) -> Counter[Any]:
+    """SQLite: the transaction began with BEGIN IMMEDIATE, so no other writer runs until it
+    ends and the users' visible rows are exactly ``owner IN (...) AND visible``: count them,
+    snapshot them, hide them, with no key lists (binding them cost more than the work)."""
+    these_rows = (kind.owner_col.in_(list(owner_lock)), visible(kind))
+    per_owner: Counter[Any] = Counter(dict(conn.execute(
+        select(kind.owner_col, func.count()).where(*these_rows).group_by(kind.owner_col)
+    ).all()))
+    if per_owner and sum(per_owner.values()) <= room:
+        _insert_snapshots(conn, kind, owner_lock, these_rows, now)
+        conn.execute(update(kind.table).where(*these_rows)
+                     .values({kind.vis_col.name: kind.private}))
+    return per_owner
+
+
+def _hide_postgresql(
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int
+) -> Counter[Any]:
+    """PostgreSQL: one statement. A CTE locks the users' visible rows (``FOR UPDATE``: a row
+    the site changed meanwhile is returned as committed), the snapshots are inserted from
+    exactly those rows and values, and exactly those rows are hidden; the lock of each row is
+    found by joining its owner to the (owner, lock) pairs passed as two arrays. A thousand-key
+    list in three statements spent most of its time in planning."""
+    owners, lock_ids = list(owner_lock), list(owner_lock.values())
+    locked = (
+        select(kind.id_col.label("id"), kind.owner_col.label("owner"),
+               kind.vis_col.label("vis"))
+        .where(kind.owner_col == any_(bindparam("owners", owners,
+                                                 type_=ARRAY(kind.owner_col.type))),
+               visible(kind))
+        .with_for_update()
+        .cte("locked")
+    )
+    lock_of = (
+        func.unnest(bindparam("lock_owners", owners, type_=ARRAY(kind.owner_col.type)),
+                    bindparam("lock_ids", lock_ids, type_=ARRAY(snapshots.c.lock_id.type)))
+        .table_valued("owner", "lock_id").render_derived()
+    )
+    id_text = locked.c.id if isinstance(kind.id_col.type, String) else cast(locked.c.id,
+                                                                             String(191))
+    snapshotted = (
+        pg_insert(snapshots)
+        .from_select(
+            ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"],
+            select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
+                   locked.c.vis, literal(PENDING, snapshots.c.state.type),
+                   literal(now, snapshots.c.snapshotted_at.type))
+            .select_from(locked.join(lock_of, lock_of.c.owner == locked.c.owner)),
+        )
+        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"])
+        .cte("snapshotted")
+    )
+    hidden = (
+        update(kind.table)
+        .where(kind.id_col == locked.c.id)
+        .values({kind.vis_col.name: kind.private})
+        .returning(kind.owner_col.label("owner"))
+        .cte("hidden")
+    )
+    counts = (
+        select(hidden.c.owner, func.count()).group_by(hidden.c.owner).add_cte(snapshotted)
+    )
+    return Counter(dict(conn.execute(counts).all()))
+
+
+_HIDE = {"sqlite": _hide_sqlite, "postgresql": _hide_postgresql, "mysql": _hide_by_key,
+         "mariadb": _hide_by_key}
+
+
+def _insert_snapshots(
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], these_rows: Any, now: str
+) -> None:
+    """Snapshot ``these_rows`` into their owner's lock. As in the per-user chunk, an item its
+    lock already holds a snapshot of (made visible again since) is hidden again, but its stored
+    original is never overwritten."""
     lock_id = case(
         {owner: literal(lid, snapshots.c.lock_id.type) for owner, lid in owner_lock.items()},
         value=kind.owner_col,
+    )
+    already_snapshotted = (
+        select(snapshots.c.snapshot_id)
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
+               snapshots.c.item_id == _id_as_text(kind))
+        .exists()
     )
     source = select(
         lock_id,
@@ -240,21 +336,9 @@ def _snapshot_and_hide(
         kind.vis_col,
         literal(PENDING, snapshots.c.state.type),
         literal(now, snapshots.c.snapshotted_at.type),
-    ).where(*these_rows)
+    ).where(*these_rows, ~already_snapshotted)
     target = ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"]
-    if conn.dialect.name == "postgresql":
-        statement = (pg_insert(snapshots).from_select(target, source)
-                     .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
-    else:
-        already_snapshotted = (
-            select(snapshots.c.snapshot_id)
-            .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
-                   snapshots.c.item_id == _id_as_text(kind))
-            .exists()
-        )
-        statement = insert(snapshots).from_select(target, source.where(~already_snapshotted))
-    conn.execute(statement)
-    conn.execute(update(kind.table).where(*these_rows).values({kind.vis_col.name: kind.private}))
+    conn.execute(insert(snapshots).from_select(target, source))
 
 
 def _snapshot_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str], int]:

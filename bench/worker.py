@@ -105,12 +105,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         subjects = locking.check_users(conn, cmap, spec["subjects"])
         validated = time.perf_counter()
-        if spec["operation"] == "apply":
-            requests = [_request(user_id=s) for s in subjects]
-        else:
-            with conn.begin():
-                lock_ids = [locking.active_lock_id(conn, s) for s in subjects]
-            requests = [_request(lock_id=i) for i in lock_ids if i is not None]
+        # Revert by user, as support does: the batch finds each user's active lock.
+        requests = [_request(user_id=s) for s in subjects]
         result = batch.run_batch(conn, cmap, spec["operation"], requests, pacer)
         failed = [o for o in result.outcomes if o.failed]
         if failed:
@@ -132,9 +128,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _request(user_id: str | None = None, lock_id: int | None = None) -> Request:
-    return Request(line=0, user_id=user_id, lock_id=lock_id, ticket="BENCH-1",
-                   reason="benchmark", operator="bench", kinds=())
+def _request(user_id: str) -> Request:
+    return Request(line=0, user_id=user_id, lock_id=None, ticket="BENCH-1", reason="benchmark",
+                   operator="bench", kinds=())
 
 
 def main() -> None:

@@ -239,15 +239,6 @@ class ContentMap:
         """The subject as the owner column of ``kind`` wants it bound."""
         return bind_value(kind.owner_col, subject)
 
-    def user_exists(self, conn: Connection, subject: str) -> bool | None:
-        """Whether the accounts table has this user; None when no [accounts] is configured."""
-        if self.accounts_table is None or self.accounts_id is None:
-            return None
-        value = bind_value(self.accounts_id, subject)
-        query = select(self.accounts_id).where(self.accounts_id == value).limit(1)
-        return conn.execute(query).first() is not None
-
-
     def unknown_users(self, conn: Connection, subjects: list[str]) -> list[str]:
         """Of ``subjects`` (normalized ids), those that do not exist: not in the accounts table
         when one is configured, else owning no content and having no lock. A few set-based

@@ -1,12 +1,25 @@
-"""One way to connect: engines, dialect set-up, and password-free URLs for printing."""
+"""One way to connect (engines, dialect set-up, password-free URLs for printing) and one way to
+insert many rows at once."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -97,6 +110,21 @@ def reading(conn: Connection) -> Iterator[Connection]:
             yield conn
     finally:
         conn.info.pop(_READING, None)
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in one round trip. PostgreSQL: one array parameter per column, unnested
+    server-side (180 events: 8 ms; executemany 7-16 ms; a VALUES list 60 ms, most of it binding
+    and planning thousands of parameters). Elsewhere executemany, which the drivers batch
+    (PyMySQL writes one multi-row INSERT, sqlite3 loops in C)."""
+    if conn.dialect.name != "postgresql" or len(rows) == 1:
+        conn.execute(table.insert(), rows)
+        return
+    columns = [c for c in table.columns if c.name in rows[0]]
+    arrays = [bindparam(f"all_{c.name}", [row[c.name] for row in rows], type_=ARRAY(c.type))
+              for c in columns]
+    unnested = func.unnest(*arrays).table_valued(*(c.name for c in columns)).render_derived()
+    conn.execute(insert(table).from_select([c.name for c in columns], select(*unnested.c)))
 
 
 def first_line(exc: BaseException) -> str:

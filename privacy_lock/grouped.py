@@ -46,8 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from privacy_lock.audit import Actor, EventSpec, append_events, insert_rows, utc_now
+from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
 from privacy_lock.config import BoundKind, ContentMap, bind_value
+from privacy_lock.db import insert_rows
 from privacy_lock.locking import (
     ACTIVE,
     CONFLICT,
@@ -57,10 +58,10 @@ from privacy_lock.locking import (
     REVERTED,
     KindCounts,
     UserResult,
-    _id_as_text,
-    _in_keys,
-    _original_col,
-    _plan_for_actual_keys,
+    id_as_text,
+    in_keys,
+    original_col,
+    plan_for_actual_keys,
     visible,
 )
 from privacy_lock.schema import locks, snapshots
@@ -116,7 +117,7 @@ def plan_apply(
         n_private = func.sum(case((kind.vis_col == kind.private, 1), else_=0))
         rows = conn.execute(
             select(kind.owner_col, n_visible, n_private)
-            .where(_in_keys(conn, kind.owner_col, list(owners)))
+            .where(in_keys(conn, kind.owner_col, list(owners)))
             .group_by(kind.owner_col)
         ).all()
         for owner, n_vis, n_priv in rows:
@@ -128,7 +129,7 @@ def plan_apply(
                                                           already_private=int(n_priv or 0))
     found = conn.execute(
         select(locks.c.active_subject, locks.c.lock_id)
-        .where(_in_keys(conn, locks.c.active_subject, list(plans)))
+        .where(in_keys(conn, locks.c.active_subject, list(plans)))
     ).all()
     for subject, lock_id in found:
         if subject in plans:
@@ -142,7 +143,7 @@ def apply_group(
     """Lock, snapshot and hide every visible item of every user in ``group`` and write their
     events, all inside the caller's transaction; raise :class:`StaleGroup` (roll back) when
     they now have more than ``limit`` visible items together."""
-    _plan_for_actual_keys(conn)
+    plan_for_actual_keys(conn)
     now = utc_now()
     lock_of, opened = _lock_or_open(conn, group, now)
     hidden: dict[tuple[str, str], int] = Counter()
@@ -163,8 +164,10 @@ def apply_group(
             hidden[subject_of[owner], kind.name] += n
 
     lock_ids = sorted(lock_of.values())
-    totals = _snapshot_totals(conn, lock_ids)
-    conn.execute(update(locks).where(_in_keys(conn, locks.c.lock_id, lock_ids))
+    # A lock opened now holds exactly the snapshots just written; only extended ones are asked.
+    extended = [lock_of[p.subject] for p in group if p.subject not in opened]
+    totals = _snapshot_totals(conn, extended) if extended else {}
+    conn.execute(update(locks).where(in_keys(conn, locks.c.lock_id, lock_ids))
                  .values(updated_at=now))
     results, events = [], []
     for plan in group:
@@ -172,9 +175,11 @@ def apply_group(
         result = UserResult(plan.subject, lock_id, "locked" if plan.subject in opened
                             else "extended")
         for name, planned in plan.counts.items():
+            n_hidden = hidden[plan.subject, name]
             result.kinds[name] = KindCounts(
-                changed=hidden[plan.subject, name], already_private=planned.already_private,
-                snapshotted=totals.get((lock_id, name), 0),
+                changed=n_hidden, already_private=planned.already_private,
+                snapshotted=(n_hidden if plan.subject in opened
+                             else totals.get((lock_id, name), 0)),
             )
         changed = sum(c.changed for c in result.kinds.values())
         result.chunks = 1 if changed else 0
@@ -203,7 +208,7 @@ def _lock_or_open(
     subjects = [p.subject for p in group]
     lock_of = dict(conn.execute(
         select(locks.c.active_subject, locks.c.lock_id)
-        .where(_in_keys(conn, locks.c.active_subject, subjects))
+        .where(in_keys(conn, locks.c.active_subject, subjects))
         .order_by(locks.c.lock_id)
         .with_for_update()
     ).all())
@@ -217,7 +222,7 @@ def _lock_or_open(
         ])
         lock_of.update(conn.execute(
             select(locks.c.active_subject, locks.c.lock_id)
-            .where(_in_keys(conn, locks.c.active_subject, [p.subject for p in missing]))
+            .where(in_keys(conn, locks.c.active_subject, [p.subject for p in missing]))
         ).all())
     return {s: int(lock_id) for s, lock_id in lock_of.items()}, {p.subject for p in missing}
 
@@ -230,12 +235,12 @@ def _hide_by_key(
     neither snapshotted nor hidden. Returns the rows hidden per owner."""
     rows = conn.execute(
         select(kind.id_col, kind.owner_col)
-        .where(_in_keys(conn, kind.owner_col, list(owner_lock)), visible(kind))
+        .where(in_keys(conn, kind.owner_col, list(owner_lock)), visible(kind))
         .with_for_update()
     ).all()
     if rows and len(rows) <= room:
-        these_rows = (_in_keys(conn, kind.owner_col, list(owner_lock)),
-                      _in_keys(conn, kind.id_col, [row[0] for row in rows]), visible(kind))
+        these_rows = (in_keys(conn, kind.owner_col, list(owner_lock)),
+                      in_keys(conn, kind.id_col, [row[0] for row in rows]), visible(kind))
         _insert_snapshots(conn, kind, owner_lock, these_rows, now)
         conn.execute(update(kind.table).where(*these_rows)
                      .values({kind.vis_col.name: kind.private}))
@@ -287,7 +292,7 @@ def _hide_postgresql(
     snapshotted = (
         pg_insert(snapshots)
         .from_select(
-            ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"],
+            ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"],
             select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
                    locked.c.vis, literal(PENDING, snapshots.c.state.type),
                    literal(now, snapshots.c.snapshotted_at.type))
@@ -326,18 +331,18 @@ def _insert_snapshots(
     already_snapshotted = (
         select(snapshots.c.snapshot_id)
         .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
-               snapshots.c.item_id == _id_as_text(kind))
+               snapshots.c.item_id == id_as_text(kind))
         .exists()
     )
     source = select(
         lock_id,
         literal(kind.name, snapshots.c.kind.type),
-        _id_as_text(kind),
+        id_as_text(kind),
         kind.vis_col,
         literal(PENDING, snapshots.c.state.type),
         literal(now, snapshots.c.snapshotted_at.type),
     ).where(*these_rows, ~already_snapshotted)
-    target = ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"]
+    target = ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"]
     conn.execute(insert(snapshots).from_select(target, source))
 
 
@@ -345,7 +350,7 @@ def _snapshot_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, s
     """Snapshot rows per (lock, kind), for the result's ``snapshotted``."""
     rows = conn.execute(
         select(snapshots.c.lock_id, snapshots.c.kind, func.count())
-        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids))
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
         .group_by(snapshots.c.lock_id, snapshots.c.kind)
     ).all()
     return {(int(lock_id), name): int(n) for lock_id, name, n in rows}
@@ -378,7 +383,7 @@ def plan_revert(
     actor_of = dict(wanted)
     active = dict(conn.execute(
         select(locks.c.lock_id, locks.c.subject)
-        .where(_in_keys(conn, locks.c.lock_id, lock_ids), locks.c.state == ACTIVE)
+        .where(in_keys(conn, locks.c.lock_id, lock_ids), locks.c.state == ACTIVE)
     ).all())
     plans = {int(lock_id): PlannedRevert(int(lock_id), subject, actor_of[int(lock_id)], 0)
              for lock_id, subject in active.items()}
@@ -386,7 +391,7 @@ def plan_revert(
     rows = conn.execute(
         select(snapshots.c.lock_id, snapshots.c.kind,
                func.sum(case((snapshots.c.state == PENDING, 1), else_=0)))
-        .where(_in_keys(conn, snapshots.c.lock_id, list(plans)))
+        .where(in_keys(conn, snapshots.c.lock_id, list(plans)))
         .group_by(snapshots.c.lock_id, snapshots.c.kind)
     ).all() if plans else []
     for lock_id, kind_name, pending in rows:
@@ -406,11 +411,11 @@ def revert_group(
     As in the per-user revert, each item is locked before it is looked at and put back only if
     it is still owner-only and still its owner's; otherwise it is a conflict or gone.
     """
-    _plan_for_actual_keys(conn)
+    plan_for_actual_keys(conn)
     lock_ids = sorted(p.lock_id for p in group)
     states = dict(conn.execute(
         select(locks.c.lock_id, locks.c.state)
-        .where(_in_keys(conn, locks.c.lock_id, lock_ids))
+        .where(in_keys(conn, locks.c.lock_id, lock_ids))
         .order_by(locks.c.lock_id)
         .with_for_update()
     ).all())
@@ -419,7 +424,7 @@ def revert_group(
     pending = conn.execute(
         select(snapshots.c.snapshot_id, snapshots.c.lock_id, snapshots.c.kind,
                snapshots.c.item_id)
-        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids), snapshots.c.state == PENDING)
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids), snapshots.c.state == PENDING)
     ).all()
     if len(pending) > limit:
         raise StaleGroup(f"{len(pending)} pending items, more than the chunk of {limit}")
@@ -435,7 +440,7 @@ def revert_group(
     now = utc_now()
     for state, ids in outcome.items():
         if ids:
-            conn.execute(update(snapshots).where(_in_keys(conn, snapshots.c.snapshot_id, ids))
+            conn.execute(update(snapshots).where(in_keys(conn, snapshots.c.snapshot_id, ids))
                          .values(state=state, resolved_at=now))
     _close_locks(conn, group, now)
     totals = _state_totals(conn, lock_ids)
@@ -469,8 +474,8 @@ def _restore_kind(
     item_ids = list({bind_value(kind.id_col, row.item_id) for row in pending})
     current = {
         item: (owner, vis) for item, owner, vis in conn.execute(
-            select(_id_as_text(kind), kind.owner_col, kind.vis_col)
-            .where(_in_keys(conn, kind.owner_col, owners), _in_keys(conn, kind.id_col, item_ids))
+            select(id_as_text(kind), kind.owner_col, kind.vis_col)
+            .where(in_keys(conn, kind.owner_col, owners), in_keys(conn, kind.id_col, item_ids))
             .with_for_update()
         ).all()
     }
@@ -496,17 +501,17 @@ def _restore_kind(
                               for lock_id, owner in owner_of_lock.items()},
                              value=kind.owner_col)
         original = (
-            select(_original_col(kind))
+            select(original_col(kind))
             .where(snapshots.c.lock_id == lock_of_owner, snapshots.c.kind == kind.name,
-                   snapshots.c.item_id == _id_as_text(kind))
+                   snapshots.c.item_id == id_as_text(kind))
             .scalar_subquery()
         )
         restored = conn.execute(
             update(kind.table)
             .values({kind.vis_col.name: original})
             .where(
-                _in_keys(conn, kind.owner_col, owners),
-                _in_keys(conn, kind.id_col, restored_items),
+                in_keys(conn, kind.owner_col, owners),
+                in_keys(conn, kind.id_col, restored_items),
                 kind.vis_col == kind.private,
             )
         ).rowcount
@@ -524,7 +529,7 @@ def _close_locks(conn: Connection, group: Sequence[PlannedRevert], now: str) -> 
         by_operator.setdefault(plan.actor.operator, []).append(plan.lock_id)
     for operator, lock_ids in by_operator.items():
         conn.execute(
-            update(locks).where(_in_keys(conn, locks.c.lock_id, lock_ids))
+            update(locks).where(in_keys(conn, locks.c.lock_id, lock_ids))
             .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
                     reverted_by=operator)
         )
@@ -534,7 +539,7 @@ def _state_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str]
     """Snapshot rows per (lock, kind) and state."""
     rows = conn.execute(
         select(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state, func.count())
-        .where(_in_keys(conn, snapshots.c.lock_id, lock_ids))
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
         .group_by(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state)
     ).all()
     totals: dict[tuple[int, str], dict[str, int]] = {}

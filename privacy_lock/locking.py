@@ -25,6 +25,7 @@ than all of the chunk's SQL (bench/).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -60,6 +61,7 @@ from privacy_lock.pacing import Pacer
 from privacy_lock.schema import locks, snapshots
 
 ACTIVE, REVERTED = "active", "reverted"
+USERS_PER_QUERY = 1000  # users per existence query when validating user arguments
 PENDING, RESTORED, CONFLICT, GONE = "locked", "restored", "conflict", "gone"
 
 
@@ -105,7 +107,7 @@ def visible(kind: BoundKind) -> ColumnElement[bool]:
     return or_(kind.vis_col != kind.private, kind.vis_col.is_(None))
 
 
-def _id_as_text(kind: BoundKind) -> ColumnElement[Any]:
+def id_as_text(kind: BoundKind) -> ColumnElement[Any]:
     """The item id as snapshot rows store it."""
     if isinstance(kind.id_col.type, String):
         return kind.id_col
@@ -119,7 +121,7 @@ def _snapshot_item_as_id(kind: BoundKind) -> ColumnElement[Any]:
     return cast(snapshots.c.item_id, kind.id_col.type)
 
 
-def _in_keys(conn: Connection, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
+def in_keys(conn: Connection, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
     """``col IN (keys)`` for a chunk's keys. On PostgreSQL one array parameter (``= ANY``)
     instead of a thousand: a 1000-key statement takes 5-6 ms instead of 16-21 (bench/)."""
     if conn.dialect.name == "postgresql":
@@ -127,7 +129,7 @@ def _in_keys(conn: Connection, col: Any, keys: Sequence[Any]) -> ColumnElement[b
     return col.in_(keys)
 
 
-def _plan_for_actual_keys(conn: Connection) -> None:
+def plan_for_actual_keys(conn: Connection) -> None:
     """On PostgreSQL, plan the rest of this transaction for its actual owner and keys.
 
     psycopg prepares a statement after its fifth run, and PostgreSQL may then switch to a
@@ -138,7 +140,8 @@ def _plan_for_actual_keys(conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
-def _original_col(kind: BoundKind) -> Any:
+def original_col(kind: BoundKind) -> Any:
+    """The snapshot column that holds a kind's original value (integer or text codes)."""
     return snapshots.c.original_int if kind.value_kind == "int" else snapshots.c.original_text
 
 
@@ -163,43 +166,25 @@ def active_lock_id(conn: Connection, subject: str) -> int | None:
 
 
 def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) -> list[str]:
-    """Normalize every user id and reject unknown ones, all before anything changes."""
+    """Normalize every user id and reject unknown ones, all before anything changes (a few
+    set-based queries per thousand users)."""
     subjects = [cmap.normalize_user(raw) for raw in raw_users]
-    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
+    duplicates = sorted(s for s, n in Counter(subjects).items() if n > 1)
     if duplicates:
         raise UsageError(f"user {duplicates[0]} is named more than once")
     with reading(conn):
-        for subject in subjects:
-            exists = cmap.user_exists(conn, subject)
-            if exists is False:
-                table = cmap.accounts_table.name if cmap.accounts_table is not None else "?"
-                raise UsageError(f"unknown user {subject!r} (not in {table})")
-            if exists is None and not _has_content_or_lock(conn, cmap, subject):
+        for start in range(0, len(subjects), USERS_PER_QUERY):
+            unknown = cmap.unknown_users(conn, subjects[start:start + USERS_PER_QUERY])
+            if not unknown:
+                continue
+            if cmap.accounts_table is not None:
                 raise UsageError(
-                    f"user {subject!r} owns no {'/'.join(cmap.kinds)} items and has no lock "
-                    "(configure [accounts] to tell unknown users from users with no content)"
-                )
+                    f"unknown user {unknown[0]!r} (not in {cmap.accounts_table.name})")
+            raise UsageError(
+                f"user {unknown[0]!r} owns no {'/'.join(cmap.kinds)} items and has no lock "
+                "(configure [accounts] to tell unknown users from users with no content)"
+            )
     return subjects
-
-
-def user_known(conn: Connection, cmap: ContentMap, subject: str) -> bool:
-    """In the accounts table when one is configured; else owning content or a lock."""
-    exists = cmap.user_exists(conn, subject)
-    return exists if exists is not None else _has_content_or_lock(conn, cmap, subject)
-
-
-def _has_content_or_lock(conn: Connection, cmap: ContentMap, subject: str) -> bool:
-    if conn.execute(select(locks.c.lock_id).where(locks.c.subject == subject).limit(1)).first():
-        return True
-    for kind in cmap.kinds.values():
-        owner = cmap.owner_value(kind, subject)
-        query = select(kind.id_col).where(kind.owner_col == owner).limit(1)
-        if conn.execute(query).first():
-            return True
-    return False
-
-
-# --- apply ---------------------------------------------------------------------------------------
 
 
 def count_for_apply(
@@ -286,7 +271,7 @@ def snapshot_and_hide_chunk(
         in_range = kind.id_col.between(candidates[0], candidates[-1])
         ids = conn.execute(
             select(kind.id_col)
-            .where(kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, candidates),
+            .where(kind.owner_col == owner, in_range, in_keys(conn, kind.id_col, candidates),
                    visible(kind))
             .with_for_update()
         ).scalars().all()
@@ -295,7 +280,7 @@ def snapshot_and_hide_chunk(
     # A prepared (generic) PostgreSQL plan uses only the owner as index condition and checks a
     # 1000-key list against every item of a heavy user: the key range keeps it to the chunk.
     these_rows = and_(
-        kind.owner_col == owner, in_range, _in_keys(conn, kind.id_col, ids), visible(kind)
+        kind.owner_col == owner, in_range, in_keys(conn, kind.id_col, ids), visible(kind)
     )
     return (*_snapshot_and_hide(conn, kind, lock_id, these_rows), candidates[-1], len(candidates))
 
@@ -312,19 +297,19 @@ def _snapshot_and_hide(
         .where(
             snapshots.c.lock_id == lock_id,
             snapshots.c.kind == kind.name,
-            snapshots.c.item_id == _id_as_text(kind),
+            snapshots.c.item_id == id_as_text(kind),
         )
         .exists()
     )
     source = select(
         literal(lock_id, snapshots.c.lock_id.type),
         literal(kind.name, snapshots.c.kind.type),
-        _id_as_text(kind),
+        id_as_text(kind),
         kind.vis_col,
         literal(PENDING, snapshots.c.state.type),
         literal(utc_now(), snapshots.c.snapshotted_at.type),
     )
-    target = ["lock_id", "kind", "item_id", _original_col(kind).name, "state", "snapshotted_at"]
+    target = ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"]
     if conn.dialect.name in ("postgresql", "sqlite"):
         # The unique (lock_id, kind, item_id) index decides in the insert's own probe. With NOT
         # EXISTS PostgreSQL estimates a growing lock's snapshots as a handful and rescans all of
@@ -497,7 +482,7 @@ def restore_chunk(
     changed it since) or gone (deleted, or no longer this user's). Returns the counts and the
     last snapshot id visited (None when nothing was left). Runs in the caller's transaction.
     """
-    _plan_for_actual_keys(conn)
+    plan_for_actual_keys(conn)
     if conn.dialect.name in ("sqlite", "postgresql"):
         return _restore_range(conn, kind, lock_id, owner, after, limit)
     pending = conn.execute(
@@ -516,12 +501,12 @@ def restore_chunk(
                            snapshots.c.snapshot_id.between(snapshot_ids[0], snapshot_ids[-1]))
     # Lock the items first, by key, then decide: while we hold them nobody can change them.
     item_ids = [bind_value(kind.id_col, row.item_id) for row in pending]
-    these_items = and_(kind.owner_col == owner, _in_keys(conn, kind.id_col, item_ids))
+    these_items = and_(kind.owner_col == owner, in_keys(conn, kind.id_col, item_ids))
     if isinstance(item_ids[0], int):
         these_items = and_(these_items, kind.id_col.between(min(item_ids), max(item_ids)))
     current = dict(
         conn.execute(
-            select(_id_as_text(kind), kind.vis_col).where(these_items).with_for_update()
+            select(id_as_text(kind), kind.vis_col).where(these_items).with_for_update()
         ).all()
     )
     by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
@@ -536,13 +521,13 @@ def restore_chunk(
     if by_state[RESTORED]:
         restored = conn.execute(
             update(kind.table)
-            .values({kind.vis_col.name: _original_col(kind)})
+            .values({kind.vis_col.name: original_col(kind)})
             .where(
                 these_items,
                 kind.vis_col == kind.private,
                 kind.id_col == _snapshot_item_as_id(kind),
                 these_snapshots,
-                _in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
+                in_keys(conn, snapshots.c.snapshot_id, by_state[RESTORED]),
             )
         ).rowcount
         if restored != len(by_state[RESTORED]):
@@ -552,7 +537,7 @@ def restore_chunk(
         if ids:
             conn.execute(
                 update(snapshots)
-                .where(these_snapshots, _in_keys(conn, snapshots.c.snapshot_id, ids))
+                .where(these_snapshots, in_keys(conn, snapshots.c.snapshot_id, ids))
                 .values(state=state, resolved_at=now)
             )
     counts = KindCounts(restored=len(by_state[RESTORED]), conflicts=len(by_state[CONFLICT]),
@@ -639,7 +624,7 @@ def _restore_range(
     if still_private:
         restored = conn.execute(
             update(kind.table)
-            .values({kind.vis_col.name: _original_col(kind)})
+            .values({kind.vis_col.name: original_col(kind)})
             .where(its_item, kind.vis_col == kind.private, in_chunk)
         ).rowcount
         if restored != still_private:
@@ -656,12 +641,6 @@ def _restore_mismatch(
         f"lock {lock_id}: expected {expected} {kind.name} items to be {state} but the database "
         f"matched {matched}; chunk rolled back, re-run revert"
     )
-
-
-def lock_exists(conn: Connection, lock_id: int) -> bool:
-    """Whether a lock with this id exists (in any state)."""
-    query = select(locks.c.lock_id).where(locks.c.lock_id == lock_id)
-    return conn.execute(query).first() is not None
 
 
 def find_lock(conn: Connection, lock_id: int) -> Any:
@@ -814,7 +793,7 @@ def _status_items(
             kind.table, and_(kind.id_col == _snapshot_item_as_id(kind), kind.owner_col == owner)
         )
         rows = conn.execute(
-            select(snapshots.c.item_id, _original_col(kind), snapshots.c.state,
+            select(snapshots.c.item_id, original_col(kind), snapshots.c.state,
                    kind.vis_col, kind.id_col)
             .select_from(joined)
             .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name)

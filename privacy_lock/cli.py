@@ -136,7 +136,7 @@ def pacing_options(func: Any) -> Any:
     options = [
         click.option("--chunk-size", type=click.IntRange(1, MAX_CHUNK_SIZE),
                      default=DEFAULT_CHUNK_SIZE, show_default=True,
-                     help="Items per transaction."),
+                     help="Items per transaction (several small users may share one)."),
         click.option("--max-chunk-seconds", type=click.FloatRange(min=0.001),
                      help="Grow or shrink chunks to keep each transaction near this long."),
         click.option("--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -292,7 +292,8 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
 
     A user who already has an active lock gets it extended with whatever became visible since;
     no stored original is ever overwritten. With --from-file, the whole file is checked first
-    and nothing changes if any row is wrong; re-running a file is safe.
+    and nothing changes if any row is wrong; re-running a file is safe. Users with few items
+    are done several to a transaction, each user whole in one.
 
     \b
     Example:

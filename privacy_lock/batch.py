@@ -183,6 +183,7 @@ class _BatchRun:
         """Plans by request (its id()) for the requests naming an active lock, each lock once."""
         wanted: dict[int, tuple[Request, Actor]] = {}
         with reading(self.conn):
+            locking.plan_for_actual_keys(self.conn)
             subject_of: dict[int, str] = {}
             for request in window:
                 if request.lock_id is None and request.user_id:

@@ -103,6 +103,7 @@ def plan_apply(
     Users whose rows the database matched by collation rather than exactly (``'Alice'`` for
     ``'alice'`` on MariaDB) are left out: the per-user way handles them.
     """
+    plan_for_actual_keys(conn)
     plans = {
         subject: Planned(subject, kinds, actor, {k.name: KindCounts() for k in kinds}, None)
         for subject, kinds, actor in wanted
@@ -379,6 +380,7 @@ def plan_revert(
     """The active locks among ``wanted`` (lock id, actor) whose every snapshot kind is in the
     content map, with their pending snapshot counts; the others take the per-user way, which
     reports them (not locked, a kind missing from the config)."""
+    plan_for_actual_keys(conn)
     lock_ids = [lock_id for lock_id, _actor in wanted]
     actor_of = dict(wanted)
     active = dict(conn.execute(

@@ -12,6 +12,7 @@ the chain still contains it (``audit verify --expect-head HASH``). See docs/AUDI
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -69,11 +70,17 @@ class Actor:
     @classmethod
     def current(cls, operator: str, ticket: str | None = None, reason: str | None = None) -> Actor:
         """An actor for this process, with the OS user and host filled in."""
-        try:
-            os_user = getpass.getuser()
-        except Exception:  # noqa: BLE001 - no login name (e.g. a container); record that plainly
-            os_user = "unknown"
-        return cls(operator, ticket, reason, os_user, socket.gethostname())
+        return cls(operator, ticket, reason, *_os_user_and_host())
+
+
+@functools.cache
+def _os_user_and_host() -> tuple[str, str]:
+    """Who runs this process, and where (asked once: a batch makes an actor per request)."""
+    try:
+        os_user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (e.g. a container); record that plainly
+        os_user = "unknown"
+    return os_user, socket.gethostname()
 
 
 def event_hash(event: dict[str, Any]) -> str:

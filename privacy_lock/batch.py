@@ -11,7 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +64,7 @@ class Outcome:
             "status": self.status,
             "dry_run": self.dry_run,
             "chunks": self.chunks,
-            "kinds": {name: asdict(c) for name, c in self.kinds.items()},
+            "kinds": {name: c.as_dict() for name, c in self.kinds.items()},
             "error": self.error,
             "ticket": self.request.ticket,
             "operator": self.request.operator,

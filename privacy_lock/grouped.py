@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -457,7 +457,7 @@ def revert_group(
         events.append(EventSpec("revert", plan.actor, plan.subject, plan.lock_id, {
             "chunks": 1,
             "chunk_shared_by": len(group),
-            "kinds": {n: {k: v for k, v in asdict(c).items() if v}
+            "kinds": {n: {k: v for k, v in c.as_dict().items() if v}
                       for n, c in result.kinds.items()},
         }))
         results.append(result)

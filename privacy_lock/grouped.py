@@ -440,17 +440,28 @@ def revert_group(
         for state, ids in _restore_kind(conn, cmap, kind, rows, subject_of).items():
             outcome[state] += ids
     now = utc_now()
-    for state, ids in outcome.items():
-        if ids:
-            conn.execute(update(snapshots).where(in_keys(conn, snapshots.c.snapshot_id, ids))
+    for state in (CONFLICT, GONE):
+        if outcome[state]:
+            conn.execute(update(snapshots)
+                         .where(in_keys(conn, snapshots.c.snapshot_id, outcome[state]))
                          .values(state=state, resolved_at=now))
+    if outcome[RESTORED]:
+        # Every snapshot of these locks still pending is one just restored: nobody can add one
+        # while this transaction holds the lock rows (every apply locks its lock row first).
+        marked = conn.execute(
+            update(snapshots)
+            .where(in_keys(conn, snapshots.c.lock_id, lock_ids), snapshots.c.state == PENDING)
+            .values(state=RESTORED, resolved_at=now)
+        ).rowcount
+        if marked != len(outcome[RESTORED]):
+            raise StaleGroup(f"expected {len(outcome[RESTORED])} snapshots to mark restored, "
+                             f"the database matched {marked}")
     _close_locks(conn, group, now)
     totals = _state_totals(conn, lock_ids)
     results, events = [], []
     for plan in group:
         result = UserResult(plan.subject, plan.lock_id, "reverted", chunks=1)
-        for name in sorted({n for (lid, n) in totals if lid == plan.lock_id}):
-            per_state = totals[plan.lock_id, name]
+        for name, per_state in sorted(totals.get(plan.lock_id, {}).items()):
             result.kinds[name] = KindCounts(
                 snapshotted=sum(per_state.values()), restored=per_state.get(RESTORED, 0),
                 conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0))
@@ -481,7 +492,7 @@ def _restore_kind(
             .with_for_update()
         ).all()
     }
-    if any(owner not in owners for owner, _vis in current.values()):
+    if not {owner for owner, _vis in current.values()} <= set(owners):
         raise StaleGroup("the database matched an owner id by collation, not exactly")
     by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
     for row in pending:
@@ -537,14 +548,14 @@ def _close_locks(conn: Connection, group: Sequence[PlannedRevert], now: str) -> 
         )
 
 
-def _state_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str], dict[str, int]]:
-    """Snapshot rows per (lock, kind) and state."""
+def _state_totals(conn: Connection, lock_ids: list[int]) -> dict[int, dict[str, dict[str, int]]]:
+    """Snapshot rows per lock, kind and state."""
     rows = conn.execute(
         select(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state, func.count())
         .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
         .group_by(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state)
     ).all()
-    totals: dict[tuple[int, str], dict[str, int]] = {}
+    totals: dict[int, dict[str, dict[str, int]]] = {}
     for lock_id, name, state, n in rows:
-        totals.setdefault((int(lock_id), name), {})[state] = int(n)
+        totals.setdefault(int(lock_id), {}).setdefault(name, {})[state] = int(n)
     return totals

@@ -191,10 +191,7 @@ class _BatchRun:
                         subject_of[id(request)] = self.cmap.normalize_user(request.user_id)
                     except PrivacyLockError:
                         continue
-            active = dict(self.conn.execute(
-                select(locks.c.active_subject, locks.c.lock_id)
-                .where(locks.c.active_subject.in_(list(subject_of.values())))
-            ).all()) if subject_of else {}
+            active = locking.active_lock_ids(self.conn, list(subject_of.values()))
             for request in window:
                 lock_id = request.lock_id
                 if lock_id is None and id(request) in subject_of:
@@ -321,8 +318,10 @@ def planned_items(
                     ).scalar_one()
         else:
             lock_ids = [r.lock_id for r in requests if r.lock_id is not None]
-            lock_ids += [lid for r in requests if r.user_id
-                         if (lid := locking.active_lock_id(conn, cmap.normalize_user(r.user_id)))]
+            subjects = [cmap.normalize_user(r.user_id) for r in requests if r.user_id]
+            for start in range(0, len(subjects), IN_BATCH):
+                active = locking.active_lock_ids(conn, subjects[start:start + IN_BATCH])
+                lock_ids += [active[s] for s in subjects[start:start + IN_BATCH] if s in active]
             for start in range(0, len(lock_ids), IN_BATCH):
                 total += conn.execute(
                     select(func.count()).select_from(snapshots).where(

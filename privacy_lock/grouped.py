@@ -58,10 +58,13 @@ from privacy_lock.locking import (
     REVERTED,
     KindCounts,
     UserResult,
+    active_lock_ids,
     id_as_text,
     in_keys,
+    nonzero,
     original_col,
     plan_for_actual_keys,
+    snapshot_totals,
     visible,
 )
 from privacy_lock.schema import locks, snapshots
@@ -128,13 +131,9 @@ def plan_apply(
                 continue
             plans[subject].counts[kind.name] = KindCounts(changed=int(n_vis or 0),
                                                           already_private=int(n_priv or 0))
-    found = conn.execute(
-        select(locks.c.active_subject, locks.c.lock_id)
-        .where(in_keys(conn, locks.c.active_subject, list(plans)))
-    ).all()
-    for subject, lock_id in found:
+    for subject, lock_id in active_lock_ids(conn, list(plans)).items():
         if subject in plans:
-            plans[subject].lock_id = int(lock_id)
+            plans[subject].lock_id = lock_id
     return {s: p for s, p in plans.items() if s not in inexact}
 
 
@@ -167,7 +166,7 @@ def apply_group(
     lock_ids = sorted(lock_of.values())
     # A lock opened now holds exactly the snapshots just written; only extended ones are asked.
     extended = [lock_of[p.subject] for p in group if p.subject not in opened]
-    totals = _snapshot_totals(conn, extended) if extended else {}
+    totals = snapshot_totals(conn, extended) if extended else {}
     conn.execute(update(locks).where(in_keys(conn, locks.c.lock_id, lock_ids))
                  .values(updated_at=now))
     results, events = [], []
@@ -180,7 +179,7 @@ def apply_group(
             result.kinds[name] = KindCounts(
                 changed=n_hidden, already_private=planned.already_private,
                 snapshotted=(n_hidden if plan.subject in opened
-                             else totals.get((lock_id, name), 0)),
+                             else totals.get(lock_id, {}).get(name, {}).get("total", 0)),
             )
         changed = sum(c.changed for c in result.kinds.values())
         result.chunks = 1 if changed else 0
@@ -206,13 +205,7 @@ def _lock_or_open(
     """Lock the users' active lock rows and open the missing ones: (lock id per user, the
     users whose lock was opened now). Another operator opening one at the same moment makes
     the insert fail (the unique ``active_subject``), and the group goes user by user."""
-    subjects = [p.subject for p in group]
-    lock_of = dict(conn.execute(
-        select(locks.c.active_subject, locks.c.lock_id)
-        .where(in_keys(conn, locks.c.active_subject, subjects))
-        .order_by(locks.c.lock_id)
-        .with_for_update()
-    ).all())
+    lock_of = active_lock_ids(conn, [p.subject for p in group], lock=True)
     missing = [p for p in group if p.subject not in lock_of]
     if missing:
         insert_rows(conn, locks, [
@@ -221,11 +214,8 @@ def _lock_or_open(
              "reason": p.actor.reason or "", "created_at": now, "updated_at": now}
             for p in missing
         ])
-        lock_of.update(conn.execute(
-            select(locks.c.active_subject, locks.c.lock_id)
-            .where(in_keys(conn, locks.c.active_subject, [p.subject for p in missing]))
-        ).all())
-    return {s: int(lock_id) for s, lock_id in lock_of.items()}, {p.subject for p in missing}
+        lock_of.update(active_lock_ids(conn, [p.subject for p in missing]))
+    return lock_of, {p.subject for p in missing}
 
 
 def _hide_by_key(
@@ -347,16 +337,6 @@ def _insert_snapshots(
     conn.execute(insert(snapshots).from_select(target, source))
 
 
-def _snapshot_totals(conn: Connection, lock_ids: list[int]) -> dict[tuple[int, str], int]:
-    """Snapshot rows per (lock, kind), for the result's ``snapshotted``."""
-    rows = conn.execute(
-        select(snapshots.c.lock_id, snapshots.c.kind, func.count())
-        .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
-        .group_by(snapshots.c.lock_id, snapshots.c.kind)
-    ).all()
-    return {(int(lock_id), name): int(n) for lock_id, name, n in rows}
-
-
 # --- revert --------------------------------------------------------------------------------------
 
 
@@ -457,19 +437,18 @@ def revert_group(
             raise StaleGroup(f"expected {len(outcome[RESTORED])} snapshots to mark restored, "
                              f"the database matched {marked}")
     _close_locks(conn, group, now)
-    totals = _state_totals(conn, lock_ids)
+    totals = snapshot_totals(conn, lock_ids)
     results, events = [], []
     for plan in group:
         result = UserResult(plan.subject, plan.lock_id, "reverted", chunks=1)
         for name, per_state in sorted(totals.get(plan.lock_id, {}).items()):
             result.kinds[name] = KindCounts(
-                snapshotted=sum(per_state.values()), restored=per_state.get(RESTORED, 0),
+                snapshotted=per_state["total"], restored=per_state.get(RESTORED, 0),
                 conflicts=per_state.get(CONFLICT, 0), gone=per_state.get(GONE, 0))
         events.append(EventSpec("revert", plan.actor, plan.subject, plan.lock_id, {
             "chunks": 1,
             "chunk_shared_by": len(group),
-            "kinds": {n: {k: v for k, v in c.as_dict().items() if v}
-                      for n, c in result.kinds.items()},
+            "kinds": {n: nonzero(c.as_dict()) for n, c in result.kinds.items()},
         }))
         results.append(result)
     append_events(conn, events)
@@ -546,16 +525,3 @@ def _close_locks(conn: Connection, group: Sequence[PlannedRevert], now: str) -> 
             .values(state=REVERTED, active_subject=None, reverted_at=now, updated_at=now,
                     reverted_by=operator)
         )
-
-
-def _state_totals(conn: Connection, lock_ids: list[int]) -> dict[int, dict[str, dict[str, int]]]:
-    """Snapshot rows per lock, kind and state."""
-    rows = conn.execute(
-        select(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state, func.count())
-        .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
-        .group_by(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state)
-    ).all()
-    totals: dict[int, dict[str, dict[str, int]]] = {}
-    for lock_id, name, state, n in rows:
-        totals.setdefault(int(lock_id), {}).setdefault(name, {})[state] = int(n)
-    return totals

@@ -166,6 +166,18 @@ def active_lock_id(conn: Connection, subject: str) -> int | None:
     ).scalar()
 
 
+def active_lock_ids(
+    conn: Connection, subjects: Sequence[str], lock: bool = False
+) -> dict[str, int]:
+    """The active lock of each of ``subjects`` that has one, by subject; with ``lock``, those
+    lock rows are locked (in lock id order, so that concurrent batches do not deadlock)."""
+    query = select(locks.c.active_subject, locks.c.lock_id).where(
+        in_keys(conn, locks.c.active_subject, subjects))
+    if lock:
+        query = query.order_by(locks.c.lock_id).with_for_update()
+    return {subject: int(lock_id) for subject, lock_id in conn.execute(query).all()}
+
+
 # --- validation ----------------------------------------------------------------------------------
 
 
@@ -430,14 +442,21 @@ def apply_lock(
 
 def _snapshot_totals(conn: Connection, lock_id: int) -> dict[str, dict[str, int]]:
     """Snapshot rows of a lock per kind and state, plus a per-kind "total"."""
+    return snapshot_totals(conn, [lock_id]).get(lock_id, {})
+
+
+def snapshot_totals(
+    conn: Connection, lock_ids: Sequence[int]
+) -> dict[int, dict[str, dict[str, int]]]:
+    """Snapshot rows per lock, kind and state, plus a per-kind "total", for each lock."""
     rows = conn.execute(
-        select(snapshots.c.kind, snapshots.c.state, func.count())
-        .where(snapshots.c.lock_id == lock_id)
-        .group_by(snapshots.c.kind, snapshots.c.state)
+        select(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state, func.count())
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids))
+        .group_by(snapshots.c.lock_id, snapshots.c.kind, snapshots.c.state)
     ).all()
-    totals: dict[str, dict[str, int]] = {}
-    for kind, state, n in rows:
-        per_kind = totals.setdefault(kind, {"total": 0})
+    totals: dict[int, dict[str, dict[str, int]]] = {}
+    for lock_id, kind, state, n in rows:
+        per_kind = totals.setdefault(int(lock_id), {}).setdefault(kind, {"total": 0})
         per_kind[state] = int(n)
         per_kind["total"] += int(n)
     return totals
@@ -692,7 +711,7 @@ def revert_lock(
         if last is not None:
             append_event(
                 conn, "restore", actor, subject=subject, lock_id=lock_id,
-                details={"kind": kind.name, **_nonzero(counts.as_dict())},
+                details={"kind": kind.name, **nonzero(counts.as_dict())},
             )
         return counts, last
 
@@ -717,7 +736,7 @@ def revert_lock(
         append_event(
             conn, "revert", actor, subject=subject, lock_id=lock_id,
             details={"chunks": result.chunks,
-                     "kinds": {n: _nonzero(c.as_dict()) for n, c in result.kinds.items()}},
+                     "kinds": {n: nonzero(c.as_dict()) for n, c in result.kinds.items()}},
         )
         return "reverted"
 
@@ -747,7 +766,8 @@ def revert_lock(
             kinds = _lock_kinds(conn, cmap, lock_id)
 
 
-def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    """The counts that are not zero (what audit event details keep)."""
     return {k: v for k, v in counts.items() if v}
 
 

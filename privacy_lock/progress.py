@@ -222,11 +222,6 @@ class RunStats:
     retries: int = 0
     elapsed: float = 0.0
 
-    def add_chunk(self, kind: str, items: int) -> None:
-        """One committed chunk that changed ``items`` items of ``kind``."""
-        self.chunks += 1
-        self.add_items(kind, items)
-
     def add_items(self, kind: str, items: int) -> None:
         """``items`` items of ``kind`` changed (a chunk of several users reports each)."""
         self.items[kind] = self.items.get(kind, 0) + items

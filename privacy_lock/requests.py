@@ -127,6 +127,21 @@ def load_requests(
     return checker.requests
 
 
+def _report_missing(
+    checks: list[tuple[Any, Callable[[str], None]]],
+    missing_of: Callable[[list[Any]], Collection[Any]],
+    text: str,
+) -> None:
+    """Ask ``missing_of`` about the checked ids, EXISTENCE_BATCH at a time, and report each
+    missing one with ``text`` formatted with it."""
+    for start in range(0, len(checks), EXISTENCE_BATCH):
+        part = checks[start:start + EXISTENCE_BATCH]
+        missing = set(missing_of([key for key, _report in part]))
+        for key, report in part:
+            if key in missing:
+                report(text.format(key))
+
+
 def _is_json(path: Path, head: bytes) -> bool:
     """By extension, else by the first character: '[' or '{' is JSON, anything else CSV."""
     suffix = Path(path).suffix.lower()
@@ -318,20 +333,9 @@ class _Checker:
 
     def check_existence(self) -> None:
         """Report every unknown user and missing lock, asking the database in batches."""
-        for start in range(0, len(self.user_checks), EXISTENCE_BATCH):
-            part = self.user_checks[start:start + EXISTENCE_BATCH]
-            unknown = set(self.unknown_users([subject for subject, _report in part]))
-            for subject, report in part:
-                if subject in unknown:
-                    report(f"unknown user {subject!r}")
-        if self.missing_locks is None:
-            return
-        for start in range(0, len(self.lock_checks), EXISTENCE_BATCH):
-            part = self.lock_checks[start:start + EXISTENCE_BATCH]
-            missing = set(self.missing_locks([lock_id for lock_id, _report in part]))
-            for lock_id, report in part:
-                if lock_id in missing:
-                    report(f"no lock {lock_id}")
+        _report_missing(self.user_checks, self.unknown_users, "unknown user {!r}")
+        if self.missing_locks is not None:
+            _report_missing(self.lock_checks, self.missing_locks, "no lock {}")
 
     def _unknown_column(self, name: str) -> str:
         guess = difflib.get_close_matches(name, self.allowed, n=1)

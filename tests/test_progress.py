@@ -193,7 +193,8 @@ def test_a_broken_stream_never_fails_the_run():
 def test_summary_line():
     stats = RunStats()
     for kind, items in [("diary", 1000), ("diary", 1000), ("photo", 1210), ("diary", 1000)]:
-        stats.add_chunk(kind, items)
+        stats.add_items(kind, items)
+    stats.chunks = 4
     for _ in range(12):
         stats.add_user()
     stats.elapsed = 3.2
@@ -206,7 +207,8 @@ def test_summary_line():
 
 def test_summary_line_of_a_revert_with_failures_conflicts_and_gone():
     stats = RunStats(action="restored")
-    stats.add_chunk("photo", 1)
+    stats.add_items("photo", 1)
+    stats.chunks = 1
     stats.add_user(conflicts=1, gone=2)
     stats.add_user(failed=True)
     stats.add_retry()

@@ -75,6 +75,23 @@ def _policy_with_pause(writer, min_writes=3):
     return Pacer(size=5, on_chunk=on_chunk)
 
 
+def assert_no_edit_lost(sns, writer, initial, final):
+    """Each item hidden after the site's last edit has a snapshot of exactly that value; each
+    item the site edited after it was hidden still has the site's value."""
+    snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
+    for key, value in final.items():
+        last = writer.last.get(key, initial[key])
+        snap = snaps.get((key[0], str(key[1])), "none")
+        if value == sns.private:
+            # hidden after the last edit: the snapshot must hold exactly that last value
+            expected = "none" if last == sns.private else last
+            assert snap == expected, (key, value, last, snap)
+        else:
+            # edited after it was hidden: the edit stands
+            assert value == last, (key, value, last)
+            assert key in writer.last
+
+
 def test_site_edits_during_apply_are_never_lost(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path, items_per_value=10)
     user = sns.users[0]
@@ -92,19 +109,7 @@ def test_site_edits_during_apply_are_never_lost(db_url, tmp_path):
         writer.finish()
         engine.dispose()
     assert result.chunks > 1
-    final = sns.items_of(user)
-    snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
-    for key, value in final.items():
-        last = writer.last.get(key, initial[key])
-        snap = snaps.get((key[0], str(key[1])), "none")
-        if value == sns.private:
-            # hidden after the last edit: the snapshot must hold exactly that last value
-            expected = "none" if last == sns.private else last
-            assert snap == expected, (key, value, last, snap)
-        else:
-            # edited after it was hidden: the edit stands
-            assert value == last, (key, value, last)
-            assert key in writer.last
+    assert_no_edit_lost(sns, writer, initial, sns.items_of(user))
 
 
 def test_site_edits_during_revert_are_never_undone(db_url, tmp_path):

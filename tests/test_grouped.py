@@ -15,7 +15,7 @@ from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns, tool_session
-from test_concurrency import SiteWriter, widen_race_window
+from test_concurrency import SiteWriter, assert_no_edit_lost, widen_race_window
 
 
 def events(sns, action=None):
@@ -208,14 +208,7 @@ def test_site_edits_during_shared_chunks_are_never_lost(db_url, tmp_path):
         engine.dispose()
     assert {o.status for o in result.outcomes} == {"locked"}
     final = {key: v for u in users for key, v in sns.items_of(u).items()}
-    snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
-    for key, value in final.items():
-        last = writer.last.get(key, initial[key])
-        snap = snaps.get((key[0], str(key[1])), "none")
-        if value == sns.private:  # hidden after the last edit: the snapshot holds that value
-            assert snap == ("none" if last == sns.private else last), (key, value, last, snap)
-        else:  # edited after it was hidden: the edit stands
-            assert value == last and key in writer.last, (key, value, last)
+    assert_no_edit_lost(sns, writer, initial, final)
     shared = [d.get("chunk_shared_by") for _a, _s, d in events(sns, "apply")]
     assert max(s or 0 for s in shared) > 1
 

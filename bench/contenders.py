@@ -130,7 +130,8 @@ def floor_apply(ds: Dataset, wl: Workload) -> Measurement:
                     select(locks.c.lock_id, literal(spec.name), cast(table.c.id, SUBJECT),
                            table.c[spec.visibility], literal("locked"), literal(now))
                     .select_from(table.join(locks, locks.c.active_subject == cast(owner, SUBJECT)))
-                    .where(wl.owns(owner), visible(spec)),
+                    .where(wl.owns(owner), visible(spec))
+                    .order_by(locks.c.lock_id, table.c.id),
                 ))
                 items += conn.execute(
                     update(table).where(wl.owns(owner), visible(spec))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Table, inspect, select
+from sqlalchemy import Column, Connection, MetaData, Table, cast, inspect, select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import NoSuchTableError
 
@@ -277,6 +277,14 @@ def bind_value(col: Column, text: str) -> int | str | uuid.UUID:
             return uuid.UUID(text)
         except ValueError:
             raise UsageError(f"user id {text!r} is not a UUID (column {col.name} is)") from None
+    return text
+
+
+def stored_as(col: Column, text: Any) -> Any:
+    """SQL: a value stored as text (``text``, a column such as a lock's subject) in the type
+    ``col`` holds, as :func:`bind_value` does for a Python value."""
+    if _is_integer(col) or (isinstance(col.type, sqltypes.Uuid) and col.type.as_uuid):
+        return cast(text, col.type)
     return text
 
 

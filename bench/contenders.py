@@ -106,8 +106,13 @@ class Measurement:
 # --- the floor: one hand-written set-based transaction -----------------------------------------
 
 
-def floor_apply(ds: Dataset, wl: Workload) -> Measurement:
-    """Open the locks, snapshot every visible item and hide it: one transaction, no chunks."""
+def floor_apply(ds: Dataset, wl: Workload, by_lock: bool = False) -> Measurement:
+    """Open the locks, snapshot every visible item and hide it: one transaction, no chunks.
+
+    ``by_lock`` writes the snapshots in (lock, item) order, as the tool's own apply lays them
+    out, for the state a revert starts from; in content order (the fastest insert, the one
+    timed) a user's few snapshots lie on as many pages, and a revert of 100 users touches
+    about 850 snapshot pages instead of 20. The sort would cost the timed apply up to 60%."""
     now = utc_now()
     items = 0
     with ds.engine.connect() as conn:
@@ -131,7 +136,7 @@ def floor_apply(ds: Dataset, wl: Workload) -> Measurement:
                            table.c[spec.visibility], literal("locked"), literal(now))
                     .select_from(table.join(locks, locks.c.active_subject == cast(owner, SUBJECT)))
                     .where(wl.owns(owner), visible(spec))
-                    .order_by(locks.c.lock_id, table.c.id),
+                    .order_by(*((locks.c.lock_id, table.c.id) if by_lock else ())),
                 ))
                 items += conn.execute(
                     update(table).where(wl.owns(owner), visible(spec))

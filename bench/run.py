@@ -104,7 +104,7 @@ def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
     """The common starting state: as built, plus the floor's apply when timing a revert."""
     reset(ds)
     if operation == "revert":
-        floor_apply(ds, wl)
+        floor_apply(ds, wl, by_lock=True)
     settle(ds)
 
 

@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
 from privacy_lock.config import BoundKind, ContentMap, bind_value, stored_as
@@ -317,6 +318,21 @@ def _insert_snapshots(
     """Snapshot ``these_rows`` into their owner's lock. As in the per-user chunk, an item its
     lock already holds a snapshot of (made visible again since) is hidden again, but its stored
     original is never overwritten."""
+    target = ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"]
+    values = (literal(kind.name, snapshots.c.kind.type), id_as_text(kind), kind.vis_col,
+              literal(PENDING, snapshots.c.state.type),
+              literal(now, snapshots.c.snapshotted_at.type))
+    if conn.dialect.name == "sqlite":
+        # Each row finds its owner's lock by the lock's subject, and the unique (lock_id, kind,
+        # item_id) index skips what the lock holds, as in the per-user chunk: no CASE over the
+        # owners (most of a chunk's Python time) and one index probe per item, not two.
+        its_lock = and_(in_keys(conn, locks.c.lock_id, list(owner_lock.values())),
+                        kind.owner_col == stored_as(kind.owner_col, locks.c.subject))
+        source = (select(locks.c.lock_id, *values)
+                  .select_from(kind.table.join(locks, its_lock)).where(*these_rows))
+        conn.execute(sqlite_insert(snapshots).from_select(target, source)
+                     .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
+        return
     lock_id = case(
         {owner: literal(lid, snapshots.c.lock_id.type) for owner, lid in owner_lock.items()},
         value=kind.owner_col,
@@ -327,15 +343,7 @@ def _insert_snapshots(
                snapshots.c.item_id == id_as_text(kind))
         .exists()
     )
-    source = select(
-        lock_id,
-        literal(kind.name, snapshots.c.kind.type),
-        id_as_text(kind),
-        kind.vis_col,
-        literal(PENDING, snapshots.c.state.type),
-        literal(now, snapshots.c.snapshotted_at.type),
-    ).where(*these_rows, ~already_snapshotted)
-    target = ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"]
+    source = select(lock_id, *values).where(*these_rows, ~already_snapshotted)
     conn.execute(insert(snapshots).from_select(target, source))
 
 

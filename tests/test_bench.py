@@ -51,3 +51,13 @@ def test_end_state_sees_a_single_changed_row(dataset):
         conn.execute(update(table).where(table.c.id == 7).values({spec.visibility: "odd"}))
     difference = end_state(dataset).difference(before)
     assert difference is not None and "diary visibility differs on 1 rows" in difference
+
+
+def test_repeated_runs_each_end_in_the_floors_state_and_the_fastest_counts(dataset):
+    row = run_workload(dataset, Workload.heavy(), "apply", with_naive=False,
+                       log=lambda _line: None, repeat=2)
+    assert row.differences == {"floor": None, "api": None, "cli": None}
+    for name, measured in row.results.items():
+        runs = measured.extra["runs_seconds"]
+        assert len(runs) == 2, name
+        assert round(measured.seconds, 3) == min(runs), name

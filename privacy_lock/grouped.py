@@ -66,6 +66,7 @@ from privacy_lock.locking import (
     nonzero,
     original_col,
     plan_for_actual_keys,
+    resolve_counted,
     snapshot_item_as_id,
     snapshot_totals,
     visible,
@@ -166,12 +167,13 @@ def apply_group(
         for owner, n in per_owner.items():
             hidden[subject_of[owner], kind.name] += n
 
-    lock_ids = sorted(lock_of.values())
-    # A lock opened now holds exactly the snapshots just written; only extended ones are asked.
-    extended = [lock_of[p.subject] for p in group if p.subject not in opened]
+    # A lock opened now holds exactly the snapshots just written, and its updated_at is now:
+    # only the extended ones are asked and touched.
+    extended = sorted(lock_of[p.subject] for p in group if p.subject not in opened)
     totals = snapshot_totals(conn, extended) if extended else {}
-    conn.execute(update(locks).where(in_keys(conn, locks.c.lock_id, lock_ids))
-                 .values(updated_at=now))
+    if extended:
+        conn.execute(update(locks).where(in_keys(conn, locks.c.lock_id, extended))
+                     .values(updated_at=now))
     results, events = [], []
     for plan in group:
         lock_id = lock_of[plan.subject]
@@ -497,29 +499,15 @@ def _restore_set_based(
     present, still_private = conn.execute(
         select(func.count(), func.count(case((items.c[0] == kind.private, 1))))
     ).one()
-    item = select(kind.id_col).where(its_item)
 
-    def mark(state: str, expected: int, *where: Any) -> None:
-        statement = update(snapshots).where(ours, *where).values(state=state, resolved_at=now)
-        marked = conn.execute(statement).rowcount
-        if marked != expected:
-            raise StaleGroup(f"expected {expected} {kind.name} snapshots to mark {state}, "
-                             f"the database matched {marked}")
+    def mismatch(expected: int, matched: int, state: str) -> StaleGroup:
+        return StaleGroup(f"expected {expected} {kind.name} items to be {state}, "
+                          f"the database matched {matched}")
 
-    if pending - present:
-        mark(GONE, pending - present, ~item.exists())  # deleted, or no longer this user's
-    if present - still_private:
-        mark(CONFLICT, present - still_private,
-             ~item.where(kind.vis_col == kind.private).exists())
-    if still_private:
-        restored = conn.execute(
-            update(kind.table)
-            .values({kind.vis_col.name: original_col(kind)})
-            .where(its_item, kind.vis_col == kind.private, ours)
-        ).rowcount
-        if restored != still_private:  # cannot happen while the rows are locked
-            raise StaleGroup(f"expected to restore {still_private} {kind.name} items "
-                             f"but the database matched {restored}")
+    counted = KindCounts(restored=still_private, conflicts=present - still_private,
+                         gone=pending - present)
+    # The restored snapshots are marked once for every kind, after the last (revert_group).
+    resolve_counted(conn, kind, ours, its_item, counted, now, mismatch, mark_restored=False)
     return still_private
 
 

@@ -26,7 +26,7 @@ than all of the chunk's SQL (bench/).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -638,30 +638,53 @@ def _restore_range(
         present, still_private = conn.execute(
             select(func.count(), func.count(case((items.c[0] == kind.private, 1))))
         ).one()
-    gone, conflicts = total - present, present - still_private
+    counted = KindCounts(restored=still_private, conflicts=present - still_private,
+                         gone=total - present)
+    resolve_counted(conn, kind, in_chunk, its_item, counted, utc_now(),
+                    partial(_restore_mismatch, lock_id, kind), mark_restored=True)
+    return counted, last
+
+
+def resolve_counted(
+    conn: Connection,
+    kind: BoundKind,
+    pending: ColumnElement[bool],
+    its_item: ColumnElement[bool],
+    counted: KindCounts,
+    now: str,
+    mismatch: Callable[[int, int, str], Exception],
+    mark_restored: bool,
+) -> None:
+    """Resolve the ``pending`` snapshots of one kind as ``counted`` while their items were
+    locked: mark the gone ones (no item of theirs left: ``its_item`` joins a snapshot to its
+    item), the conflicting ones (their item is no longer owner-only), and restore the items
+    still owner-only (marking those snapshots too with ``mark_restored``). Every statement's
+    row count is checked against its count, ``mismatch(expected, matched, state)`` raised
+    otherwise, so a chunk that would not add up changes nothing."""
     item = select(kind.id_col).where(its_item)
-    now = utc_now()
+
+    def check(expected: int, matched: int, state: str) -> None:
+        if matched != expected:
+            raise mismatch(expected, matched, state)
 
     def mark(state: str, expected: int, *where: ColumnElement[bool]) -> None:
-        statement = update(snapshots).where(in_chunk, *where)
-        marked = conn.execute(statement.values(state=state, resolved_at=now)).rowcount
-        if marked != expected:
-            raise _restore_mismatch(lock_id, kind, expected, marked, state)
+        statement = update(snapshots).where(pending, *where)
+        check(expected, conn.execute(statement.values(state=state, resolved_at=now)).rowcount,
+              state)
 
-    if gone:
-        mark(GONE, gone, ~item.exists())
-    if conflicts:
-        mark(CONFLICT, conflicts, ~item.where(kind.vis_col == kind.private).exists())
-    if still_private:
+    if counted.gone:
+        mark(GONE, counted.gone, ~item.exists())
+    if counted.conflicts:
+        mark(CONFLICT, counted.conflicts, ~item.where(kind.vis_col == kind.private).exists())
+    if counted.restored:
         restored = conn.execute(
             update(kind.table)
             .values({kind.vis_col.name: original_col(kind)})
-            .where(its_item, kind.vis_col == kind.private, in_chunk)
+            .where(its_item, kind.vis_col == kind.private, pending)
         ).rowcount
-        if restored != still_private:
-            raise _restore_mismatch(lock_id, kind, still_private, restored)
-        mark(RESTORED, still_private)
-    return KindCounts(restored=still_private, conflicts=conflicts, gone=gone), last
+        check(counted.restored, restored, RESTORED)
+        if mark_restored:
+            mark(RESTORED, counted.restored)
 
 
 def _restore_mismatch(

@@ -699,14 +699,29 @@ def file_revert_requests(
     if not waiting:
         note("nothing to revert: no active lock was named")
         return
-    ids = " ".join(str(o.request_id) for o in waiting)
+    ids = [o.request_id for o in waiting if o.request_id is not None]
     asked = sorted({o.requested_by for o in waiting if o.requested_by})
     note(f"nothing was changed yet: a revert needs a second operator's approval "
          f"([policy] revert_requires_approval). Someone other than {', '.join(asked)} runs:")
-    for o in waiting:
-        note(f"  privacy-lock approve {o.request_id} --operator NAME")
-    if len(waiting) > 1:
-        note(f"(pending: {ids}; see `privacy-lock requests`)")
+    if len(ids) <= APPROVE_HINT_IDS:
+        note(f"  privacy-lock approve {' '.join(map(str, ids))} --operator NAME")
+    else:  # a request file of thousands: one line, not one per request
+        note("  privacy-lock approve REQUEST_ID... --operator NAME")
+        note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock requests`)")
+
+
+APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names ranges instead
+
+
+def id_ranges(ids: list[int]) -> str:
+    """Ids as short ranges: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    spans: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 @cli.command()
@@ -763,9 +778,13 @@ def approve(
         req = outcome.request
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
              f"{req['approved_by']}; lock {req['lock_id']} {outcome.result.status}")
-        if outcome.same_os_account:
-            note(f"  note: requested and approved from the same OS account "
-                 f"({req['requested_os_user']}@{req['requested_host']}); recorded in the trail")
+    same = [o.request for o in outcomes if o.same_os_account]
+    if same:
+        accounts = sorted({f"{r['requested_os_user']}@{r['requested_host']}" for r in same})
+        which = (f"request {same[0]['request_id']} was" if len(same) == 1 else
+                 f"requests {id_ranges([r['request_id'] for r in same])} were")
+        note(f"note: {which} requested and approved from the same OS account "
+             f"({', '.join(accounts)}); recorded in the trail")
     if any(c.conflicts for o in outcomes for c in o.result.kinds.values()):
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")

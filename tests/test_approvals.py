@@ -228,3 +228,21 @@ def test_one_open_request_per_lock_even_if_the_check_is_raced(sns):
         conn.execute(revert_requests.insert().values({**row, "state": "done",
                                                       "open_lock_id": None}))
     assert len(request_rows(sns)) == 2  # closed requests do not block each other
+
+
+def test_many_filed_requests_get_one_approve_hint_not_one_line_each(monkeypatch, capsys):
+    from privacy_lock import approvals, cli
+
+    filed = [approvals.RequestOutcome(n, n, str(n), "pending-approval", "alice")
+             for n in [*range(1, 24), 30, 31, 40]]
+    monkeypatch.setattr(approvals, "request_reverts", lambda *_args: filed)
+    cli.file_revert_requests(None, None, [], "csv", None)
+    err = capsys.readouterr().err.splitlines()
+    assert "  privacy-lock approve REQUEST_ID... --operator NAME" in err
+    assert "(pending: 26 requests, 1-23, 30-31, 40; see `privacy-lock requests`)" in err
+    assert not any(line.startswith("  privacy-lock approve 1") for line in err)
+
+    few = filed[:3]
+    monkeypatch.setattr(approvals, "request_reverts", lambda *_args: few)
+    cli.file_revert_requests(None, None, [], "csv", None)
+    assert "  privacy-lock approve 1 2 3 --operator NAME" in capsys.readouterr().err.splitlines()

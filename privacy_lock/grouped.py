@@ -327,7 +327,7 @@ def _insert_snapshots(
     if conn.dialect.name == "sqlite":
         # Each row finds its owner's lock by the lock's subject, and the unique (lock_id, kind,
         # item_id) index skips what the lock holds, as in the per-user chunk: no CASE over the
-        # owners (most of a chunk's Python time) and one index probe per item, not two.
+        # owners built for every chunk, and one index probe per item, not two.
         its_lock = and_(in_keys(conn, locks.c.lock_id, list(owner_lock.values())),
                         kind.owner_col == stored_as(kind.owner_col, locks.c.subject))
         source = (select(locks.c.lock_id, *values)

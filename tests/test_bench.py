@@ -61,3 +61,5 @@ def test_repeated_runs_each_end_in_the_floors_state_and_the_fastest_counts(datas
         runs = measured.extra["runs_seconds"]
         assert len(runs) == 2, name
         assert round(measured.seconds, 3) == min(runs), name
+    turns = row.turn_ratios()
+    assert len(turns) == 2 and all(t > 0 for t in turns)

@@ -192,20 +192,28 @@ def add_users(sns, count):
     return users
 
 
+def batch_while_the_site_writes(sns, users, mode, seed):
+    """Run ``mode`` for ``users`` as one batch (chunks of 30, so several shared chunks) while
+    the site keeps editing their items; (the batch result, the site writer)."""
+    keys = sorted((key for u in users for key in sns.items_of(u)), key=str)
+    engine, cmap = tool_session(sns)
+    widen_race_window(engine)
+    writer = SiteWriter(sns, keys, seed=seed)
+    writer.start()
+    try:
+        with engine.connect() as conn:
+            result = batch.run_batch(conn, cmap, mode, requests_for(*users), Pacer(size=30))
+    finally:
+        writer.finish()
+        engine.dispose()
+    return result, writer
+
+
 def test_site_edits_during_shared_chunks_are_never_lost(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path, items_per_value=2)
     users = [*sns.users, *add_users(sns, 12)]  # several shared chunks
     initial = {key: v for u in users for key, v in sns.items_of(u).items()}
-    engine, cmap = tool_session(sns)
-    widen_race_window(engine)
-    writer = SiteWriter(sns, sorted(initial, key=str), seed=2)
-    writer.start()
-    try:
-        with engine.connect() as conn:
-            result = batch.run_batch(conn, cmap, "apply", requests_for(*users), Pacer(size=30))
-    finally:
-        writer.finish()
-        engine.dispose()
+    result, writer = batch_while_the_site_writes(sns, users, "apply", seed=2)
     assert {o.status for o in result.outcomes} == {"locked"}
     final = {key: v for u in users for key, v in sns.items_of(u).items()}
     assert_no_edit_lost(sns, writer, initial, final)
@@ -219,16 +227,7 @@ def test_site_edits_during_a_shared_revert_are_never_undone(db_url, tmp_path):
     initial = {key: v for u in users for key, v in sns.items_of(u).items()}
     sns.apply(*users)
     snapped = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
-    engine, cmap = tool_session(sns)
-    widen_race_window(engine)
-    writer = SiteWriter(sns, sorted(initial, key=str), seed=3)
-    writer.start()
-    try:
-        with engine.connect() as conn:
-            result = batch.run_batch(conn, cmap, "revert", requests_for(*users), Pacer(size=30))
-    finally:
-        writer.finish()
-        engine.dispose()
+    result, writer = batch_while_the_site_writes(sns, users, "revert", seed=3)
     assert {o.status for o in result.outcomes} == {"reverted"}
     assert max(d.get("chunk_shared_by") or 0 for _a, _s, d in events(sns, "revert")) > 1
     states = {(s["kind"], s["item_id"]): s["state"] for s in sns.snapshot_rows()}

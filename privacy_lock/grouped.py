@@ -7,10 +7,12 @@ own commit and audit-head lock, and a batch runs at about 1% of what the databas
 share one transaction that, in this order:
 
   1. locks the users' active locks and opens the missing ones (one multi-row ``INSERT``),
-  2. per kind, locks the users' visible rows (``owner IN (...) ... FOR UPDATE``; on SQLite the
-     ``BEGIN IMMEDIATE`` of every writing transaction already keeps every other writer out),
+  2. per kind, locks the users' visible rows (``owner IN (...) ... FOR UPDATE`` on MariaDB; on
+     SQLite the ``BEGIN IMMEDIATE`` of every writing transaction already keeps every other
+     writer out; on PostgreSQL the ``UPDATE`` of step 3 locks each row it hides and hides it
+     only if it still holds the value read, see :func:`_hide_postgresql`),
   3. copies their visibility into snapshot rows of each user's own lock (one ``INSERT ...
-     SELECT`` that picks the lock by owner) and hides exactly the locked rows (one ``UPDATE``),
+     SELECT`` that picks the lock by owner) and hides exactly those rows (one ``UPDATE``),
   4. appends each user's ``lock`` and ``apply`` events under one lock of the audit head.
 
 Each user is done whole inside one transaction, with its snapshots and its events: a crash rolls
@@ -73,6 +75,7 @@ from privacy_lock.locking import (
 )
 from privacy_lock.schema import locks, snapshots
 
+_HIDE_PASSES = 5  # a PostgreSQL shared apply retries the rows the site changed under it
 MAX_GROUP_USERS = 500  # users per shared chunk: keeps every statement's parameters bounded
 
 
@@ -263,51 +266,70 @@ def _hide_sqlite(
 def _hide_postgresql(
     conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int
 ) -> Counter[Any]:
-    """PostgreSQL: one statement. A CTE locks the users' visible rows (``FOR UPDATE``: a row
-    the site changed meanwhile is returned as committed), the snapshots are inserted from
-    exactly those rows and values, and exactly those rows are hidden; the lock of each row is
-    found by joining its owner to the (owner, lock) pairs passed as two arrays. A thousand-key
-    list in three statements spent most of its time in planning."""
+    """PostgreSQL: one statement per pass, with no row locked before it is hidden.
+
+    A CTE reads the users' visible rows (id, owner, visibility) as of the statement's start.
+    The ``UPDATE`` hides each of them only if its row, when the update locks it, still has
+    that owner and that visibility: when the site changed it in between, READ COMMITTED
+    rechecks the condition against the new version and skips the row. So every row hidden
+    had, at the instant it was hidden, exactly the value the snapshot stores, and the
+    snapshots are inserted from the update's own ``RETURNING``. A row skipped is still
+    visible: the statement runs again (a new snapshot of the database sees its new value)
+    until it hides every row it saw. Locking the rows first (``FOR UPDATE``) did the same
+    but wrote every row twice: 47-51 ms per 850 items against 25-30 for the floor.
+    """
     owners, lock_ids = list(owner_lock), list(owner_lock.values())
-    locked = (
+    seen = (
         select(kind.id_col.label("id"), kind.owner_col.label("owner"),
                kind.vis_col.label("vis"))
         .where(kind.owner_col == any_(bindparam("owners", owners,
                                                  type_=ARRAY(kind.owner_col.type))),
                visible(kind))
-        .with_for_update()
-        .cte("locked")
+        .cte("seen")
+    )
+    hidden = (
+        update(kind.table)
+        .where(kind.id_col == seen.c.id, kind.owner_col == seen.c.owner,
+               kind.vis_col.is_not_distinct_from(seen.c.vis))
+        .values({kind.vis_col.name: kind.private})
+        .returning(kind.id_col.label("id"), kind.owner_col.label("owner"),
+                   seen.c.vis.label("vis"))
+        .cte("hidden")
     )
     lock_of = (
         func.unnest(bindparam("lock_owners", owners, type_=ARRAY(kind.owner_col.type)),
                     bindparam("lock_ids", lock_ids, type_=ARRAY(snapshots.c.lock_id.type)))
         .table_valued("owner", "lock_id").render_derived()
     )
-    id_text = locked.c.id if isinstance(kind.id_col.type, String) else cast(locked.c.id,
+    id_text = hidden.c.id if isinstance(kind.id_col.type, String) else cast(hidden.c.id,
                                                                              String(191))
     snapshotted = (
         pg_insert(snapshots)
         .from_select(
             ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"],
             select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
-                   locked.c.vis, literal(PENDING, snapshots.c.state.type),
+                   hidden.c.vis, literal(PENDING, snapshots.c.state.type),
                    literal(now, snapshots.c.snapshotted_at.type))
-            .select_from(locked.join(lock_of, lock_of.c.owner == locked.c.owner)),
+            .select_from(hidden.join(lock_of, lock_of.c.owner == hidden.c.owner)),
         )
         .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"])
         .cte("snapshotted")
     )
-    hidden = (
-        update(kind.table)
-        .where(kind.id_col == locked.c.id)
-        .values({kind.vis_col.name: kind.private})
-        .returning(kind.owner_col.label("owner"))
-        .cte("hidden")
-    )
     counts = (
-        select(hidden.c.owner, func.count()).group_by(hidden.c.owner).add_cte(snapshotted)
+        select(seen.c.owner, func.count(hidden.c.id), func.count())
+        .select_from(seen.outerjoin(hidden, hidden.c.id == seen.c.id))
+        .group_by(seen.c.owner)
+        .add_cte(snapshotted)
     )
-    return Counter(dict(conn.execute(counts).all()))
+    per_owner: Counter[Any] = Counter()
+    for _pass in range(_HIDE_PASSES):
+        rows = conn.execute(counts).all()
+        per_owner.update({owner: n_hidden for owner, n_hidden, _n_seen in rows if n_hidden})
+        if all(n_hidden == n_seen for _owner, n_hidden, n_seen in rows):
+            return per_owner
+        if sum(per_owner.values()) > room:
+            return per_owner  # the caller rolls the group back
+    raise StaleGroup(f"the site changed the users' rows during {_HIDE_PASSES} tries to hide them")
 
 
 _HIDE = {"sqlite": _hide_sqlite, "postgresql": _hide_postgresql, "mysql": _hide_by_key,

@@ -4,10 +4,13 @@ user by user, each user whole in one transaction, and the per-user way whenever 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import create_engine, insert, select, text, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from privacy_lock import batch, grouped
 from privacy_lock.audit import Actor
@@ -241,6 +244,65 @@ def test_site_edits_during_a_shared_revert_are_never_undone(db_url, tmp_path):
         else:
             assert value == initial[key] == sns.private
     assert writer.writes > 0 and "locked" not in states.values()  # every snapshot resolved
+
+
+def wait_until_blocked(sns, dialect, seconds=10.0):
+    """Until some transaction waits for a row lock (PostgreSQL, MariaDB); SQLite, whose writer
+    waits inside sqlite3 unseen, gets a fixed pause."""
+    probe = {
+        "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        "mysql": "SELECT count(*) FROM information_schema.innodb_trx "
+                 "WHERE trx_state = 'LOCK WAIT'",
+    }.get(dialect)
+    if probe is None:
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + seconds
+    with sns.engine.connect() as conn:
+        while conn.execute(text(probe)).scalar_one() == 0:
+            assert time.monotonic() < deadline, "the tool never waited for the site's row"
+            time.sleep(0.15)  # InnoDB refreshes innodb_trx only when unread for 0.1 s
+            conn.rollback()
+
+
+def test_an_edit_the_site_commits_while_a_shared_chunk_waits_is_what_gets_snapshotted(
+        db_url, dialect, tmp_path):
+    # The site holds a row (its edit not yet committed) when the shared chunk reaches it; the
+    # chunk must hide the row with the site's new value in its snapshot, never the old one.
+    sns = build_sns(db_url, tmp_path)
+    before = sns.everything()
+    kind = "diary"
+    item_id = next(key[1] for key, value in sns.items_of(sns.users[1], kind).items()
+                   if value == sns.public)
+    table = sns.tables[kind]
+    id_col, _owner, vis_col = sns.columns[kind]
+    site = create_engine(sns.url, poolclass=NullPool,
+                         connect_args={"timeout": 30} if dialect == "sqlite" else {})
+    engine, cmap = tool_session(sns)
+    outcome = {}
+
+    def run_batch():
+        with engine.connect() as conn:
+            outcome["result"] = batch.run_batch(conn, cmap, "apply", requests_for(*sns.users),
+                                                Pacer(size=100))
+
+    with site.connect() as site_conn:
+        edit = site_conn.begin()
+        site_conn.execute(update(table).where(table.c[id_col] == item_id)
+                          .values({vis_col: sns.friends}))
+        tool = threading.Thread(target=run_batch)
+        tool.start()
+        try:
+            wait_until_blocked(sns, dialect)
+        finally:
+            edit.commit()
+            tool.join(timeout=60)
+    site.dispose()
+    engine.dispose()
+    assert {o.status for o in outcome["result"].outcomes} == {"locked"}
+    before[kind][item_id] = (before[kind][item_id][0], sns.friends)
+    assert_locked_with_originals(sns, before, sns.users)
+    assert max(d.get("chunk_shared_by") or 0 for _a, _s, d in events(sns, "apply")) > 1
 
 
 def test_one_user_per_chunk_keeps_every_transaction_inside_one_user(db_url, tmp_path):

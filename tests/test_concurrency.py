@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from sqlalchemy import create_engine, event, update
+from sqlalchemy import create_engine, event, text, update
 from sqlalchemy.pool import NullPool
 
 from privacy_lock import locking
@@ -90,6 +90,83 @@ def assert_no_edit_lost(sns, writer, initial, final):
             # edited after it was hidden: the edit stands
             assert value == last, (key, value, last)
             assert key in writer.last
+
+
+def while_the_site_holds(sns, dialect, key, value, work):
+    """Run ``work()`` in a thread while the site holds item ``key`` = (kind, id) with ``value``
+    written and not yet committed; commit it once the tool waits for that row, and return
+    what ``work`` returned. The tool must then see, and snapshot, the site's new value."""
+    kind, item_id = key
+    table = sns.tables[kind]
+    id_col, _owner, vis_col = sns.columns[kind]
+    site = create_engine(sns.url, poolclass=NullPool,
+                         connect_args={"timeout": 30} if dialect == "sqlite" else {})
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            outcome["error"] = exc
+
+    try:
+        with site.connect() as conn:
+            edit = conn.begin()
+            conn.execute(update(table).where(table.c[id_col] == item_id)
+                         .values({vis_col: value}))
+            tool = threading.Thread(target=run)
+            tool.start()
+            try:
+                _wait_until_blocked(sns, dialect)
+            finally:
+                edit.commit()
+                tool.join(timeout=60)
+    finally:
+        site.dispose()
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["result"]
+
+
+def _wait_until_blocked(sns, dialect, seconds=10.0):
+    """Until some transaction waits for a row lock (PostgreSQL, MariaDB); SQLite, whose writer
+    waits inside sqlite3 unseen, gets a fixed pause."""
+    probe = {
+        "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        "mysql": "SELECT count(*) FROM information_schema.innodb_trx "
+                 "WHERE trx_state = 'LOCK WAIT'",
+    }.get(dialect)
+    if probe is None:
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + seconds
+    with sns.engine.connect() as conn:
+        while conn.execute(text(probe)).scalar_one() == 0:
+            assert time.monotonic() < deadline, "the tool never waited for the site's row"
+            time.sleep(0.15)  # InnoDB refreshes innodb_trx only when unread for 0.1 s
+            conn.rollback()
+
+
+def test_an_edit_the_site_commits_while_a_chunk_waits_is_what_gets_snapshotted(
+        db_url, dialect, tmp_path):
+    sns = build_sns(db_url, tmp_path, items_per_value=10)
+    user = sns.users[0]
+    initial = sns.items_of(user)
+    key = sorted(k for k, v in initial.items() if k[0] == "diary" and v == sns.public)[7]
+    engine, cmap = tool_session(sns)
+
+    def apply_one_user():
+        with engine.connect() as conn:
+            return locking.apply_lock(conn, cmap, str(user), list(cmap.kinds.values()),
+                                      Actor.current("op", "T", "r"), Pacer(size=15))
+
+    result = while_the_site_holds(sns, dialect, key, sns.friends, apply_one_user)
+    engine.dispose()
+    assert result.chunks > 1 and result.kinds["diary"].changed == 30
+    snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}
+    assert snaps[(key[0], str(key[1]))] == sns.friends
+    assert {k: snaps[(k[0], str(k[1]))] for k, v in initial.items() if v != sns.private} == {
+        k: sns.friends if k == key else v for k, v in initial.items() if v != sns.private}
+    assert set(sns.items_of(user).values()) == {sns.private}
 
 
 def test_site_edits_during_apply_are_never_lost(db_url, tmp_path):

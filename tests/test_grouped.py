@@ -4,13 +4,10 @@ user by user, each user whole in one transaction, and the per-user way whenever 
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
-from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from privacy_lock import batch, grouped
 from privacy_lock.audit import Actor
@@ -18,7 +15,12 @@ from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns, tool_session
-from test_concurrency import SiteWriter, assert_no_edit_lost, widen_race_window
+from test_concurrency import (
+    SiteWriter,
+    assert_no_edit_lost,
+    while_the_site_holds,
+    widen_race_window,
+)
 
 
 def events(sns, action=None):
@@ -246,25 +248,6 @@ def test_site_edits_during_a_shared_revert_are_never_undone(db_url, tmp_path):
     assert writer.writes > 0 and "locked" not in states.values()  # every snapshot resolved
 
 
-def wait_until_blocked(sns, dialect, seconds=10.0):
-    """Until some transaction waits for a row lock (PostgreSQL, MariaDB); SQLite, whose writer
-    waits inside sqlite3 unseen, gets a fixed pause."""
-    probe = {
-        "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted",
-        "mysql": "SELECT count(*) FROM information_schema.innodb_trx "
-                 "WHERE trx_state = 'LOCK WAIT'",
-    }.get(dialect)
-    if probe is None:
-        time.sleep(0.5)
-        return
-    deadline = time.monotonic() + seconds
-    with sns.engine.connect() as conn:
-        while conn.execute(text(probe)).scalar_one() == 0:
-            assert time.monotonic() < deadline, "the tool never waited for the site's row"
-            time.sleep(0.15)  # InnoDB refreshes innodb_trx only when unread for 0.1 s
-            conn.rollback()
-
-
 def test_an_edit_the_site_commits_while_a_shared_chunk_waits_is_what_gets_snapshotted(
         db_url, dialect, tmp_path):
     # The site holds a row (its edit not yet committed) when the shared chunk reaches it; the
@@ -274,32 +257,16 @@ def test_an_edit_the_site_commits_while_a_shared_chunk_waits_is_what_gets_snapsh
     kind = "diary"
     item_id = next(key[1] for key, value in sns.items_of(sns.users[1], kind).items()
                    if value == sns.public)
-    table = sns.tables[kind]
-    id_col, _owner, vis_col = sns.columns[kind]
-    site = create_engine(sns.url, poolclass=NullPool,
-                         connect_args={"timeout": 30} if dialect == "sqlite" else {})
     engine, cmap = tool_session(sns)
-    outcome = {}
 
     def run_batch():
         with engine.connect() as conn:
-            outcome["result"] = batch.run_batch(conn, cmap, "apply", requests_for(*sns.users),
-                                                Pacer(size=100))
+            return batch.run_batch(conn, cmap, "apply", requests_for(*sns.users),
+                                   Pacer(size=100))
 
-    with site.connect() as site_conn:
-        edit = site_conn.begin()
-        site_conn.execute(update(table).where(table.c[id_col] == item_id)
-                          .values({vis_col: sns.friends}))
-        tool = threading.Thread(target=run_batch)
-        tool.start()
-        try:
-            wait_until_blocked(sns, dialect)
-        finally:
-            edit.commit()
-            tool.join(timeout=60)
-    site.dispose()
+    result = while_the_site_holds(sns, dialect, (kind, item_id), sns.friends, run_batch)
     engine.dispose()
-    assert {o.status for o in outcome["result"].outcomes} == {"locked"}
+    assert {o.status for o in result.outcomes} == {"locked"}
     before[kind][item_id] = (before[kind][item_id][0], sns.friends)
     assert_locked_with_originals(sns, before, sns.users)
     assert max(d.get("chunk_shared_by") or 0 for _a, _s, d in events(sns, "apply")) > 1

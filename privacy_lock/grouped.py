@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.util import ClauseAdapter
 
 from privacy_lock.audit import Actor, EventSpec, append_events, utc_now
 from privacy_lock.config import BoundKind, ContentMap, bind_value, stored_as
@@ -446,14 +447,15 @@ def revert_group(
         raise StaleGroup(f"{pending.total()} pending items, more than the chunk of {limit}")
     now = utc_now()
     restore_kind = _RESTORE.get(conn.dialect.name, _restore_by_key)
-    restored = 0
+    restored = to_mark = 0
     for kind_name, count in sorted(pending.items()):
         if not count:
             continue
         if kind_name not in cmap.kinds:
             raise StaleGroup(f"a lock now holds {kind_name!r} items, which the config lacks")
-        restored += restore_kind(conn, cmap.kinds[kind_name], group, count, now)
-    if restored:
+        restored_kind, unmarked = restore_kind(conn, cmap.kinds[kind_name], group, count, now)
+        restored, to_mark = restored + restored_kind, to_mark + unmarked
+    if to_mark:
         # Every snapshot of these locks still pending is one just restored: nobody can add one
         # while this transaction holds the lock rows (every apply locks its lock row first).
         marked = conn.execute(
@@ -462,8 +464,8 @@ def revert_group(
                    snapshots.c.state == PENDING)
             .values(state=RESTORED, resolved_at=now)
         ).rowcount
-        if marked != restored:
-            raise StaleGroup(f"expected {restored} snapshots to mark restored, "
+        if marked != to_mark:
+            raise StaleGroup(f"expected {to_mark} snapshots to mark restored, "
                              f"the database matched {marked}")
     _close_locks(conn, group, now)
     if restored == pending.total():  # every pending snapshot is now a restored one
@@ -492,11 +494,16 @@ def revert_group(
 
 def _restore_set_based(
     conn: Connection, kind: BoundKind, group: Sequence[PlannedRevert], pending: int, now: str
-) -> int:
+) -> tuple[int, int]:
     """Lock the items of the group's ``pending`` snapshots of one kind, mark the gone and the
-    conflicting ones, restore those still owner-only and still their lock's user's; return how
-    many were restored (SQLite and PostgreSQL). No key lists and no rows fetched: each snapshot
-    finds its item through the content id and its lock's subject, as the owner column holds it.
+    conflicting ones, restore those still owner-only and still their lock's user's (SQLite and
+    PostgreSQL); return (how many were restored, how many of their snapshots are left for the
+    caller to mark restored). No key lists and no rows fetched: each snapshot finds its item
+    through the content id and its lock's subject, as the owner column holds it.
+
+    On PostgreSQL the items still owner-only are first restored without being locked
+    beforehand (:func:`_restore_unlocked`); only what that leaves pending, usually nothing, is
+    locked and resolved as below.
 
     Each count is checked against what the statements matched, so a chunk that would not add up
     changes nothing (as in :func:`privacy_lock.locking.restore_chunk`).
@@ -510,6 +517,12 @@ def _restore_set_based(
         locks.c.lock_id == snapshots.c.lock_id,
         kind.owner_col == stored_as(kind.owner_col, locks.c.subject),
     )
+    restored_first = 0
+    if conn.dialect.name == "postgresql":
+        restored_first = _restore_unlocked(conn, kind, ours, its_item, now)
+        pending -= restored_first
+        if not pending:
+            return restored_first, 0
     items = (
         select(kind.vis_col)
         .select_from(snapshots.join(locks, locks.c.lock_id == snapshots.c.lock_id)
@@ -530,7 +543,34 @@ def _restore_set_based(
                          gone=pending - present)
     # The restored snapshots are marked once for every kind, after the last (revert_group).
     resolve_counted(conn, kind, ours, its_item, counted, now, mismatch, mark_restored=False)
-    return still_private
+    return restored_first + still_private, still_private
+
+
+def _restore_unlocked(
+    conn: Connection, kind: BoundKind, ours: Any, its_item: Any, now: str
+) -> int:
+    """PostgreSQL: restore the items of ``ours`` (pending snapshots) still owner-only and still
+    their lock's user's, and mark exactly their snapshots restored, in one statement; return
+    how many. No item is locked beforehand: the ``UPDATE`` locks each row it changes, and READ
+    COMMITTED rechecks its condition against the row's newest version, so an item the site
+    made visible, deleted or gave away meanwhile is left alone (and left pending, for the
+    locking pass). Locking the items first wrote every row twice (10 ms of a 100-user chunk).
+    """
+    held = snapshots.alias("held")
+    as_held = ClauseAdapter(held).traverse
+    restored = (
+        update(kind.table)
+        .where(as_held(its_item), as_held(ours), kind.vis_col == kind.private)
+        .values({kind.vis_col.name: as_held(original_col(kind))})
+        .returning(held.c.snapshot_id)
+        .cte("restored")
+    )
+    return conn.execute(
+        update(snapshots)
+        .where(snapshots.c.snapshot_id == restored.c.snapshot_id)
+        .values(state=RESTORED, resolved_at=now)
+        .add_cte(restored)
+    ).rowcount
 
 
 def _restore_by_key(
@@ -538,7 +578,8 @@ def _restore_by_key(
 ) -> int:
     """:func:`_restore_set_based` with key lists, for MariaDB and MySQL: fetch the pending
     snapshots of one kind, lock their items by key, decide in Python, mark the gone and the
-    conflicting ones and restore the rest; return how many were restored."""
+    conflicting ones and restore the rest; return (how many were restored, the same: their
+    snapshots are left for the caller to mark)."""
     lock_ids = [p.lock_id for p in group]
     pending = conn.execute(
         select(snapshots.c.snapshot_id, snapshots.c.lock_id, snapshots.c.item_id)
@@ -598,7 +639,7 @@ def _restore_by_key(
         if restored != len(by_state[RESTORED]):  # cannot happen while the rows are locked
             raise StaleGroup(f"expected to restore {len(by_state[RESTORED])} {kind.name} items "
                              f"but the database matched {restored}")
-    return len(by_state[RESTORED])
+    return len(by_state[RESTORED]), len(by_state[RESTORED])
 
 
 _RESTORE = {"sqlite": _restore_set_based, "postgresql": _restore_set_based}

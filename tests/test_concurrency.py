@@ -92,13 +92,13 @@ def assert_no_edit_lost(sns, writer, initial, final):
             assert key in writer.last
 
 
-def while_the_site_holds(sns, dialect, key, value, work):
-    """Run ``work()`` in a thread while the site holds item ``key`` = (kind, id) with ``value``
-    written and not yet committed; commit it once the tool waits for that row, and return
-    what ``work`` returned. The tool must then see, and snapshot, the site's new value."""
+def while_the_site_holds(sns, dialect, key, changes, work):
+    """Run ``work()`` in a thread while the site holds item ``key`` = (kind, id) with
+    ``changes`` (column: value) written and not yet committed; commit them once the tool waits
+    for that row, and return what ``work`` returned. The tool must then see the site's edit."""
     kind, item_id = key
     table = sns.tables[kind]
-    id_col, _owner, vis_col = sns.columns[kind]
+    id_col = sns.columns[kind][0]
     site = create_engine(sns.url, poolclass=NullPool,
                          connect_args={"timeout": 30} if dialect == "sqlite" else {})
     outcome = {}
@@ -112,8 +112,7 @@ def while_the_site_holds(sns, dialect, key, value, work):
     try:
         with site.connect() as conn:
             edit = conn.begin()
-            conn.execute(update(table).where(table.c[id_col] == item_id)
-                         .values({vis_col: value}))
+            conn.execute(update(table).where(table.c[id_col] == item_id).values(changes))
             tool = threading.Thread(target=run)
             tool.start()
             try:
@@ -159,7 +158,8 @@ def test_an_edit_the_site_commits_while_a_chunk_waits_is_what_gets_snapshotted(
             return locking.apply_lock(conn, cmap, str(user), list(cmap.kinds.values()),
                                       Actor.current("op", "T", "r"), Pacer(size=15))
 
-    result = while_the_site_holds(sns, dialect, key, sns.friends, apply_one_user)
+    result = while_the_site_holds(sns, dialect, key, {"visibility": sns.friends},
+                                  apply_one_user)
     engine.dispose()
     assert result.chunks > 1 and result.kinds["diary"].changed == 30
     snaps = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}

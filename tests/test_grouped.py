@@ -264,12 +264,52 @@ def test_an_edit_the_site_commits_while_a_shared_chunk_waits_is_what_gets_snapsh
             return batch.run_batch(conn, cmap, "apply", requests_for(*sns.users),
                                    Pacer(size=100))
 
-    result = while_the_site_holds(sns, dialect, (kind, item_id), sns.friends, run_batch)
+    result = while_the_site_holds(sns, dialect, (kind, item_id), {"visibility": sns.friends},
+                                  run_batch)
     engine.dispose()
     assert {o.status for o in result.outcomes} == {"locked"}
     before[kind][item_id] = (before[kind][item_id][0], sns.friends)
     assert_locked_with_originals(sns, before, sns.users)
     assert max(d.get("chunk_shared_by") or 0 for _a, _s, d in events(sns, "apply")) > 1
+
+
+@pytest.mark.parametrize("edit", ["visibility", "title"])
+def test_an_edit_the_site_commits_while_a_shared_revert_waits_stands(db_url, dialect, tmp_path,
+                                                                     edit):
+    # The site holds a hidden item (its edit not yet committed) when the shared revert reaches
+    # it. Made visible, it is a conflict and keeps the site's value; with only its title
+    # edited, it is still owner-only and is restored, and the title stays.
+    sns = build_sns(db_url, tmp_path)
+    before = sns.everything()
+    sns.apply(*sns.users)
+    item_id = next(i for i, (owner, vis) in before["diary"].items()
+                   if owner == sns.users[1] and vis == sns.public)
+    engine, cmap = tool_session(sns)
+
+    def run_batch():
+        with engine.connect() as conn:
+            return batch.run_batch(conn, cmap, "revert", requests_for(*sns.users),
+                                   Pacer(size=100))
+
+    changes = {"visibility": sns.friends} if edit == "visibility" else {"title": "edited"}
+    result = while_the_site_holds(sns, dialect, ("diary", item_id), changes, run_batch)
+    engine.dispose()
+    assert {o.status for o in result.outcomes} == {"reverted"}
+    diary = {o.user: o.kinds["diary"] for o in result.outcomes}
+    conflicts = 1 if edit == "visibility" else 0
+    assert (diary[str(sns.users[1])].restored, diary[str(sns.users[1])].conflicts) == (
+        8 + 1 - conflicts, conflicts)
+    expected = {k: dict(rows) for k, rows in before.items()}
+    if edit == "visibility":
+        expected["diary"][item_id] = (sns.users[1], sns.friends)
+    assert sns.everything() == expected
+    state = {s["item_id"]: s["state"] for s in sns.snapshot_rows() if s["kind"] == "diary"}
+    assert state[str(item_id)] == ("conflict" if edit == "visibility" else "restored")
+    with sns.engine.connect() as conn:
+        diaries = sns.tables["diary"]
+        title = conn.execute(select(diaries.c.title).where(diaries.c.id == item_id)).scalar()
+    assert title == ("edited" if edit == "title" else None)
+    assert max(d.get("chunk_shared_by") or 0 for _a, _s, d in events(sns, "revert")) > 1
 
 
 def test_one_user_per_chunk_keeps_every_transaction_inside_one_user(db_url, tmp_path):

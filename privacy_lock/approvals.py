@@ -5,11 +5,12 @@ default) one operator cannot do it alone. A request moves pending -> approved ->
 
 - ``request_revert`` records it (one open request per lock, enforced by a unique column) and the
   ``revert-requested`` event, and changes no content.
-- ``approve_request`` refuses an approver whose stated operator name is the requester's (the
+- ``approve_requests`` refuses an approver whose stated operator name is the requester's (the
   refusal is audited as ``revert-refused`` and nothing else changes); otherwise it records
-  ``revert-approved`` and marks the request approved in one transaction, runs the ordinary
-  chunked revert, then marks the request done. A run interrupted after the approval is resumed
-  by running ``approve`` again (the request is still approved, not done).
+  ``revert-approved`` and marks the request approved, runs the ordinary chunked revert (all
+  the requests approved at once as one batch, where small locks share chunks), then marks the
+  request done. A run interrupted after the approval is resumed by running ``approve`` again
+  (the request is still approved, not done).
 
 Names are compared ignoring case and spacing ("Alice" and "alice " are one person). The OS user
 and host of both sides are recorded beside the names; the same OS account approving under another
@@ -18,25 +19,24 @@ name is allowed (shared support desks exist) but flagged in the event and on scr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from privacy_lock import locking
-from privacy_lock.audit import Actor, append_event, utc_now
+from privacy_lock.audit import Actor, EventSpec, append_event, append_events, utc_now
+from privacy_lock.batch import Outcome, run_batch
 from privacy_lock.config import ContentMap
 from privacy_lock.db import reading
 from privacy_lock.errors import UsageError
+from privacy_lock.pacing import Pacer
 from privacy_lock.report import from_stored, now_utc, show_time
+from privacy_lock.requests import Request
 from privacy_lock.schema import locks, revert_requests
-
-if TYPE_CHECKING:
-    from privacy_lock.pacing import Pacer
-    from privacy_lock.requests import Request
 
 PENDING, APPROVED, DONE = "pending", "approved", "done"
 OPEN_STATES = (PENDING, APPROVED)
@@ -123,79 +123,176 @@ def request_reverts(
 
 @dataclass
 class ApprovalOutcome:
-    """The approved request and the result of the revert it ran."""
+    """An approved request (as it is after its run) and the outcome of its revert."""
 
     request: dict[str, Any]
-    result: locking.UserResult
-    resumed: bool
+    outcome: Outcome
+    resumed: bool  # it was approved before, by an earlier run that did not finish
     same_os_account: bool
 
 
-def approve_request(
+@dataclass
+class ApprovalRun:
+    """What one ``approve`` did: the requests run (in the order given) and those refused."""
+
+    approved: list[ApprovalOutcome]
+    refused: list[str]  # one line per self-approval refused (audited)
+    interrupted: bool
+
+
+APPROVE_IN_ONE = 500  # requests approved (or marked done) per transaction
+
+
+@dataclass
+class Approved:
+    """Requests approved (now, or by an earlier run that did not finish) and ready to run."""
+
+    approver: Actor
+    runnable: list[tuple[Any, bool, bool]]  # (request row, resumed, same OS account)
+    refused: list[str]  # one line per request refused (audited) or finished meanwhile
+
+    @property
+    def requests(self) -> list[Request]:
+        """The reverts to run, each as the approver under its request's ticket and reason."""
+        return [Request(line=0, user_id=None, lock_id=req.lock_id, ticket=req.ticket,
+                        reason=req.reason, operator=self.approver.operator, kinds=())
+                for req, _resumed, _same in self.runnable]
+
+
+def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Actor) -> Approved:
+    """Approve the requests; refuse (audited) each one the approver filed.
+
+    Unknown or finished requests are a usage error before anything changes. The approvals
+    (``revert-approved``, the request marked approved) commit in transactions of
+    :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs the reverts.
+    """
+    ids = list(dict.fromkeys(request_ids))
+    with reading(conn):
+        found = {row.request_id: row for part in _parts(ids) for row in conn.execute(
+            select(revert_requests).where(revert_requests.c.request_id.in_(part)))}
+    _check_approvable(ids, found)
+    approved = Approved(approver, [], [])
+    for part in _parts(ids, APPROVE_IN_ONE):
+        with conn.begin():
+            rows = {row.request_id: row for row in conn.execute(
+                select(revert_requests).where(revert_requests.c.request_id.in_(part))
+                .order_by(revert_requests.c.request_id).with_for_update())}
+            events, approving = [], []
+            for request_id in part:
+                req = rows[request_id]
+                same_account = (req.requested_os_user, req.requested_host) == (
+                    approver.os_user, approver.host)
+                as_approver = replace(approver, ticket=req.ticket)
+                if req.state == DONE:  # finished by another approver since we looked
+                    approved.refused.append(f"request {request_id} was finished meanwhile by "
+                                            f"{req.approved_by}")
+                    continue
+                if same_operator(req.requested_by, approver.operator):
+                    events.append(EventSpec("revert-refused", as_approver, req.subject,
+                                            req.lock_id, {
+                                                "request_id": request_id,
+                                                "requested_by": req.requested_by,
+                                                "why": "the approver is the requester"}))
+                    approved.refused.append(
+                        f"request {request_id} was filed by {req.requested_by}: a revert "
+                        "needs a second operator's approval (refused; nothing was changed)")
+                    continue
+                if req.state == PENDING:
+                    approving.append(request_id)
+                    events.append(EventSpec("revert-approved", as_approver, req.subject,
+                                            req.lock_id, {
+                                                "request_id": request_id,
+                                                "requested_by": req.requested_by,
+                                                "requested_os_user": req.requested_os_user,
+                                                "requested_host": req.requested_host,
+                                                "same_os_account": same_account}))
+                approved.runnable.append((req, req.state == APPROVED, same_account))
+            if approving:
+                conn.execute(
+                    update(revert_requests)
+                    .where(revert_requests.c.request_id.in_(approving))
+                    .values(state=APPROVED, approved_by=approver.operator,
+                            approved_os_user=approver.os_user, approved_host=approver.host,
+                            approved_at=utc_now())
+                )
+            append_events(conn, events)
+    return approved
+
+
+def run_approved(
     conn: Connection,
     cmap: ContentMap,
-    request_id: int,
-    approver: Actor,
-    pacer: Pacer | None = None,
-) -> ApprovalOutcome:
-    """Approve a pending request and run its revert; refuse (audited) a self-approval.
+    approved: Approved,
+    pacer: Pacer,
+    share_chunks: bool = True,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> ApprovalRun:
+    """Run the approved reverts as one batch (:func:`privacy_lock.batch.run_batch`: locks with
+    few items share chunks) and mark done each request whose revert finished. A request whose
+    revert failed or was interrupted stays approved: approving it again finishes it."""
+    result = run_batch(conn, cmap, "revert", approved.requests, pacer, on_done=on_done,
+                       share_chunks=share_chunks)
+    pairs = list(zip(approved.runnable, result.outcomes, strict=True))
+    finals = _mark_done(conn, [(req.request_id, outcome) for (req, _r, _s), outcome in pairs])
+    return ApprovalRun(
+        [ApprovalOutcome(finals[req.request_id], outcome, resumed, same)
+         for (req, resumed, same), outcome in pairs],
+        approved.refused, result.interrupted)
 
-    The revert runs as the approver, under the request's ticket and reason.
-    """
-    refused = None
-    with conn.begin():
-        req = conn.execute(
-            select(revert_requests).where(revert_requests.c.request_id == request_id)
-            .with_for_update()
-        ).first()
-        if req is None:
-            raise UsageError(f"no revert request with id {request_id} (see `privacy-lock "
-                             "requests --state all`)")
-        if req.state == DONE:
-            raise UsageError(
-                f"request {request_id} is already done: approved by {req.approved_by} at "
-                f"{req.approved_at}, outcome {req.outcome}"
-            )
-        same_account = (req.requested_os_user, req.requested_host) == (approver.os_user,
-                                                                       approver.host)
-        approver = replace(approver, ticket=req.ticket)
-        if same_operator(req.requested_by, approver.operator):
-            append_event(conn, "revert-refused", approver, subject=req.subject,
-                         lock_id=req.lock_id, details={
-                             "request_id": request_id, "requested_by": req.requested_by,
-                             "why": "the approver is the requester"})
-            refused = (f"request {request_id} was filed by {req.requested_by}: a revert needs a "
-                       "second operator's approval (refused; nothing was changed)")
-        elif req.state == PENDING:
-            now = utc_now()
-            conn.execute(
-                update(revert_requests).where(revert_requests.c.request_id == request_id)
-                .values(state=APPROVED, approved_by=approver.operator,
-                        approved_os_user=approver.os_user, approved_host=approver.host,
-                        approved_at=now)
-            )
-            append_event(conn, "revert-approved", approver, subject=req.subject,
-                         lock_id=req.lock_id, details={
-                             "request_id": request_id, "requested_by": req.requested_by,
-                             "requested_os_user": req.requested_os_user,
-                             "requested_host": req.requested_host,
-                             "same_os_account": same_account})
-    if refused:
-        raise UsageError(refused)  # after the commit: the refusal itself stays in the trail
 
-    runner = Actor(approver.operator, req.ticket, req.reason, approver.os_user, approver.host)
-    result = locking.revert_lock(conn, cmap, req.lock_id, runner, pacer)
-    with conn.begin():
-        conn.execute(
-            update(revert_requests)
-            .where(revert_requests.c.request_id == request_id,
-                   revert_requests.c.state == APPROVED)
-            .values(state=DONE, open_lock_id=None, finished_at=utc_now(), outcome=result.status)
-        )
-        final = conn.execute(
-            select(revert_requests).where(revert_requests.c.request_id == request_id)
-        ).mappings().one()
-    return ApprovalOutcome(dict(final), result, req.state == APPROVED, same_account)
+def _check_approvable(ids: list[int], found: dict[int, Any]) -> None:
+    """A usage error naming every unknown or finished request; nothing has changed yet."""
+    missing = [i for i in ids if i not in found]
+    if len(missing) == 1:
+        raise UsageError(f"no revert request with id {missing[0]} (see `privacy-lock "
+                         "requests --state all`)"
+                         + ("; nothing was approved" if len(ids) > 1 else ""))
+    if missing:
+        raise UsageError(f"no revert requests with ids {_some(missing)} (see `privacy-lock "
+                         "requests --state all`); nothing was approved")
+    done = [found[i] for i in ids if found[i].state == DONE]
+    if len(done) == 1 and len(ids) == 1:
+        req = done[0]
+        raise UsageError(f"request {req.request_id} is already done: approved by "
+                         f"{req.approved_by} at {req.approved_at}, outcome {req.outcome}")
+    if done:
+        which = (f"request {done[0].request_id} is" if len(done) == 1 else
+                 f"requests {_some([r.request_id for r in done])} are")
+        raise UsageError(f"{which} already done (see `privacy-lock requests --state done`); "
+                         "nothing was approved: approve the others")
+
+
+def _mark_done(conn: Connection, finished: list[tuple[int, Outcome]]) -> dict[int, dict]:
+    """Mark done, with its outcome, each request whose revert ran to the end; return every
+    request row as it now is."""
+    by_status: dict[str, list[int]] = {}
+    for request_id, outcome in finished:
+        if not outcome.failed:
+            by_status.setdefault(outcome.status, []).append(request_id)
+    now = utc_now()
+    for status, request_ids in by_status.items():
+        for part in _parts(request_ids, APPROVE_IN_ONE):
+            with conn.begin():
+                conn.execute(
+                    update(revert_requests)
+                    .where(revert_requests.c.request_id.in_(part),
+                           revert_requests.c.state == APPROVED)
+                    .values(state=DONE, open_lock_id=None, finished_at=now, outcome=status)
+                )
+    with reading(conn):
+        return {row["request_id"]: dict(row) for part in _parts([i for i, _o in finished])
+                for row in conn.execute(select(revert_requests).where(
+                    revert_requests.c.request_id.in_(part))).mappings()}
+
+
+def _parts(ids: list[int], size: int = 1000) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _some(ids: list[int], shown: int = 10) -> str:
+    """'3, 7, 9' or '3, 7, 9, ... (25 in all)'."""
+    text = ", ".join(map(str, ids[:shown]))
+    return text if len(ids) <= shown else f"{text}, ... ({len(ids)} in all)"
 
 
 def list_requests(

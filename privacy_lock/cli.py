@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,48 @@ def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **option
     run_requests(app, "revert", users, lock_ids, (), **options)
 
 
+@dataclass
+class TrackedRun:
+    """A batch's progress display and final statistics, fed by its pacer and its outcomes."""
+
+    mode: batch.Mode
+    dry_run: bool
+    progress: Progress
+    stats: RunStats
+    pacer: Pacer
+
+    @classmethod
+    def start(cls, conn: Connection, cmap: ContentMap, mode: batch.Mode,
+              requests: list[Request], dry_run: bool, quiet: bool, pacer: Pacer) -> TrackedRun:
+        """Plan the totals (aggregate queries) and hook the pacer to the display: quiet for
+        one small request (or none)."""
+        total = batch.planned_items(conn, cmap, mode, requests)
+        progress = Progress(total, len(requests), quiet=quiet or len(requests) <= 1 and total
+                            < DEFAULT_CHUNK_SIZE)
+        stats = RunStats(action=("would be " if dry_run else "")
+                         + ("hidden" if mode == "apply" else "restored"))
+        pacer.on_note = progress.note
+        pacer.on_chunk = lambda user, kind, n: (progress.item_done(user, kind, n),
+                                                stats.add_items(kind, n))
+        return cls(mode, dry_run, progress, stats, pacer)
+
+    def done(self, outcome: batch.Outcome) -> None:
+        """One request finished (its users' items were counted chunk by chunk)."""
+        self.progress.user_done(outcome.user or "", outcome.status)
+        if self.dry_run:
+            for name, counts in outcome.kinds.items():
+                self.stats.items[name] = self.stats.items.get(name, 0) + (
+                    counts.changed if self.mode == "apply" else counts.restored)
+        self.stats.add_user(failed=outcome.failed,
+                            conflicts=sum(c.conflicts for c in outcome.kinds.values()),
+                            gone=sum(c.gone for c in outcome.kinds.values()))
+
+    def finish(self, started: float) -> RunStats:
+        self.stats.retries, self.stats.elapsed = self.pacer.retried, time.monotonic() - started
+        self.stats.chunks = self.pacer.chunks
+        return self.stats
+
+
 def run_requests(
     app: App, mode: batch.Mode, users: tuple[str, ...], lock_ids: tuple[int, ...],
     kinds: tuple[str, ...], *, from_file: Path | None, output: Path | None,
@@ -363,38 +406,21 @@ def run_requests(
         if mode == "revert" and not dry_run and app.settings.policy.revert_requires_approval:
             file_revert_requests(conn, cmap, requests, fmt, output)
             return
-        total = batch.planned_items(conn, cmap, mode, requests)
-        progress = Progress(total, len(requests), quiet=quiet or len(requests) == 1 and total
-                            < DEFAULT_CHUNK_SIZE)
-        stats = RunStats(action=("would be " if dry_run else "")
-                         + ("hidden" if mode == "apply" else "restored"))
-        pacer = Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
-                      pause_file=pause_file, on_note=progress.note,
-                      on_chunk=lambda user, kind, n: (progress.item_done(user, kind, n),
-                                                      stats.add_items(kind, n)))
-
-        def done(outcome: batch.Outcome) -> None:
-            progress.user_done(outcome.user or "", outcome.status)
-            if dry_run:
-                for name, counts in outcome.kinds.items():
-                    stats.items[name] = stats.items.get(name, 0) + (
-                        counts.changed if mode == "apply" else counts.restored)
-            stats.add_user(failed=outcome.failed,
-                           conflicts=sum(c.conflicts for c in outcome.kinds.values()),
-                           gone=sum(c.gone for c in outcome.kinds.values()))
-
+        run = TrackedRun.start(conn, cmap, mode, requests, dry_run, quiet,
+                               Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
+                                     pause_file=pause_file))
         try:
-            result = batch.run_batch(conn, cmap, mode, requests, pacer, dry_run, on_done=done,
+            result = batch.run_batch(conn, cmap, mode, requests, run.pacer, dry_run,
+                                     on_done=run.done,
                                      share_chunks=not app.settings.one_user_per_chunk)
         finally:
-            progress.close()
+            run.progress.close()
         if dry_run and app.settings.policy.audit_reads:
             record_views(conn, f"{mode} --dry-run", [
                 (Actor.current(o.request.operator, o.request.ticket or None,
                                o.request.reason or None), o.user, o.lock_id)
                 for o in result.outcomes if o.user and not o.failed])
-    stats.retries, stats.elapsed = pacer.retried, time.monotonic() - started
-    stats.chunks = pacer.chunks
+    stats = run.finish(started)
     rows = batch.outcome_rows(result.outcomes, mode)
     click.echo(render(rows, fmt, payload=[o.as_dict() for o in result.outcomes]))
     if output:
@@ -738,11 +764,12 @@ def approve(
     app: App, request_ids: tuple[int, ...], operator: str | None, reason: str | None,
     fmt: str, **pacing: Any,
 ) -> None:
-    """Approve a pending revert request and run it (a second operator, not the requester).
+    """Approve pending revert requests and run them (a second operator, not the requester).
 
-    The revert runs under the request's ticket and reason, as you. An approval by the
-    requester is refused (exit 2) and recorded as revert-refused; nothing else changes.
-    Approving again an approved request whose run was interrupted finishes it.
+    Each revert runs under its request's ticket and reason, as you; several run as one batch,
+    where small locks share chunks. An approval by the requester is refused (exit 2) and
+    recorded as revert-refused; the other requests still run. Approving again an approved
+    request whose run was interrupted finishes it.
 
     \b
     Example:
@@ -751,43 +778,71 @@ def approve(
     """
     if not (operator and operator.strip()):
         raise UsageError("--operator required: the approval is audited under your name")
+    started = time.monotonic()
+    approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
     pacer = Pacer(pacing["chunk_size"], pacing["sleep"], pacing["max_chunk_seconds"],
                   pacing["lock_timeout"], pacing["retries"], pause_file=pacing["pause_file"])
-    approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
-    outcomes = []
     with app.connect() as conn:
         cmap = app.content_map(conn)
-        for request_id in dict.fromkeys(request_ids):
-            outcomes.append(approvals.approve_request(conn, cmap, request_id, approver, pacer))
+        approved = approvals.approve_requests(conn, request_ids, approver)
+        run = TrackedRun.start(conn, cmap, "revert", approved.requests, False,
+                               pacing["quiet"], pacer)
+        try:
+            done = approvals.run_approved(conn, cmap, approved, pacer,
+                                          share_chunks=not app.settings.one_user_per_chunk,
+                                          on_done=run.done)
+        finally:
+            run.progress.close()
+    stats = run.finish(started)
+    ran = done.approved
     rows = []
-    for outcome in outcomes:
-        result = outcome.result
-        for kind, counts in (result.kinds or {"-": None}).items():
-            rows.append({
-                "request": outcome.request["request_id"], "user": result.user,
-                "lock": result.lock_id, "status": result.status, "kind": kind,
-                "restored": counts.restored if counts else 0,
-                "conflicts": counts.conflicts if counts else 0,
-                "gone": counts.gone if counts else 0,
-            })
-    click.echo(render(rows, fmt, payload=[
-        {"request": o.request["request_id"], "requested_by": o.request["requested_by"],
-         "approved_by": o.request["approved_by"], "resumed": o.resumed,
-         **o.result.as_dict()} for o in outcomes]))
-    for outcome in outcomes:
-        req = outcome.request
+    for item in ran:
+        for row in batch.outcome_rows([item.outcome], "revert"):
+            row.pop("user", None)
+            rows.append({"request": item.request["request_id"], "user": item.outcome.user,
+                         **row})
+    if ran:
+        click.echo(render(rows, fmt, payload=[
+            {"request": a.request["request_id"], "requested_by": a.request["requested_by"],
+             "approved_by": a.request["approved_by"], "resumed": a.resumed,
+             **a.outcome.as_dict()} for a in ran]))
+    if len(ran) == 1:
+        req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
-             f"{req['approved_by']}; lock {req['lock_id']} {outcome.result.status}")
-    same = [o.request for o in outcomes if o.same_os_account]
+             f"{req['approved_by']}; lock {req['lock_id']} {outcome.status}")
+    elif ran:
+        by = sorted({a.request["requested_by"] for a in ran})
+        note(f"requests {id_ranges([a.request['request_id'] for a in ran])}: requested "
+             f"by {', '.join(by)}, approved by {approver.operator}")
+    same = [a.request for a in ran if a.same_os_account]
     if same:
         accounts = sorted({f"{r['requested_os_user']}@{r['requested_host']}" for r in same})
         which = (f"request {same[0]['request_id']} was" if len(same) == 1 else
                  f"requests {id_ranges([r['request_id'] for r in same])} were")
         note(f"note: {which} requested and approved from the same OS account "
              f"({', '.join(accounts)}); recorded in the trail")
-    if any(c.conflicts for o in outcomes for c in o.result.kinds.values()):
+    if stats.conflicts:
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")
+    failed = [a.outcome for a in ran if a.outcome.failed]
+    for a in ran:
+        if a.outcome.failed and a.outcome.error:
+            note(f"privacy-lock: error: request {a.request['request_id']} (lock "
+                 f"{a.request['lock_id']}): {a.outcome.error}")
+    if len(ran) > 1 or failed:
+        if done.interrupted:
+            note(stats.summary_line("interrupted") + f"; {len(failed)} of {len(ran)} "
+                 "approved requests not finished: approve them again to finish them")
+        elif failed:
+            note(stats.summary_line("finished with failures") + f"; {len(failed)} of "
+                 f"{len(ran)} approved requests failed: approve them again to finish "
+                 "them")
+        else:
+            note(stats.summary_line())
+    if done.refused:
+        raise UsageError("; ".join(done.refused))
+    if failed:
+        sys.exit(1)
 
 
 @cli.command("requests")

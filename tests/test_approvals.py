@@ -246,3 +246,100 @@ def test_many_filed_requests_get_one_approve_hint_not_one_line_each(monkeypatch,
     monkeypatch.setattr(approvals, "request_reverts", lambda *_args: few)
     cli.file_revert_requests(None, None, [], "csv", None)
     assert "  privacy-lock approve 1 2 3 --operator NAME" in capsys.readouterr().err.splitlines()
+
+
+def events_of(sns, action: str) -> list[dict]:
+    with sns.engine.connect() as conn:
+        return [json.loads(d) for d in conn.execute(
+            select(audit_events.c.details).where(audit_events.c.action == action)
+            .order_by(audit_events.c.seq)).scalars()]
+
+
+def test_approving_several_requests_runs_them_as_one_batch(sns):
+    before = sns.everything()
+    sns.run("apply", *map(str, sns.users), *as_("alice"))
+    sns.run("revert", *[a for u in sns.users for a in ("--user", str(u))], *as_("alice"))
+    out = sns.run("approve", "1", "2", "3", "--operator", "bob", "--reason", "checked")
+    assert sns.everything() == before
+    assert [(r["state"], r["approved_by"], r["outcome"]) for r in request_rows(sns)] == [
+        ("done", "bob", "reverted")] * 3
+    assert [d["request_id"] for d in events_of(sns, "revert-approved")] == [1, 2, 3]
+    reverts = events_of(sns, "revert")
+    assert [d["chunk_shared_by"] for d in reverts] == [3, 3, 3]  # one shared chunk
+    assert events_of(sns, "restore") == []
+    err = out.stderr.splitlines()
+    assert "requests 1-3: requested by alice, approved by bob" in err
+    assert err[-1].startswith("done: 3 users, 54 items restored")
+    table = out.stdout.splitlines()
+    assert table[0].split() == ["request", "user", "lock", "status", "kind", "restored",
+                                "conflicts", "gone"]
+    assert len(table) == 2 + 3 * 2  # header, rule, one row per request and kind
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+
+def test_a_self_approval_among_several_is_refused_and_the_others_run(sns):
+    u1, u2, u3 = sns.users
+    before = sns.everything()
+    sns.run("apply", *map(str, sns.users), *as_("alice"))
+    sns.run("revert", "--user", str(u1), "--user", str(u2), *as_("alice"))
+    sns.run("revert", "--user", str(u3), *as_("bob"))
+    hidden = sns.everything()
+    out = sns.run("approve", "1", "2", "3", "--operator", "bob", "--format", "json", expect=2)
+    assert [r["request"] for r in json.loads(out.stdout)] == [1, 2]
+    assert out.stderr.splitlines()[-1] == (
+        "privacy-lock: error: request 3 was filed by bob: a revert needs a second operator's "
+        "approval (refused; nothing was changed)")
+    assert [r["state"] for r in request_rows(sns)] == ["done", "done", "pending"]
+    after = sns.everything()
+    for kind, rows in after.items():
+        for item_id, (owner, vis) in rows.items():
+            source = hidden if owner == u3 else before
+            assert (owner, vis) == source[kind][item_id]
+    assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3]
+
+
+def test_an_unknown_or_finished_request_stops_the_approval_before_anything(sns):
+    sns.run("apply", *map(str, sns.users), *as_("alice"))
+    sns.run("revert", *[a for u in sns.users for a in ("--user", str(u))], *as_("alice"))
+    trail = actions(sns)
+    out = sns.run("approve", "1", "2", "9", "12", "--operator", "bob", expect=2)
+    assert out.stderr.splitlines()[-1] == (
+        "privacy-lock: error: no revert requests with ids 9, 12 (see `privacy-lock requests "
+        "--state all`); nothing was approved")
+    assert actions(sns) == trail and {r["state"] for r in request_rows(sns)} == {"pending"}
+    sns.run("approve", "1", "--operator", "bob")
+    trail = actions(sns)
+    out = sns.run("approve", "2", "1", "3", "--operator", "bob", expect=2)
+    assert out.stderr.splitlines()[-1] == (
+        "privacy-lock: error: request 1 is already done (see `privacy-lock requests --state "
+        "done`); nothing was approved: approve the others")
+    assert actions(sns) == trail
+    assert [r["state"] for r in request_rows(sns)] == ["done", "pending", "pending"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_failed_revert_among_several_stays_approved_and_the_others_finish(sns, monkeypatch):
+    before = sns.everything()
+    sns.run("apply", *map(str, sns.users), *as_("alice"))
+    sns.run("revert", *[a for u in sns.users for a in ("--user", str(u))], *as_("alice"))
+    text = sns.config_path.read_text(encoding="utf-8")  # one lock per transaction, as on Citus
+    sns.config_path.write_text("[database]\none_user_per_chunk = true\n\n" + text, "utf-8")
+    real = locking.revert_lock
+
+    def fail_lock_2(conn, cmap, lock_id, *args, **kwargs):
+        if lock_id == 2:
+            raise LockStateError("connection lost (simulated)")
+        return real(conn, cmap, lock_id, *args, **kwargs)
+
+    monkeypatch.setattr(locking, "revert_lock", fail_lock_2)
+    out = sns.run("approve", "1", "2", "3", "--operator", "bob", expect=1)
+    assert "privacy-lock: error: request 2 (lock 2): connection lost (simulated)" in out.stderr
+    assert "1 of 3 approved requests failed: approve them again" in out.stderr.splitlines()[-1]
+    assert [r["state"] for r in request_rows(sns)] == ["done", "approved", "done"]
+    monkeypatch.setattr(locking, "revert_lock", real)
+    again = json.loads(sns.run("approve", "2", "--operator", "carol", "--format",
+                               "json").stdout)
+    assert (again[0]["status"], again[0]["resumed"], again[0]["approved_by"]) == (
+        "reverted", True, "bob")
+    assert sns.everything() == before
+    assert [d["request_id"] for d in events_of(sns, "revert-approved")] == [1, 2, 3]

@@ -19,7 +19,7 @@ name is allowed (shared support desks exist) but flagged in the event and on scr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any
@@ -31,7 +31,7 @@ from privacy_lock import locking
 from privacy_lock.audit import Actor, EventSpec, append_event, append_events, utc_now
 from privacy_lock.batch import Outcome, run_batch
 from privacy_lock.config import ContentMap
-from privacy_lock.db import reading
+from privacy_lock.db import insert_rows, reading
 from privacy_lock.errors import UsageError
 from privacy_lock.pacing import Pacer
 from privacy_lock.report import from_stored, now_utc, show_time
@@ -103,21 +103,88 @@ def request_revert(conn: Connection, lock_id: int, actor: Actor) -> RequestOutco
 
 
 def request_reverts(
-    conn: Connection, cmap: ContentMap, requests: Iterable[Request]
+    conn: Connection, cmap: ContentMap, requests: Sequence[Request]
 ) -> list[RequestOutcome]:
-    """File a revert request for each request's lock (by lock id, or the user's active lock)."""
-    outcomes = []
-    for request in requests:
-        lock_id, subject = request.lock_id, None
+    """File a revert request for each request's lock (by lock id, or the user's active lock),
+    :data:`APPROVE_IN_ONE` requests per transaction, in order; a part that races another
+    operator filing for the same lock is filed again one request at a time."""
+    subjects = [cmap.normalize_user(r.user_id or "") for r in requests if r.lock_id is None]
+    with reading(conn):
+        active = {s: lock_id for part in _parts(subjects)
+                  for s, lock_id in locking.active_lock_ids(conn, part).items()}
+    outcomes: list[RequestOutcome | None] = [None] * len(requests)
+    todo: list[tuple[int, int, Actor]] = []  # (position, lock id, who asks)
+    for position, request in enumerate(requests):
+        lock_id = request.lock_id
         if lock_id is None:
             subject = cmap.normalize_user(request.user_id or "")
-            with conn.begin():
-                lock_id = locking.active_lock_id(conn, subject)
+            lock_id = active.get(subject)
             if lock_id is None:
-                outcomes.append(RequestOutcome(None, None, subject, "not-locked", None))
+                outcomes[position] = RequestOutcome(None, None, subject, "not-locked", None)
                 continue
-        actor = Actor.current(request.operator, request.ticket, request.reason)
-        outcomes.append(request_revert(conn, lock_id, actor))
+        todo.append((position, lock_id, Actor.current(request.operator, request.ticket,
+                                                      request.reason)))
+    for part in _parts(todo, APPROVE_IN_ONE):
+        try:
+            with conn.begin():
+                filed = _file_requests(conn, part)
+        except IntegrityError:  # another operator filed one of them meanwhile: one by one
+            filed = [request_revert(conn, lock_id, actor) for _p, lock_id, actor in part]
+        for (position, _lock_id, _actor), outcome in zip(part, filed, strict=True):
+            outcomes[position] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _file_requests(
+    conn: Connection, part: Sequence[tuple[int, int, Actor]]
+) -> list[RequestOutcome]:
+    """:func:`request_revert` for several locks in the caller's transaction: lock their lock
+    rows, find their open requests, insert the missing ones in one statement, and append their
+    ``revert-requested`` events under one lock of the audit head."""
+    lock_ids = sorted({lock_id for _p, lock_id, _a in part})
+    lock_rows = {row.lock_id: row for row in conn.execute(
+        select(locks).where(locks.c.lock_id.in_(lock_ids)).order_by(locks.c.lock_id)
+        .with_for_update())}
+    if unknown := [lock_id for lock_id in lock_ids if lock_id not in lock_rows]:
+        raise UsageError(f"no lock with id {unknown[0]}")
+    open_request = {row.open_lock_id: (row.request_id, row.requested_by) for row in
+                    conn.execute(select(revert_requests).where(
+                        revert_requests.c.open_lock_id.in_(lock_ids)))}
+    now, new_rows, asked_by = utc_now(), [], {}
+    for _position, lock_id, actor in part:
+        lock = lock_rows[lock_id]
+        if (lock.state == locking.ACTIVE and lock_id not in open_request
+                and lock_id not in asked_by):
+            asked_by[lock_id] = actor
+            new_rows.append({
+                "lock_id": lock_id, "subject": lock.subject, "state": PENDING,
+                "open_lock_id": lock_id, "requested_by": actor.operator,
+                "requested_os_user": actor.os_user, "requested_host": actor.host,
+                "ticket": actor.ticket or "", "reason": actor.reason or "",
+                "requested_at": now})
+    if new_rows:
+        insert_rows(conn, revert_requests, new_rows)
+        new_ids = dict(conn.execute(
+            select(revert_requests.c.open_lock_id, revert_requests.c.request_id)
+            .where(revert_requests.c.open_lock_id.in_(list(asked_by)))).all())
+        append_events(conn, [
+            EventSpec("revert-requested", actor, lock_rows[lock_id].subject, lock_id,
+                      {"request_id": int(new_ids[lock_id])})
+            for lock_id, actor in asked_by.items()])
+    outcomes, reported = [], set()
+    for _position, lock_id, actor in part:
+        lock = lock_rows[lock_id]
+        if lock.state != locking.ACTIVE:
+            outcomes.append(RequestOutcome(None, lock_id, lock.subject, "not-locked", None))
+        elif lock_id in asked_by and lock_id not in reported:
+            reported.add(lock_id)
+            outcomes.append(RequestOutcome(int(new_ids[lock_id]), lock_id, lock.subject,
+                                           "pending-approval", actor.operator))
+        else:  # open before, or named twice: the first one is the request
+            request_id, requested_by = open_request.get(lock_id) or (
+                int(new_ids[lock_id]), asked_by[lock_id].operator)
+            outcomes.append(RequestOutcome(int(request_id), lock_id, lock.subject,
+                                           "already-requested", requested_by))
     return outcomes
 
 

@@ -7,11 +7,13 @@ import json
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
-from privacy_lock import locking
+from privacy_lock import approvals, locking
 from privacy_lock.errors import LockStateError
+from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events, revert_requests
-from sns import build_sns
+from sns import build_sns, tool_session
 
 
 def set_policy(sns, **policy: bool) -> None:
@@ -231,7 +233,7 @@ def test_one_open_request_per_lock_even_if_the_check_is_raced(sns):
 
 
 def test_many_filed_requests_get_one_approve_hint_not_one_line_each(monkeypatch, capsys):
-    from privacy_lock import approvals, cli
+    from privacy_lock import cli
 
     filed = [approvals.RequestOutcome(n, n, str(n), "pending-approval", "alice")
              for n in [*range(1, 24), 30, 31, 40]]
@@ -343,3 +345,48 @@ def test_a_failed_revert_among_several_stays_approved_and_the_others_finish(sns,
         "reverted", True, "bob")
     assert sns.everything() == before
     assert [d["request_id"] for d in events_of(sns, "revert-approved")] == [1, 2, 3]
+
+
+def test_requests_are_filed_in_one_go_and_each_lock_once(sns, tmp_path):
+    u1, u2, u3 = sns.users
+    sns.run("apply", str(u1), str(u2), *as_("alice"))
+    sns.run("revert", "--user", str(u2), *as_("dave"))  # already open before the file
+    path = tmp_path / "back.csv"
+    path.write_text(f"user_id\n{u1}\n{u2}\n{u3}\n", encoding="utf-8")
+    out = sns.run("revert", "--from-file", str(path), *as_("alice"), "--format", "json")
+    assert [(o["request"], o["status"], o["requested_by"]) for o in json.loads(out.stdout)] == [
+        (2, "pending-approval", "alice"), (1, "already-requested", "dave"),
+        (None, "not-locked", None)]
+    assert [(r["request_id"], r["subject"], r["requested_by"]) for r in request_rows(sns)] == [
+        (1, str(u2), "dave"), (2, str(u1), "alice")]
+    assert [d["request_id"] for d in events_of(sns, "revert-requested")] == [1, 2]
+    assert "  privacy-lock approve 2 1 --operator NAME" in out.stderr.splitlines()
+
+    # one lock named twice in one filing (by its user and by its id) gets one request
+    sns.run("apply", str(u3), *as_("alice"))
+    [lock3] = [lk["lock_id"] for lk in sns.lock_rows() if lk["subject"] == str(u3)]
+    engine, cmap = tool_session(sns)
+    twice = [Request(0, str(u3), None, "T-3", "back", "erin", ()),
+             Request(0, None, lock3, "T-3", "back", "frank", ())]
+    with engine.connect() as conn:
+        filed = approvals.request_reverts(conn, cmap, twice)
+    engine.dispose()
+    assert [(o.request_id, o.status, o.requested_by) for o in filed] == [
+        (3, "pending-approval", "erin"), (3, "already-requested", "erin")]
+    assert len(request_rows(sns)) == 3
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_filing_raced_by_another_operator_is_filed_one_by_one(sns, monkeypatch):
+    sns.run("apply", *map(str, sns.users), *as_("alice"))
+
+    def raced(conn, part):
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed (simulated)"))
+
+    monkeypatch.setattr(approvals, "_file_requests", raced)
+    out = sns.run("revert", *[a for u in sns.users for a in ("--user", str(u))],
+                  *as_("alice"), "--format", "json")
+    assert [(o["request"], o["status"]) for o in json.loads(out.stdout)] == [
+        (1, "pending-approval"), (2, "pending-approval"), (3, "pending-approval")]
+    assert len(events_of(sns, "revert-requested")) == 3

@@ -279,12 +279,12 @@ def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
             lines.append(_mark(api.max_chunk_items <= sizes.chunk_size,
                                f"{row.workload} {row.operation}: largest transaction "
                                f"{api.max_chunk_items} items (≤ chunk size {sizes.chunk_size})"))
-        if api and dialect == "postgresql" and api.longest_writing_txn_ms is not None:
+        if api and dialect == "postgresql" and api.longest_txn_ms is not None:
             lines.append(_mark(
-                api.longest_writing_txn_ms < TARGET_TXN_MS,
-                f"{row.workload} {row.operation}: longest writing transaction "
-                f"{api.longest_writing_txn_ms:.0f} ms (target < {TARGET_TXN_MS:.0f} ms; "
-                f"longest read-only one, validating the users: {api.longest_txn_ms:.0f} ms)"))
+                api.longest_txn_ms < TARGET_TXN_MS,
+                f"{row.workload} {row.operation}: longest transaction {api.longest_txn_ms:.0f} "
+                f"ms, of the writing ones {api.longest_writing_txn_ms:.0f} ms (target < "
+                f"{TARGET_TXN_MS:.0f} ms)"))
     return lines
 
 

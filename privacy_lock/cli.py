@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -392,14 +392,14 @@ def run_requests(
     with app.connect() as conn:
         cmap = app.content_map(conn)
         if from_file:
-            with reading(conn):
-                requests = load_requests(
-                    from_file, mode, default_ticket=ticket, default_reason=reason,
-                    default_operator=operator, known_kinds=list(cmap.kinds),
-                    normalize_user=cmap.normalize_user,
-                    unknown_users=lambda subjects: cmap.unknown_users(conn, subjects),
-                    missing_locks=lambda lock_ids: batch.missing_locks(conn, lock_ids),
-                )
+            # Each batch of existence checks is a short read of its own (no long snapshot).
+            requests = load_requests(
+                from_file, mode, default_ticket=ticket, default_reason=reason,
+                default_operator=operator, known_kinds=list(cmap.kinds),
+                normalize_user=cmap.normalize_user,
+                unknown_users=partial(read_once, conn, cmap.unknown_users),
+                missing_locks=partial(read_once, conn, batch.missing_locks),
+            )
         else:
             requests = argument_requests(conn, cmap, mode, users, lock_ids, kinds,
                                          operator, ticket, reason, dry_run)
@@ -448,6 +448,13 @@ def run_requests(
         note(stats.summary_line("done"))
     if failed:
         sys.exit(1)
+
+
+def read_once(conn: Connection, ask: Callable[[Connection, list[Any]], Any],
+              keys: list[Any]) -> Any:
+    """``ask(conn, keys)`` in a read-only transaction of its own."""
+    with reading(conn):
+        return ask(conn, keys)
 
 
 def argument_requests(

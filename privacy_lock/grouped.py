@@ -162,7 +162,11 @@ def apply_group(
             continue
         owner_lock = {cmap.owner_value(kind, p.subject): lock_of[p.subject] for p in members}
         subject_of = {cmap.owner_value(kind, p.subject): p.subject for p in members}
-        per_owner = _HIDE[conn.dialect.name](conn, kind, owner_lock, now, limit - taken)
+        if conn.dialect.name == "postgresql":
+            per_owner = _hide_postgresql(conn, kind, owner_lock, now, limit - taken,
+                                         all_new=len(opened) == len(group))
+        else:
+            per_owner = _HIDE[conn.dialect.name](conn, kind, owner_lock, now, limit - taken)
         taken += sum(per_owner.values())
         if taken > limit:
             raise StaleGroup(f"{taken} visible items, more than the chunk of {limit}")
@@ -265,7 +269,8 @@ def _hide_sqlite(
 
 
 def _hide_postgresql(
-    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int
+    conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str, room: int,
+    all_new: bool = False,
 ) -> Counter[Any]:
     """PostgreSQL: one statement per pass, with no row locked before it is hidden.
 
@@ -278,6 +283,10 @@ def _hide_postgresql(
     visible: the statement runs again (a new snapshot of the database sees its new value)
     until it hides every row it saw. Locking the rows first (``FOR UPDATE``) did the same
     but wrote every row twice: 47-51 ms per 850 items against 25-30 for the floor.
+
+    With ``all_new`` (every lock of the group was opened in this transaction, so none can hold
+    a snapshot yet) the snapshots are inserted plainly: ``ON CONFLICT DO NOTHING`` costs a
+    quarter more per row.
     """
     owners, lock_ids = list(owner_lock), list(owner_lock.values())
     seen = (
@@ -304,23 +313,21 @@ def _hide_postgresql(
     )
     id_text = hidden.c.id if isinstance(kind.id_col.type, String) else cast(hidden.c.id,
                                                                              String(191))
-    snapshotted = (
-        pg_insert(snapshots)
-        .from_select(
-            ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"],
-            select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
-                   hidden.c.vis, literal(PENDING, snapshots.c.state.type),
-                   literal(now, snapshots.c.snapshotted_at.type))
-            .select_from(hidden.join(lock_of, lock_of.c.owner == hidden.c.owner)),
-        )
-        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"])
-        .cte("snapshotted")
+    snapshotted = pg_insert(snapshots).from_select(
+        ["lock_id", "kind", "item_id", original_col(kind).name, "state", "snapshotted_at"],
+        select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
+               hidden.c.vis, literal(PENDING, snapshots.c.state.type),
+               literal(now, snapshots.c.snapshotted_at.type))
+        .select_from(hidden.join(lock_of, lock_of.c.owner == hidden.c.owner)),
     )
+    if not all_new:
+        snapshotted = snapshotted.on_conflict_do_nothing(
+            index_elements=["lock_id", "kind", "item_id"])
     counts = (
         select(seen.c.owner, func.count(hidden.c.id), func.count())
         .select_from(seen.outerjoin(hidden, hidden.c.id == seen.c.id))
         .group_by(seen.c.owner)
-        .add_cte(snapshotted)
+        .add_cte(snapshotted.cte("snapshotted"))
     )
     per_owner: Counter[Any] = Counter()
     for _pass in range(_HIDE_PASSES):
@@ -333,8 +340,7 @@ def _hide_postgresql(
     raise StaleGroup(f"the site changed the users' rows during {_HIDE_PASSES} tries to hide them")
 
 
-_HIDE = {"sqlite": _hide_sqlite, "postgresql": _hide_postgresql, "mysql": _hide_by_key,
-         "mariadb": _hide_by_key}
+_HIDE = {"sqlite": _hide_sqlite, "mysql": _hide_by_key, "mariadb": _hide_by_key}
 
 
 def _insert_snapshots(

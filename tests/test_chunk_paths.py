@@ -3,11 +3,15 @@ dialect names them by key list (PostgreSQL, MariaDB) or by key range (SQLite, on
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from sqlalchemy import select
 
 from privacy_lock import locking
 from privacy_lock.audit import Actor
 from privacy_lock.pacing import Interrupted, Pacer
+from privacy_lock.schema import audit_events
 from sns import build_sns, tool_session
 
 SHAPES = [("int", "text"), ("uuid", "code")]
@@ -100,3 +104,33 @@ def test_resumed_revert_never_touches_items_an_earlier_run_resolved(sns):
         for item_id, row in rows.items():
             if (k, item_id) not in {(kind, again_private), (kind, deleted), (kind, moved)}:
                 assert after[k][item_id] == row, (k, item_id)
+
+
+def test_a_fresh_lock_that_holds_a_snapshot_after_all_keeps_its_original(sns):
+    # A run that opened the lock inserts snapshots without ON CONFLICT on PostgreSQL; if the
+    # lock does hold one of the items (another apply of the user ran meanwhile), the chunk
+    # must go on, and the stored original must stay the first one.
+    user = sns.users[0]
+    engine, cmap = tool_session(sns)
+    kind = cmap.kinds["diary"]
+    with engine.connect() as conn:
+        result = locking.apply_lock(conn, cmap, str(user), [kind], ACTOR, Pacer(size=4))
+        with sns.engine.connect() as read:
+            hides = [json.loads(d) for d in read.execute(
+                select(audit_events.c.details).where(audit_events.c.action == "hide")).scalars()]
+        assert len(hides) > 1 and all(h["snapshotted"] == h["hidden"] for h in hides)
+        assert sum(h["snapshotted"] for h in hides) == len(sns.snapshot_rows())
+        # an item whose original differs from what the person sets now
+        snap = next(s for s in sns.snapshot_rows() if sns.original_of(s) != sns.friends)
+        original = sns.original_of(snap)
+        item_id = next(k[1] for k in sns.items_of(user, "diary") if str(k[1]) == snap["item_id"])
+        sns.set_vis("diary", item_id, sns.friends)  # the person shows it again
+        with conn.begin():
+            hidden, snapshotted, _last, _seen = locking.snapshot_and_hide_chunk(
+                conn, kind, result.lock_id, cmap.owner_value(kind, str(user)), None, 1000,
+                fresh=True)
+    engine.dispose()
+    assert (hidden, snapshotted) == (1, 0)
+    assert sns.vis("diary", item_id) == sns.private
+    assert sns.original_of({s["item_id"]: s for s in sns.snapshot_rows()}[str(item_id)]) == (
+        original)

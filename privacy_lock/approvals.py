@@ -108,16 +108,17 @@ def request_reverts(
     """File a revert request for each request's lock (by lock id, or the user's active lock),
     :data:`APPROVE_IN_ONE` requests per transaction, in order; a part that races another
     operator filing for the same lock is filed again one request at a time."""
-    subjects = [cmap.normalize_user(r.user_id or "") for r in requests if r.lock_id is None]
+    subject_at = {position: cmap.normalize_user(r.user_id or "")
+                  for position, r in enumerate(requests) if r.lock_id is None}
     with reading(conn):
-        active = {s: lock_id for part in _parts(subjects)
+        active = {s: lock_id for part in _parts(list(subject_at.values()))
                   for s, lock_id in locking.active_lock_ids(conn, part).items()}
     outcomes: list[RequestOutcome | None] = [None] * len(requests)
     todo: list[tuple[int, int, Actor]] = []  # (position, lock id, who asks)
     for position, request in enumerate(requests):
         lock_id = request.lock_id
         if lock_id is None:
-            subject = cmap.normalize_user(request.user_id or "")
+            subject = subject_at[position]
             lock_id = active.get(subject)
             if lock_id is None:
                 outcomes[position] = RequestOutcome(None, None, subject, "not-locked", None)

@@ -802,12 +802,8 @@ def approve(
             run.progress.close()
     stats = run.finish(started)
     ran = done.approved
-    rows = []
-    for item in ran:
-        for row in batch.outcome_rows([item.outcome], "revert"):
-            row.pop("user", None)
-            rows.append({"request": item.request["request_id"], "user": item.outcome.user,
-                         **row})
+    rows = [{"request": item.request["request_id"], **row} for item in ran
+            for row in batch.outcome_rows([item.outcome], "revert")]
     if ran:
         click.echo(render(rows, fmt, payload=[
             {"request": a.request["request_id"], "requested_by": a.request["requested_by"],

@@ -581,7 +581,7 @@ def _restore_unlocked(
 
 def _restore_by_key(
     conn: Connection, kind: BoundKind, group: Sequence[PlannedRevert], _pending: int, now: str
-) -> int:
+) -> tuple[int, int]:
     """:func:`_restore_set_based` with key lists, for MariaDB and MySQL: fetch the pending
     snapshots of one kind, lock their items by key, decide in Python, mark the gone and the
     conflicting ones and restore the rest; return (how many were restored, the same: their

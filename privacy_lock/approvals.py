@@ -204,7 +204,7 @@ class ApprovalRun:
     """What one ``approve`` did: the requests run (in the order given) and those refused."""
 
     approved: list[ApprovalOutcome]
-    refused: list[str]  # one line per self-approval refused (audited)
+    refused: list[str]  # as in Approved.refused
     interrupted: bool
 
 
@@ -217,7 +217,9 @@ class Approved:
 
     approver: Actor
     runnable: list[tuple[Any, bool, bool]]  # (request row, resumed, same OS account)
-    refused: list[str]  # one line per request refused (audited) or finished meanwhile
+    # one line per request finished meanwhile, and per requester whose requests the approver
+    # filed (refused, audited)
+    refused: list[str]
 
     @property
     def requests(self) -> list[Request]:
@@ -240,6 +242,7 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
             select(revert_requests).where(revert_requests.c.request_id.in_(part)))}
     _check_approvable(ids, found)
     approved = Approved(approver, [], [])
+    filed_by_approver: dict[str, list[int]] = {}  # requester as filed -> request ids refused
     for part in _parts(ids, APPROVE_IN_ONE):
         with conn.begin():
             rows = {row.request_id: row for row in conn.execute(
@@ -261,9 +264,7 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                                                 "request_id": request_id,
                                                 "requested_by": req.requested_by,
                                                 "why": "the approver is the requester"}))
-                    approved.refused.append(
-                        f"request {request_id} was filed by {req.requested_by}: a revert "
-                        "needs a second operator's approval (refused; nothing was changed)")
+                    filed_by_approver.setdefault(req.requested_by, []).append(request_id)
                     continue
                 if req.state == PENDING:
                     approving.append(request_id)
@@ -284,6 +285,11 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                             approved_at=utc_now())
                 )
             append_events(conn, events)
+    for requester, refused in filed_by_approver.items():
+        which = (f"request {refused[0]} was" if len(refused) == 1 else
+                 f"requests {_some(refused)} were")
+        approved.refused.append(f"{which} filed by {requester}: a revert needs a second "
+                                "operator's approval (refused; nothing was changed)")
     return approved
 
 

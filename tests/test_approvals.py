@@ -299,6 +299,14 @@ def test_a_self_approval_among_several_is_refused_and_the_others_run(sns):
             assert (owner, vis) == source[kind][item_id]
     assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3]
 
+    sns.run("apply", str(u1), str(u2), *as_("alice"))
+    sns.run("revert", "--user", str(u1), "--user", str(u2), *as_("bob"))  # 4 and 5
+    out = sns.run("approve", "3", "4", "5", "--operator", "Bob", expect=2)
+    assert out.stderr.splitlines()[-1] == (
+        "privacy-lock: error: requests 3, 4, 5 were filed by bob: a revert needs a second "
+        "operator's approval (refused; nothing was changed)")
+    assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3, 3, 4, 5]
+
 
 def test_an_unknown_or_finished_request_stops_the_approval_before_anything(sns):
     sns.run("apply", *map(str, sns.users), *as_("alice"))

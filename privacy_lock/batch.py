@@ -93,13 +93,14 @@ def run_batch(
 ) -> BatchResult:
     """Run every request in order; one failing does not stop the others, Ctrl-C does.
 
-    With ``share_chunks``, consecutive apply requests of users with few items share chunks
-    (see grouped.py); without it, every transaction stays inside one user's rows.
+    With ``share_chunks``, consecutive requests of users with few items share chunks (see
+    grouped.py), and a dry run counts them together; without it, every transaction stays inside
+    one user's rows.
     """
     run = _BatchRun(conn, cmap, mode, pacer, dry_run, on_done)
     with pacer.stop_on_sigint():
         try:
-            if share_chunks and len(requests) > 1 and not (mode == "revert" and dry_run):
+            if share_chunks and len(requests) > 1:
                 run.grouped(requests)
             else:
                 for request in requests:
@@ -211,9 +212,15 @@ class _BatchRun:
         if not group:
             return
         if self.dry_run:
-            for request, plan in group:
-                result = plan.dry_run_result()
-                self.finish(Outcome(request, plan.subject, result.lock_id, result.status,
+            plans = [plan for _request, plan in group]
+            if self.mode == "apply":
+                results = [plan.dry_run_result() for plan in plans]
+            else:
+                with reading(self.conn):
+                    locking.plan_for_actual_keys(self.conn)
+                    results = grouped.count_revert_group(self.conn, self.cmap, plans)
+            for (request, _plan), result in zip(group, results, strict=True):
+                self.finish(Outcome(request, result.user, result.lock_id, result.status,
                                     result.kinds, dry_run=True))
             return
         if len(group) == 1:

@@ -357,11 +357,12 @@ class TrackedRun:
 
     def done(self, outcome: batch.Outcome) -> None:
         """One request finished (its users' items were counted chunk by chunk)."""
-        self.progress.user_done(outcome.user or "", outcome.status)
-        if self.dry_run:
+        if self.dry_run:  # no chunk is written to count them: count what would change
             for name, counts in outcome.kinds.items():
-                self.stats.items[name] = self.stats.items.get(name, 0) + (
-                    counts.changed if self.mode == "apply" else counts.restored)
+                items = counts.changed if self.mode == "apply" else counts.restored
+                self.progress.item_done(outcome.user or "", name, items)
+                self.stats.add_items(name, items)
+        self.progress.user_done(outcome.user or "", outcome.status)
         self.stats.add_user(failed=outcome.failed,
                             conflicts=sum(c.conflicts for c in outcome.kinds.values()),
                             gone=sum(c.gone for c in outcome.kinds.values()))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -389,6 +389,7 @@ class PlannedRevert:
     subject: str
     actor: Actor
     pending: int  # snapshots still to resolve, every kind
+    kinds: set[str] = field(default_factory=set)  # every kind it holds snapshots of
 
     @property
     def weight(self) -> int:
@@ -421,7 +422,56 @@ def plan_revert(
         if kind_name not in cmap.kinds:
             unmapped.add(int(lock_id))
         plans[int(lock_id)].pending += int(pending or 0)
+        plans[int(lock_id)].kinds.add(kind_name)
     return {lock_id: p for lock_id, p in plans.items() if lock_id not in unmapped}
+
+
+def count_revert_group(
+    conn: Connection, cmap: ContentMap, group: Sequence[PlannedRevert]
+) -> list[UserResult]:
+    """What reverting the locks of ``group`` would do now, counted as the per-user dry run
+    counts one lock (:func:`privacy_lock.locking.count_for_revert`): of each kind's pending
+    snapshots, the items still owner-only (restored), changed since (conflicts) and deleted or
+    no longer the lock's user's (gone). One read per kind for the whole group; 10,000 locks
+    one by one took longer than reverting them."""
+    lock_ids = [p.lock_id for p in group]
+    found: dict[tuple[int, str], dict[str, int]] = {}
+    for kind in cmap.kinds.values():
+        if not any(kind.name in p.kinds for p in group):
+            continue
+        # Each snapshot's item must still belong to its own lock's user, bound as the per-user
+        # count binds it (the lock's subject in the owner column's type).
+        owner_of_lock = case(
+            {p.lock_id: literal(bind_value(kind.owner_col, p.subject), kind.owner_col.type)
+             for p in group},
+            value=snapshots.c.lock_id,
+        )
+        its_item = and_(kind.id_col == snapshot_item_as_id(kind),
+                        kind.owner_col == owner_of_lock)
+        outcome = case((kind.id_col.is_(None), GONE), (kind.vis_col == kind.private, RESTORED),
+                       else_=CONFLICT)
+        rows = conn.execute(
+            select(snapshots.c.lock_id, outcome, func.count())
+            .select_from(snapshots.outerjoin(kind.table, its_item))
+            .where(in_keys(conn, snapshots.c.lock_id, lock_ids, bounded=True),
+                   snapshots.c.kind == kind.name, snapshots.c.state == PENDING)
+            .group_by(snapshots.c.lock_id, outcome)
+        ).all()
+        for lock_id, state, n in rows:
+            found.setdefault((int(lock_id), kind.name), {})[state] = int(n)
+
+    def counted(lock_id: int, kind_name: str) -> KindCounts:
+        by_state = found.get((lock_id, kind_name), {})
+        return KindCounts(restored=by_state.get(RESTORED, 0),
+                          conflicts=by_state.get(CONFLICT, 0), gone=by_state.get(GONE, 0))
+
+    return [
+        UserResult(plan.subject, plan.lock_id, "would-revert", True, {
+            kind.name: counted(plan.lock_id, kind.name)
+            for kind in cmap.kinds.values() if kind.name in plan.kinds
+        })
+        for plan in group
+    ]
 
 
 def revert_group(

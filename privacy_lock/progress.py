@@ -58,7 +58,7 @@ class Progress:
     # --- what the run reports ---------------------------------------------------------------
 
     def item_done(self, user: str, kind: str, items: int) -> None:
-        """A chunk of ``items`` of ``user``'s ``kind`` was committed."""
+        """A chunk of ``items`` of ``user``'s ``kind`` was committed (a dry run: would be)."""
         with self._lock:
             self.items_done += items
             self._current = (user, kind)
@@ -251,8 +251,10 @@ class RunStats:
         parts = [users, items, _count(self.conflicts, "conflict")]
         if self.gone:
             parts.append(f"{self.gone:,} gone")
-        parts += [_count(self.chunks, "chunk"), _count(self.retries, "retry", "retries")]
+        dry_run = self.action.startswith("would")
+        if not dry_run:  # a dry run writes no chunk and waits for no row
+            parts += [_count(self.chunks, "chunk"), _count(self.retries, "retry", "retries")]
         line = f"{outcome}: {', '.join(parts)} in {format_duration(self.elapsed)}"
-        if self.elapsed > 0 and not self.action.startswith("would"):
+        if self.elapsed > 0 and not dry_run:
             line += f" ({self.total_items / self.elapsed:,.0f} items/s)"
         return line

@@ -346,6 +346,38 @@ def test_a_grouped_dry_run_says_what_one_by_one_would(db_url, tmp_path):
     assert sns.everything() == before and sns.audit_count() == audit_before
 
 
+def test_a_grouped_revert_dry_run_says_what_one_by_one_would(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    sns.apply(u1, u2, u3)
+    snapped = {(s["kind"], s["item_id"]) for s in sns.snapshot_rows()}
+
+    def a_snapshotted(user, kind):
+        return next(i for k, i in sns.items_of(user, kind) if (k, str(i)) in snapped)
+
+    sns.set_vis("diary", a_snapshotted(u1, "diary"), sns.friends)  # a conflict
+    sns.delete("photo", a_snapshotted(u2, "photo"))  # gone
+    before, audit_before = sns.everything(), sns.audit_count()
+    engine, cmap = tool_session(sns)
+    try:
+        with engine.connect() as conn:
+            grouped_run, one_by_one = (
+                batch.run_batch(conn, cmap, "revert", requests_for(u1, u2, u3), Pacer(),
+                                dry_run=True, share_chunks=share)
+                for share in (True, False))
+            planned = [o.as_dict() for o in grouped_run.outcomes]
+            assert planned == [o.as_dict() for o in one_by_one.outcomes]
+    finally:
+        engine.dispose()
+    counts = {p["user"]: {k: (c["restored"], c["conflicts"], c["gone"])
+                          for k, c in p["kinds"].items()} for p in planned}
+    assert counts == {str(u1): {"diary": (8, 1, 0), "photo": (9, 0, 0)},
+                      str(u2): {"diary": (9, 0, 0), "photo": (8, 0, 1)},
+                      str(u3): {"diary": (9, 0, 0), "photo": (9, 0, 0)}}
+    assert {p["status"] for p in planned} == {"would-revert"}
+    assert sns.everything() == before and sns.audit_count() == audit_before
+
+
 def test_a_shared_revert_restores_each_item_or_reports_it_conflicting_or_gone(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path)
     u1, u2, u3 = sns.users

@@ -219,6 +219,17 @@ def test_summary_line_of_a_revert_with_failures_conflicts_and_gone():
     )
 
 
+def test_summary_line_of_a_dry_run_names_no_chunks_and_no_speed():
+    stats = RunStats(action="would be restored")
+    stats.add_items("diary", 8)
+    stats.add_user(conflicts=1)
+    stats.elapsed = 1.2
+    assert stats.summary_line("dry run, nothing was changed") == (
+        "dry run, nothing was changed: 1 user, 8 items would be restored (diary 8), "
+        "1 conflict in 1.2 s"
+    )
+
+
 def test_summary_line_of_nothing_at_all():
     assert RunStats().summary_line() == (
         "done: 0 users, 0 items hidden, 0 conflicts, 0 chunks, 0 retries in 0.0 s"

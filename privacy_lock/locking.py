@@ -443,17 +443,15 @@ def apply_lock(
     if opened is False and not any(c.changed for c in result.kinds.values()):
         result.status = "already-locked"
 
+    # Per kind only: counted from the (lock_id, kind, item_id) index alone, where per state
+    # reads every snapshot row (80 ms of a 100,000-item apply on SQLite); before the closing
+    # transaction, in short reads, so that a heavy lock's count does not lengthen it.
+    totals = counted_in_pieces(conn, lock_id, result.kinds)
+    for name, counts in result.kinds.items():
+        counts.snapshotted = totals.get(name, {}).get("total", 0)
+
     def finish() -> None:
         _lock_row(conn, lock_id)
-        # Per kind only: counted from the (lock_id, kind, item_id) index alone, where per state
-        # reads every snapshot row (80 ms of a 100,000-item apply on SQLite).
-        totals = dict(conn.execute(
-            select(snapshots.c.kind, func.count())
-            .where(snapshots.c.lock_id == lock_id)
-            .group_by(snapshots.c.kind)
-        ).all())
-        for name, counts in result.kinds.items():
-            counts.snapshotted = int(totals.get(name, 0))
         conn.execute(
             update(locks).where(locks.c.lock_id == lock_id).values(updated_at=utc_now())
         )
@@ -496,11 +494,75 @@ def snapshot_totals(
     return totals
 
 
+TOTALS_PIECE = 50_000  # snapshot rows a heavy lock's totals count per short read
+
+
+def counted_in_pieces(
+    conn: Connection, lock_id: int, kinds: Iterable[str], by_state: bool = False
+) -> dict[str, dict[str, int]]:
+    """A lock's snapshot rows per kind (per state too with ``by_state``) plus a per-kind
+    "total", as :func:`snapshot_totals`, but read in pieces of at most ``TOTALS_PIECE`` rows
+    along the (lock, kind, item) index, each piece in a short read transaction of its own. In
+    one statement, the totals of a 1,000,000-item lock took 0.9 s on PostgreSQL (bench/), all
+    of it inside the transaction that closes the lock; a small lock is still one read.
+
+    Snapshots are only ever added (pending) or resolved once, never removed: totals that
+    found no pending snapshot stay true while nothing pending is added, which the caller
+    checks in the transaction that uses them (:func:`pending_exists`).
+    """
+    totals: dict[str, dict[str, int]] = {}
+    todo = [(name, None) for name in sorted(kinds)]
+    while todo:
+        budget = TOTALS_PIECE
+        with reading(conn):
+            while todo and budget > 0:
+                name, after = todo.pop(0)
+                piece = select(snapshots.c.item_id, snapshots.c.state).where(
+                    snapshots.c.lock_id == lock_id, snapshots.c.kind == name)
+                if after is not None:
+                    piece = piece.where(snapshots.c.item_id > after)
+                piece = piece.order_by(snapshots.c.item_id).limit(budget).subquery()
+                group = [piece.c.state] if by_state else []
+                rows = conn.execute(
+                    select(*group, func.count(), func.max(piece.c.item_id)).group_by(*group)
+                ).all()
+                seen = sum(int(row[-2]) for row in rows)
+                if not seen:
+                    continue
+                per_kind = totals.setdefault(name, {"total": 0})
+                per_kind["total"] += seen
+                for row in rows:
+                    if by_state:
+                        per_kind[row[0]] = per_kind.get(row[0], 0) + int(row[1])
+                budget -= seen
+                if budget <= 0:  # the piece was full: the kind may go on past its last item
+                    todo.insert(0, (name, max(row[-1] for row in rows)))
+    return totals
+
+
+def pending_exists(conn: Connection, lock_id: int) -> bool:
+    """Whether the lock holds any pending snapshot (one probe of the pending index)."""
+    return conn.execute(
+        select(snapshots.c.snapshot_id)
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.state == PENDING)
+        .limit(1)
+    ).first() is not None
+
+
 def _lock_kinds(conn: Connection, cmap: ContentMap, lock_id: int) -> list[BoundKind]:
-    """The kinds a lock holds snapshots of; every one must still be in the content map."""
-    names = conn.execute(
-        select(snapshots.c.kind).where(snapshots.c.lock_id == lock_id).distinct()
-    ).scalars().all()
+    """The kinds a lock holds snapshots of; every one must still be in the content map.
+
+    One probe of the (lock, kind, item) index per kind found (``DISTINCT`` read every snapshot
+    of the lock: 0.24 s for 1,000,000 on PostgreSQL)."""
+    names: list[str] = []
+    while True:
+        after = select(snapshots.c.kind).where(snapshots.c.lock_id == lock_id)
+        if names:
+            after = after.where(snapshots.c.kind > names[-1])
+        name = conn.execute(after.order_by(snapshots.c.kind).limit(1)).scalar()
+        if name is None:
+            break
+        names.append(name)
     missing = sorted(n for n in names if n not in cmap.kinds)
     if missing:
         raise ConfigError(
@@ -771,11 +833,10 @@ def revert_lock(
             )
         return counts, last
 
-    def close_lock() -> str:
+    def close_lock(totals: dict[str, dict[str, int]]) -> str:
         if _lock_row(conn, lock_id).state != ACTIVE:
             return "closed"
-        totals = _snapshot_totals(conn, lock_id)
-        if any(t.get(PENDING) for t in totals.values()):
+        if any(t.get(PENDING) for t in totals.values()) or pending_exists(conn, lock_id):
             return "pending"  # an apply extended the lock while we were reverting: walk again
         now = utc_now()
         conn.execute(
@@ -812,7 +873,9 @@ def revert_lock(
                 after, more = last, counts.restored + counts.conflicts + counts.gone >= size
                 result.chunks += 1
                 pacer.after_chunk(subject, kind.name, counts.restored)
-        outcome = pacer.chunk(conn, close_lock)
+        # Counted before the closing transaction, in short reads (see counted_in_pieces).
+        totals = counted_in_pieces(conn, lock_id, [kind.name for kind in kinds], by_state=True)
+        outcome = pacer.chunk(conn, partial(close_lock, totals))
         if outcome == "closed":
             result.status = "not-locked"
             return result

@@ -134,3 +134,37 @@ def test_a_fresh_lock_that_holds_a_snapshot_after_all_keeps_its_original(sns):
     assert sns.vis("diary", item_id) == sns.private
     assert sns.original_of({s["item_id"]: s for s in sns.snapshot_rows()}[str(item_id)]) == (
         original)
+
+
+@pytest.mark.parametrize("piece", [1, 4])
+def test_a_locks_totals_read_in_pieces_are_the_totals_of_one_count(sns, monkeypatch, piece):
+    # A heavy lock's totals are read in short pieces before the closing transaction; cut into
+    # pieces of 1 or 4 rows, within a kind and across kinds, they must add up exactly.
+    monkeypatch.setattr(locking, "TOTALS_PIECE", piece)
+    user = sns.users[0]
+    engine, cmap = tool_session(sns)
+    with engine.connect() as conn:
+        applied = locking.apply_lock(conn, cmap, str(user), list(cmap.kinds.values()), ACTOR,
+                                     Pacer(size=5))
+        lock_id = applied.lock_id
+        with conn.begin():
+            one_count = locking.snapshot_totals(conn, [lock_id])[lock_id]
+        assert {n: c.snapshotted for n, c in applied.kinds.items()} == {
+            n: t["total"] for n, t in one_count.items()} == {"diary": 9, "photo": 9}
+        snap = next(s for s in sns.snapshot_rows() if s["kind"] == "photo")
+        item_id = next(k[1] for k in sns.items_of(user, "photo") if str(k[1]) == snap["item_id"])
+        sns.delete("photo", item_id)
+        reverted = locking.revert_lock(conn, cmap, lock_id, ACTOR, Pacer(size=5))
+        with conn.begin():
+            one_count = locking.snapshot_totals(conn, [lock_id])[lock_id]
+    engine.dispose()
+    assert reverted.status == "reverted"
+    assert {n: (c.snapshotted, c.restored, c.gone) for n, c in reverted.kinds.items()} == {
+        n: (t["total"], t.get("restored", 0), t.get("gone", 0)) for n, t in one_count.items()
+    } == {"diary": (9, 9, 0), "photo": (9, 8, 1)}
+    with sns.engine.connect() as read:
+        details = {a: json.loads(d) for a, d in read.execute(
+            select(audit_events.c.action, audit_events.c.details)
+            .where(audit_events.c.action.in_(["apply", "revert"]))).all()}
+    assert details["apply"]["kinds"]["photo"]["snapshotted"] == 9
+    assert details["revert"]["kinds"]["photo"] == {"snapshotted": 9, "restored": 8, "gone": 1}

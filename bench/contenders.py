@@ -366,7 +366,9 @@ def tool_api(ds: Dataset, wl: Workload, operation: str) -> Measurement:
         report["seconds"], report["items"], report["peak_rss_mb"] or sampled_rss,
         report["longest_txn_ms"], report["longest_writing_txn_ms"], report["transactions"],
         report["writing_transactions"], report["max_chunk_items"],
-        extra={"validate_seconds": report["validate_seconds"]},
+        extra={"validate_seconds": report["validate_seconds"],
+               "longest_txn_commit_ms": report["longest_txn_commit_ms"],
+               "longest_writing_txn_commit_ms": report["longest_writing_txn_commit_ms"]},
     )
 
 

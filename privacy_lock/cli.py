@@ -36,7 +36,7 @@ from privacy_lock.db import (
 from privacy_lock.errors import PrivacyLockError, UsageError
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress, RunStats
-from privacy_lock.render import FORMATS, REPORT_FORMATS, render
+from privacy_lock.render import FORMATS, REPORT_FORMATS, echo_outcomes, render
 from privacy_lock.requests import Request, load_requests
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
 
@@ -422,8 +422,8 @@ def run_requests(
                                o.request.reason or None), o.user, o.lock_id)
                 for o in result.outcomes if o.user and not o.failed])
     stats = run.finish(started)
-    rows = batch.outcome_rows(result.outcomes, mode)
-    click.echo(render(rows, fmt, payload=[o.as_dict() for o in result.outcomes]))
+    echo_outcomes(fmt, lambda: batch.outcome_rows(result.outcomes, mode),
+                  lambda: [o.as_dict() for o in result.outcomes])
     if output:
         retry_file = batch.write_output(output, result.outcomes, mode)
         note(f"results written to {output}")
@@ -803,13 +803,15 @@ def approve(
             run.progress.close()
     stats = run.finish(started)
     ran = done.approved
-    rows = [{"request": item.request["request_id"], **row} for item in ran
-            for row in batch.outcome_rows([item.outcome], "revert")]
     if ran:
-        click.echo(render(rows, fmt, payload=[
-            {"request": a.request["request_id"], "requested_by": a.request["requested_by"],
-             "approved_by": a.request["approved_by"], "resumed": a.resumed,
-             **a.outcome.as_dict()} for a in ran]))
+        echo_outcomes(
+            fmt,
+            lambda: [{"request": item.request["request_id"], **row} for item in ran
+                     for row in batch.outcome_rows([item.outcome], "revert")],
+            lambda: [{"request": a.request["request_id"],
+                      "requested_by": a.request["requested_by"],
+                      "approved_by": a.request["approved_by"], "resumed": a.resumed,
+                      **a.outcome.as_dict()} for a in ran])
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
+from privacy_lock.render import echo_outcomes
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns
 
@@ -260,3 +261,21 @@ def test_a_file_names_unknown_users_and_locks_found_by_a_few_queries(sns, tmp_pa
     result = sns.run("revert", "--from-file", path, *IDENTITY, expect=2)
     assert "line 3: no lock 4242" in result.stderr and "1 problem," in result.stderr
     assert len(sns.lock_rows()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_outcomes_are_built_only_in_the_shape_their_format_prints(fmt, capsys):
+    rows = [{"line": 2, "user": "42", "status": "locked", "kind": "diary", "changed": 3}]
+    payload = [{"line": 2, "user": "42", "status": "locked", "kinds": {"diary": {"changed": 3}},
+                "note": "é"}]
+
+    def never():
+        raise AssertionError("built for a format that does not print it")
+
+    echo_outcomes(fmt, never if fmt == "json" else lambda: rows,
+                  (lambda: payload) if fmt == "json" else never)
+    out = capsys.readouterr().out
+    if fmt == "json":
+        assert out == json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
+    else:
+        assert out.splitlines()[0].split("," if fmt == "csv" else None)[:2] == ["line", "user"]

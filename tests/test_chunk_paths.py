@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from privacy_lock import locking
 from privacy_lock.audit import Actor
 from privacy_lock.pacing import Interrupted, Pacer
-from privacy_lock.schema import audit_events
+from privacy_lock.schema import audit_events, snapshots
 from sns import build_sns, tool_session
 
 SHAPES = [("int", "text"), ("uuid", "code")]
@@ -168,3 +168,42 @@ def test_a_locks_totals_read_in_pieces_are_the_totals_of_one_count(sns, monkeypa
             .where(audit_events.c.action.in_(["apply", "revert"]))).all()}
     assert details["apply"]["kinds"]["photo"]["snapshotted"] == 9
     assert details["revert"]["kinds"]["photo"] == {"snapshotted": 9, "restored": 8, "gone": 1}
+
+
+def test_a_snapshot_added_just_before_the_revert_closes_the_lock_sends_it_back_to_walk(
+        sns, monkeypatch):
+    # The totals are read before the closing transaction. A snapshot added in between (an
+    # apply's chunk of a new item of the person, committed just then) must send the revert
+    # back to walk and restore it, not close the lock over a pending snapshot.
+    user = sns.users[0]
+    before = sns.everything()
+    sns.apply(user)
+    engine, cmap = tool_session(sns)
+    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
+    counted = locking.counted_in_pieces
+    added = []
+
+    def count_then_add(*args, **kwargs):
+        totals = counted(*args, **kwargs)
+        if kwargs.get("by_state") and not added:
+            added.append(sns.add_item("photo", user, sns.public))
+            original = "original_int" if isinstance(sns.public, int) else "original_text"
+            with sns.engine.begin() as conn:  # what an apply chunk commits for that item
+                conn.execute(insert(snapshots).values(
+                    lock_id=lock_id, kind="photo", item_id=str(added[0]),
+                    state="locked", snapshotted_at="2026-01-01T00:00:00Z",
+                    **{original: sns.public}))
+            sns.set_vis("photo", added[0], sns.private)
+        return totals
+
+    monkeypatch.setattr(locking, "counted_in_pieces", count_then_add)
+    with engine.connect() as conn:
+        result = locking.revert_lock(conn, cmap, lock_id, ACTOR, Pacer(size=5))
+    engine.dispose()
+    assert result.status == "reverted" and len(added) == 1
+    assert result.kinds["photo"].snapshotted == result.kinds["photo"].restored == 10
+    assert sns.vis("photo", added[0]) == sns.public
+    assert {s["state"] for s in sns.snapshot_rows()} == {"restored"}
+    after = sns.everything()
+    del after["photo"][added[0]]
+    assert after == before

@@ -70,6 +70,7 @@ from privacy_lock.locking import (
     original_col,
     plan_for_actual_keys,
     resolve_counted,
+    reverts_begun,
     snapshot_item_as_id,
     snapshot_totals,
     visible,
@@ -112,14 +113,15 @@ def plan_apply(
     :func:`privacy_lock.locking.count_for_apply` for each) and find their active locks.
 
     Users whose rows the database matched by collation rather than exactly (``'Alice'`` for
-    ``'alice'`` on MariaDB) are left out: the per-user way handles them.
+    ``'alice'`` on MariaDB), and users whose lock a revert has begun to give back, are left
+    out: the per-user way handles them.
     """
     plan_for_actual_keys(conn)
     plans = {
         subject: Planned(subject, kinds, actor, {k.name: KindCounts() for k in kinds}, None)
         for subject, kinds, actor in wanted
     }
-    inexact: set[str] = set()
+    per_user: set[str] = set()  # left to the per-user way
     for kind in cmap.kinds.values():
         owners = {cmap.owner_value(kind, p.subject): p.subject
                   for p in plans.values() if kind.name in p.counts}
@@ -135,14 +137,18 @@ def plan_apply(
         for owner, n_vis, n_priv in rows:
             subject = owners.get(owner)
             if subject is None:
-                inexact.update(owners.values())
+                per_user.update(owners.values())
                 continue
             plans[subject].counts[kind.name] = KindCounts(changed=int(n_vis or 0),
                                                           already_private=int(n_priv or 0))
-    for subject, lock_id in active_lock_ids(conn, list(plans)).items():
-        if subject in plans:
-            plans[subject].lock_id = lock_id
-    return {s: p for s, p in plans.items() if s not in inexact}
+    active = {s: lock_id for s, lock_id in active_lock_ids(conn, list(plans)).items()
+              if s in plans}
+    for subject, lock_id in active.items():
+        plans[subject].lock_id = lock_id
+    begun = reverts_begun(conn, list(active.values()))
+    # The per-user way refuses a lock a revert has begun to give back, saying why.
+    per_user |= {s for s, lock_id in active.items() if lock_id in begun}
+    return {s: p for s, p in plans.items() if s not in per_user}
 
 
 def apply_group(
@@ -179,6 +185,11 @@ def apply_group(
     # only the extended ones are asked and touched.
     extended = sorted(lock_of[p.subject] for p in group if p.subject not in opened)
     totals = snapshot_totals(conn, extended) if extended else {}
+    for lock_id, per_kind in totals.items():
+        if any(state in per_state for per_state in per_kind.values()
+               for state in (RESTORED, CONFLICT, GONE)):
+            # Rolled back whole; the user's own apply then says what to do (being_reverted).
+            raise StaleGroup(f"lock {lock_id} is being reverted")
     if extended:
         conn.execute(update(locks).where(in_keys(conn, locks.c.lock_id, extended))
                      .values(updated_at=now))

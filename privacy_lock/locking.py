@@ -398,6 +398,8 @@ def apply_lock(
     with reading(conn):
         planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
         existing = active_lock_id(conn, subject)
+        if existing is not None and revert_begun(conn, existing):
+            raise being_reverted(existing, subject)
     if dry_run:
         return UserResult(subject, existing, "would-extend" if existing else "would-lock",
                           True, planned)
@@ -411,6 +413,8 @@ def apply_lock(
                 f"lock {lock_id} of user {subject} was reverted while this apply was "
                 "running; the chunks already committed stay hidden under it"
             )
+        if revert_begun(conn, lock_id):
+            raise being_reverted(lock_id, subject)
         hidden, snapshotted, last, seen = snapshot_and_hide_chunk(
             conn, kind, lock_id, owner, after, pacer.size, fresh=opened
         )
@@ -547,6 +551,39 @@ def pending_exists(conn: Connection, lock_id: int) -> bool:
         .where(snapshots.c.lock_id == lock_id, snapshots.c.state == PENDING)
         .limit(1)
     ).first() is not None
+
+
+def revert_begun(conn: Connection, lock_id: int) -> bool:
+    """Whether a revert has resolved some of the lock's snapshots and not closed it yet (it was
+    interrupted, or runs now): one probe of the pending index."""
+    return conn.execute(
+        select(snapshots.c.snapshot_id)
+        .where(snapshots.c.lock_id == lock_id,
+               snapshots.c.state.in_([RESTORED, CONFLICT, GONE]))
+        .limit(1)
+    ).first() is not None
+
+
+def reverts_begun(conn: Connection, lock_ids: Sequence[int]) -> set[int]:
+    """Of ``lock_ids``, the locks :func:`revert_begun` would name, in one query."""
+    if not lock_ids:
+        return set()
+    return {int(lock_id) for lock_id in conn.execute(
+        select(snapshots.c.lock_id).distinct()
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids),
+               snapshots.c.state.in_([RESTORED, CONFLICT, GONE]))
+    ).scalars()}
+
+
+def being_reverted(lock_id: int, subject: str) -> LockStateError:
+    """Apply must not hide items of a lock a revert has begun to give back: an item the revert
+    restored would be hidden again under a snapshot already resolved, and stay hidden once the
+    revert closes the lock."""
+    return LockStateError(
+        f"lock {lock_id} of user {subject} is being reverted (a revert restored some of its "
+        f"items and has not finished): finish it with `privacy-lock revert {lock_id}`, then "
+        "apply again"
+    )
 
 
 def _lock_kinds(conn: Connection, cmap: ContentMap, lock_id: int) -> list[BoundKind]:

@@ -207,3 +207,29 @@ def test_a_snapshot_added_just_before_the_revert_closes_the_lock_sends_it_back_t
     after = sns.everything()
     del after["photo"][added[0]]
     assert after == before
+
+
+def test_apply_refuses_a_lock_whose_revert_was_interrupted_until_the_revert_finishes(sns):
+    # Re-hiding items an unfinished revert restored would leave them hidden for good: their
+    # snapshots are resolved, so the rest of the revert would not give them back.
+    user = sns.users[0]
+    before = sns.everything()
+    sns.apply(user)
+    engine, cmap = tool_session(sns)
+    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
+    with engine.connect() as conn:
+        with pytest.raises(Interrupted):
+            locking.revert_lock(conn, cmap, lock_id, ACTOR, _stop_after(1))
+    halfway = sns.everything()
+    out = sns.run("apply", str(user), "--operator", "bob", "--ticket", "T-9", "--reason", "dup",
+                  expect=1)
+    assert f"lock {lock_id} of user {user} is being reverted" in out.stderr
+    assert f"privacy-lock revert {lock_id}" in out.stderr
+    assert sns.everything() == halfway
+    with engine.connect() as conn:
+        assert locking.revert_lock(conn, cmap, lock_id, ACTOR, Pacer(size=3)).status == (
+            "reverted")
+    engine.dispose()
+    assert sns.everything() == before
+    sns.apply(user)  # a new lock, as for anyone not locked
+    assert [lk["state"] for lk in sns.lock_rows()] == ["reverted", "active"]

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from privacy_lock import batch, grouped
+from privacy_lock import batch, grouped, locking
 from privacy_lock.audit import Actor
-from privacy_lock.pacing import Pacer
+from privacy_lock.pacing import Interrupted, Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns, tool_session
@@ -483,3 +483,32 @@ def test_a_database_that_refuses_shared_chunks_gets_one_user_per_chunk(db_url, t
                             "denied") == 1
     assert "doing the rest of the batch one by one" in out.stderr
     assert_locked_with_originals(sns, before, users)
+
+
+def test_a_batch_apply_leaves_a_user_whose_revert_is_unfinished_to_fail_alone(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    sns.apply(u1)
+    engine, cmap = tool_session(sns)
+    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
+
+    def stop(_user, _kind, _items):
+        pacer._stop = True
+
+    pacer = Pacer(size=3, on_chunk=stop)
+    with engine.connect() as conn, pytest.raises(Interrupted):
+        locking.revert_lock(conn, cmap, lock_id, Actor.current("op", "T-1", "test"), pacer)
+    engine.dispose()
+    halfway = {k: {i: r for i, r in rows.items() if r[0] == u1}
+               for k, rows in sns.everything().items()}
+    out = sns.run("apply", str(u1), str(u2), str(u3), *IDENTITY, "--format", "json",
+                  "--dry-run", expect=1)
+    assert [r["status"] for r in json.loads(out.stdout)] == ["failed", "would-lock",
+                                                             "would-lock"]
+    out = sns.run("apply", str(u1), str(u2), str(u3), *IDENTITY, "--format", "json", expect=1)
+    outcome = {r["user"]: r for r in json.loads(out.stdout)}
+    assert {u: r["status"] for u, r in outcome.items()} == {
+        str(u1): "failed", str(u2): "locked", str(u3): "locked"}
+    assert "is being reverted" in outcome[str(u1)]["error"]
+    assert {k: {i: r for i, r in rows.items() if r[0] == u1}
+            for k, rows in sns.everything().items()} == halfway

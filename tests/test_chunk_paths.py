@@ -33,6 +33,17 @@ def _stop_after(chunks: int) -> Pacer:
     return pacer
 
 
+def half_reverted(sns, user):
+    """Lock ``user``, then revert one chunk of 3 items and stop, as Ctrl-C does:
+    (engine, content map, lock id) of the tool's session."""
+    sns.apply(user)
+    engine, cmap = tool_session(sns)
+    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows() if lk["subject"] == str(user)]
+    with engine.connect() as conn, pytest.raises(Interrupted):
+        locking.revert_lock(conn, cmap, lock_id, ACTOR, _stop_after(1))
+    return engine, cmap, lock_id
+
+
 def test_apply_chunks_skip_other_users_and_private_items_between_their_keys(sns):
     user, other = sns.users[0], sns.users[1]
     # interleave keys: the user's items alternate with another user's and with private ones
@@ -60,12 +71,7 @@ def test_apply_chunks_skip_other_users_and_private_items_between_their_keys(sns)
 def test_resumed_revert_never_touches_items_an_earlier_run_resolved(sns):
     user, other = sns.users[0], sns.users[1]
     before = sns.everything()
-    sns.apply(user)
-    engine, cmap = tool_session(sns)
-    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
-    with engine.connect() as conn:
-        with pytest.raises(Interrupted):
-            locking.revert_lock(conn, cmap, lock_id, ACTOR, _stop_after(1))
+    engine, cmap, lock_id = half_reverted(sns, user)
     snaps = sns.snapshot_rows()
     resolved = [s for s in snaps if s["state"] != "locked"]
     pending = [s for s in snaps if s["state"] == "locked" and s["kind"] == resolved[0]["kind"]]
@@ -214,12 +220,7 @@ def test_apply_refuses_a_lock_whose_revert_was_interrupted_until_the_revert_fini
     # snapshots are resolved, so the rest of the revert would not give them back.
     user = sns.users[0]
     before = sns.everything()
-    sns.apply(user)
-    engine, cmap = tool_session(sns)
-    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
-    with engine.connect() as conn:
-        with pytest.raises(Interrupted):
-            locking.revert_lock(conn, cmap, lock_id, ACTOR, _stop_after(1))
+    engine, cmap, lock_id = half_reverted(sns, user)
     halfway = sns.everything()
     out = sns.run("apply", str(user), "--operator", "bob", "--ticket", "T-9", "--reason", "dup",
                   expect=1)

@@ -9,12 +9,13 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from privacy_lock import batch, grouped, locking
+from privacy_lock import batch, grouped
 from privacy_lock.audit import Actor
-from privacy_lock.pacing import Interrupted, Pacer
+from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns, tool_session
+from test_chunk_paths import half_reverted
 from test_concurrency import (
     SiteWriter,
     assert_no_edit_lost,
@@ -324,23 +325,29 @@ def test_one_user_per_chunk_keeps_every_transaction_inside_one_user(db_url, tmp_
     assert {s for _a, s, _d in events(sns, "hide")} == {str(u) for u in sns.users}
 
 
-def test_a_grouped_dry_run_says_what_one_by_one_would(db_url, tmp_path):
-    sns = build_sns(db_url, tmp_path)
-    u1, u2, u3 = sns.users
-    sns.apply(u1)
-    sns.set_vis("photo", next(iter(sns.items_of(u1, "photo")))[1], sns.public)
-    before, audit_before = sns.everything(), sns.audit_count()
+def dry_run_both_ways(sns, mode, *users):
+    """The outcomes of a dry run of ``users`` counted together, checked equal to one by one."""
     engine, cmap = tool_session(sns)
     try:
         with engine.connect() as conn:
             grouped_run, one_by_one = (
-                batch.run_batch(conn, cmap, "apply", requests_for(u1, u2, u3), Pacer(),
+                batch.run_batch(conn, cmap, mode, requests_for(*users), Pacer(),
                                 dry_run=True, share_chunks=share)
                 for share in (True, False))
             planned = [o.as_dict() for o in grouped_run.outcomes]
             assert planned == [o.as_dict() for o in one_by_one.outcomes]
     finally:
         engine.dispose()
+    return planned
+
+
+def test_a_grouped_dry_run_says_what_one_by_one_would(db_url, tmp_path):
+    sns = build_sns(db_url, tmp_path)
+    u1, u2, u3 = sns.users
+    sns.apply(u1)
+    sns.set_vis("photo", next(iter(sns.items_of(u1, "photo")))[1], sns.public)
+    before, audit_before = sns.everything(), sns.audit_count()
+    planned = dry_run_both_ways(sns, "apply", u1, u2, u3)
     assert [(p["status"], p["kinds"]["photo"]["changed"]) for p in planned] == [
         ("would-extend", 1), ("would-lock", 9), ("would-lock", 9)]
     assert sns.everything() == before and sns.audit_count() == audit_before
@@ -358,17 +365,7 @@ def test_a_grouped_revert_dry_run_says_what_one_by_one_would(db_url, tmp_path):
     sns.set_vis("diary", a_snapshotted(u1, "diary"), sns.friends)  # a conflict
     sns.delete("photo", a_snapshotted(u2, "photo"))  # gone
     before, audit_before = sns.everything(), sns.audit_count()
-    engine, cmap = tool_session(sns)
-    try:
-        with engine.connect() as conn:
-            grouped_run, one_by_one = (
-                batch.run_batch(conn, cmap, "revert", requests_for(u1, u2, u3), Pacer(),
-                                dry_run=True, share_chunks=share)
-                for share in (True, False))
-            planned = [o.as_dict() for o in grouped_run.outcomes]
-            assert planned == [o.as_dict() for o in one_by_one.outcomes]
-    finally:
-        engine.dispose()
+    planned = dry_run_both_ways(sns, "revert", u1, u2, u3)
     counts = {p["user"]: {k: (c["restored"], c["conflicts"], c["gone"])
                           for k, c in p["kinds"].items()} for p in planned}
     assert counts == {str(u1): {"diary": (8, 1, 0), "photo": (9, 0, 0)},
@@ -488,16 +485,7 @@ def test_a_database_that_refuses_shared_chunks_gets_one_user_per_chunk(db_url, t
 def test_a_batch_apply_leaves_a_user_whose_revert_is_unfinished_to_fail_alone(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path)
     u1, u2, u3 = sns.users
-    sns.apply(u1)
-    engine, cmap = tool_session(sns)
-    [lock_id] = [lk["lock_id"] for lk in sns.lock_rows()]
-
-    def stop(_user, _kind, _items):
-        pacer._stop = True
-
-    pacer = Pacer(size=3, on_chunk=stop)
-    with engine.connect() as conn, pytest.raises(Interrupted):
-        locking.revert_lock(conn, cmap, lock_id, Actor.current("op", "T-1", "test"), pacer)
+    engine, _cmap, _lock_id = half_reverted(sns, u1)
     engine.dispose()
     halfway = {k: {i: r for i, r in rows.items() if r[0] == u1}
                for k, rows in sns.everything().items()}

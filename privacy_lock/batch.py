@@ -137,7 +137,8 @@ class _BatchRun:
         except (PrivacyLockError, SQLAlchemyError) as exc:
             if isinstance(exc, Interrupted):
                 raise
-            outcome = Outcome(request, request.user_id, request.lock_id, FAILED,
+            outcome = Outcome(request, request.user_id,
+                              getattr(exc, "lock_id", None) or request.lock_id, FAILED,
                               error=_message(exc))
         self.in_flight = None
         self.finish(outcome)

@@ -27,3 +27,7 @@ class NotInitializedError(DatabaseError):
 
 class LockStateError(PrivacyLockError):
     """A lock changed state under a running command (e.g. reverted while an apply was running)."""
+
+    def __init__(self, message: str, lock_id: int | None = None) -> None:
+        super().__init__(message)
+        self.lock_id = lock_id  # the lock it is about, for the outcome's lock column

@@ -411,8 +411,7 @@ def apply_lock(
         if _lock_row(conn, lock_id).state != ACTIVE:
             raise LockStateError(
                 f"lock {lock_id} of user {subject} was reverted while this apply was "
-                "running; the chunks already committed stay hidden under it"
-            )
+                "running; the chunks already committed stay hidden under it", lock_id)
         if revert_begun(conn, lock_id):
             raise being_reverted(lock_id, subject)
         hidden, snapshotted, last, seen = snapshot_and_hide_chunk(
@@ -582,8 +581,7 @@ def being_reverted(lock_id: int, subject: str) -> LockStateError:
     return LockStateError(
         f"lock {lock_id} of user {subject} is being reverted (a revert restored some of its "
         f"items and has not finished): finish it with `privacy-lock revert {lock_id}`, then "
-        "apply again"
-    )
+        "apply again", lock_id)
 
 
 def _lock_kinds(conn: Connection, cmap: ContentMap, lock_id: int) -> list[BoundKind]:
@@ -817,8 +815,7 @@ def _restore_mismatch(
     """Cannot happen while the rows are locked; if it does, the chunk changes nothing."""
     return LockStateError(
         f"lock {lock_id}: expected {expected} {kind.name} items to be {state} but the database "
-        f"matched {matched}; chunk rolled back, re-run revert"
-    )
+        f"matched {matched}; chunk rolled back, re-run revert", lock_id)
 
 
 def find_lock(conn: Connection, lock_id: int) -> Any:

@@ -485,7 +485,7 @@ def test_a_database_that_refuses_shared_chunks_gets_one_user_per_chunk(db_url, t
 def test_a_batch_apply_leaves_a_user_whose_revert_is_unfinished_to_fail_alone(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path)
     u1, u2, u3 = sns.users
-    engine, _cmap, _lock_id = half_reverted(sns, u1)
+    engine, _cmap, lock_id = half_reverted(sns, u1)
     engine.dispose()
     halfway = {k: {i: r for i, r in rows.items() if r[0] == u1}
                for k, rows in sns.everything().items()}
@@ -498,5 +498,6 @@ def test_a_batch_apply_leaves_a_user_whose_revert_is_unfinished_to_fail_alone(db
     assert {u: r["status"] for u, r in outcome.items()} == {
         str(u1): "failed", str(u2): "locked", str(u3): "locked"}
     assert "is being reverted" in outcome[str(u1)]["error"]
+    assert outcome[str(u1)]["lock_id"] == lock_id
     assert {k: {i: r for i, r in rows.items() if r[0] == u1}
             for k, rows in sns.everything().items()} == halfway

@@ -59,17 +59,20 @@ from privacy_lock.locking import (
     CONFLICT,
     GONE,
     PENDING,
+    RESOLVED,
     RESTORED,
     REVERTED,
     KindCounts,
     UserResult,
     active_lock_ids,
+    counts_by_outcome,
     id_as_text,
     in_keys,
     nonzero,
     original_col,
     plan_for_actual_keys,
     resolve_counted,
+    revert_outcome,
     reverts_begun,
     snapshot_item_as_id,
     snapshot_totals,
@@ -186,8 +189,7 @@ def apply_group(
     extended = sorted(lock_of[p.subject] for p in group if p.subject not in opened)
     totals = snapshot_totals(conn, extended) if extended else {}
     for lock_id, per_kind in totals.items():
-        if any(state in per_state for per_state in per_kind.values()
-               for state in (RESTORED, CONFLICT, GONE)):
+        if any(state in per_state for per_state in per_kind.values() for state in RESOLVED):
             # Rolled back whole; the user's own apply then says what to do (being_reverted).
             raise StaleGroup(f"lock {lock_id} is being reverted")
     if extended:
@@ -459,8 +461,7 @@ def count_revert_group(
         )
         its_item = and_(kind.id_col == snapshot_item_as_id(kind),
                         kind.owner_col == owner_of_lock)
-        outcome = case((kind.id_col.is_(None), GONE), (kind.vis_col == kind.private, RESTORED),
-                       else_=CONFLICT)
+        outcome = revert_outcome(kind)
         rows = conn.execute(
             select(snapshots.c.lock_id, outcome, func.count())
             .select_from(snapshots.outerjoin(kind.table, its_item))
@@ -471,14 +472,9 @@ def count_revert_group(
         for lock_id, state, n in rows:
             found.setdefault((int(lock_id), kind.name), {})[state] = int(n)
 
-    def counted(lock_id: int, kind_name: str) -> KindCounts:
-        by_state = found.get((lock_id, kind_name), {})
-        return KindCounts(restored=by_state.get(RESTORED, 0),
-                          conflicts=by_state.get(CONFLICT, 0), gone=by_state.get(GONE, 0))
-
     return [
         UserResult(plan.subject, plan.lock_id, "would-revert", True, {
-            kind.name: counted(plan.lock_id, kind.name)
+            kind.name: counts_by_outcome(found.get((plan.lock_id, kind.name), {}))
             for kind in cmap.kinds.values() if kind.name in plan.kinds
         })
         for plan in group

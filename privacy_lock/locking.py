@@ -63,6 +63,7 @@ from privacy_lock.schema import locks, snapshots
 ACTIVE, REVERTED = "active", "reverted"
 USERS_PER_QUERY = 1000  # users per existence query when validating user arguments
 PENDING, RESTORED, CONFLICT, GONE = "locked", "restored", "conflict", "gone"
+RESOLVED = (RESTORED, CONFLICT, GONE)  # the states only a revert gives a snapshot
 
 
 @dataclass
@@ -398,7 +399,7 @@ def apply_lock(
     with reading(conn):
         planned = {k.name: count_for_apply(conn, cmap, subject, k) for k in kinds}
         existing = active_lock_id(conn, subject)
-        if existing is not None and revert_begun(conn, existing):
+        if existing is not None and holds_snapshots(conn, existing, RESOLVED):
             raise being_reverted(existing, subject)
     if dry_run:
         return UserResult(subject, existing, "would-extend" if existing else "would-lock",
@@ -412,7 +413,7 @@ def apply_lock(
             raise LockStateError(
                 f"lock {lock_id} of user {subject} was reverted while this apply was "
                 "running; the chunks already committed stay hidden under it", lock_id)
-        if revert_begun(conn, lock_id):
+        if holds_snapshots(conn, lock_id, RESOLVED):
             raise being_reverted(lock_id, subject)
         hidden, snapshotted, last, seen = snapshot_and_hide_chunk(
             conn, kind, lock_id, owner, after, pacer.size, fresh=opened
@@ -511,7 +512,7 @@ def counted_in_pieces(
 
     Snapshots are only ever added (pending) or resolved once, never removed: totals that
     found no pending snapshot stay true while nothing pending is added, which the caller
-    checks in the transaction that uses them (:func:`pending_exists`).
+    checks in the transaction that uses them (:func:`holds_snapshots`).
     """
     totals: dict[str, dict[str, int]] = {}
     todo = [(name, None) for name in sorted(kinds)]
@@ -534,43 +535,34 @@ def counted_in_pieces(
                     continue
                 per_kind = totals.setdefault(name, {"total": 0})
                 per_kind["total"] += seen
-                for row in rows:
-                    if by_state:
-                        per_kind[row[0]] = per_kind.get(row[0], 0) + int(row[1])
+                if by_state:
+                    for state, n, _last in rows:
+                        per_kind[state] = per_kind.get(state, 0) + int(n)
                 budget -= seen
                 if budget <= 0:  # the piece was full: the kind may go on past its last item
                     todo.insert(0, (name, max(row[-1] for row in rows)))
     return totals
 
 
-def pending_exists(conn: Connection, lock_id: int) -> bool:
-    """Whether the lock holds any pending snapshot (one probe of the pending index)."""
+def holds_snapshots(conn: Connection, lock_id: int, states: Sequence[str]) -> bool:
+    """Whether the lock holds a snapshot in one of ``states`` (one probe of the pending index):
+    ``(PENDING,)``, one still to revert; ``RESOLVED``, a revert has begun (it was interrupted,
+    or runs now) and has not closed the lock."""
     return conn.execute(
         select(snapshots.c.snapshot_id)
-        .where(snapshots.c.lock_id == lock_id, snapshots.c.state == PENDING)
-        .limit(1)
-    ).first() is not None
-
-
-def revert_begun(conn: Connection, lock_id: int) -> bool:
-    """Whether a revert has resolved some of the lock's snapshots and not closed it yet (it was
-    interrupted, or runs now): one probe of the pending index."""
-    return conn.execute(
-        select(snapshots.c.snapshot_id)
-        .where(snapshots.c.lock_id == lock_id,
-               snapshots.c.state.in_([RESTORED, CONFLICT, GONE]))
+        .where(snapshots.c.lock_id == lock_id, snapshots.c.state.in_(states))
         .limit(1)
     ).first() is not None
 
 
 def reverts_begun(conn: Connection, lock_ids: Sequence[int]) -> set[int]:
-    """Of ``lock_ids``, the locks :func:`revert_begun` would name, in one query."""
+    """Of ``lock_ids``, those holding a ``RESOLVED`` snapshot (see :func:`holds_snapshots`),
+    in one query."""
     if not lock_ids:
         return set()
     return {int(lock_id) for lock_id in conn.execute(
         select(snapshots.c.lock_id).distinct()
-        .where(in_keys(conn, snapshots.c.lock_id, lock_ids),
-               snapshots.c.state.in_([RESTORED, CONFLICT, GONE]))
+        .where(in_keys(conn, snapshots.c.lock_id, lock_ids), snapshots.c.state.in_(RESOLVED))
     ).scalars()}
 
 
@@ -612,9 +604,7 @@ def count_for_revert(conn: Connection, kind: BoundKind, lock_id: int, owner: Any
     joined = snapshots.outerjoin(
         kind.table, and_(kind.id_col == snapshot_item_as_id(kind), kind.owner_col == owner)
     )
-    outcome = case(
-        (kind.id_col.is_(None), GONE), (kind.vis_col == kind.private, RESTORED), else_=CONFLICT
-    )
+    outcome = revert_outcome(kind)
     rows = conn.execute(
         select(outcome, func.count())
         .select_from(joined)
@@ -622,7 +612,18 @@ def count_for_revert(conn: Connection, kind: BoundKind, lock_id: int, owner: Any
                snapshots.c.state == PENDING)
         .group_by(outcome)
     ).all()
-    found = {state: int(n) for state, n in rows}
+    return counts_by_outcome({state: int(n) for state, n in rows})
+
+
+def revert_outcome(kind: BoundKind) -> Any:
+    """SQL: what a revert would make of a pending snapshot's item, outer-joined (NULL: gone)."""
+    return case(
+        (kind.id_col.is_(None), GONE), (kind.vis_col == kind.private, RESTORED), else_=CONFLICT
+    )
+
+
+def counts_by_outcome(found: dict[str, int]) -> KindCounts:
+    """Counts of :func:`revert_outcome` as a dry run's KindCounts."""
     return KindCounts(restored=found.get(RESTORED, 0), conflicts=found.get(CONFLICT, 0),
                       gone=found.get(GONE, 0))
 
@@ -870,7 +871,8 @@ def revert_lock(
     def close_lock(totals: dict[str, dict[str, int]]) -> str:
         if _lock_row(conn, lock_id).state != ACTIVE:
             return "closed"
-        if any(t.get(PENDING) for t in totals.values()) or pending_exists(conn, lock_id):
+        if (any(t.get(PENDING) for t in totals.values())
+                or holds_snapshots(conn, lock_id, (PENDING,))):
             return "pending"  # an apply extended the lock while we were reverting: walk again
         now = utc_now()
         conn.execute(

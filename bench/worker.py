@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 
-from privacy_lock import batch, locking
 from privacy_lock.config import bind_content_map, load_settings
 from privacy_lock.db import create_tool_engine
+from privacy_lock.engine import check_users, run_batch
 from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 
@@ -113,11 +113,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             cmap = bind_content_map(conn, settings)
         timer = TransactionTimer(engine)
         started = time.perf_counter()
-        subjects = locking.check_users(conn, cmap, spec["subjects"])
+        subjects = check_users(conn, cmap, spec["subjects"])
         validated = time.perf_counter()
         # Revert by user, as support does: the batch finds each user's active lock.
         requests = [_request(user_id=s) for s in subjects]
-        result = batch.run_batch(conn, cmap, spec["operation"], requests, pacer)
+        result = run_batch(conn, cmap, spec["operation"], requests, pacer)
         failed = [o for o in result.outcomes if o.failed]
         if failed:
             raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0].error}")

@@ -1,14 +1,34 @@
-"""The one exception hierarchy; the CLI turns it into a message and an exit code in one place."""
+"""The one exception hierarchy, the one exit-code rule and the one way an error becomes text.
+
+Exit codes (decided by :func:`exit_code`, used by the CLI in one place):
+
+- 0: done.
+- 1: an operational failure (the database, a lock the site would not give up, a file that could
+  not be written after the run), any failed request in a batch, or a run stopped by Ctrl-C:
+  whatever changed something and then failed is 1.
+- 2: a usage or validation error (arguments, config, request file, unknown user, kind, lock or
+  request, an approver who filed the request, an ``--output`` that cannot be written), raised
+  before anything changed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import SQLAlchemyError
 
 
 class PrivacyLockError(Exception):
-    """An operational failure: the database, the network, a lock that cannot be taken. Exit 1."""
+    """An operational failure: the database, the network, a lock that cannot be taken. Exit 1.
+
+    Inside a batch, one of these raised by a request makes that request's outcome ``failed``
+    and the batch goes on.
+    """
 
     exit_code = 1
 
 
 class UsageError(PrivacyLockError):
-    """Bad input (arguments, config, request file, unknown user or kind). Exit 2."""
+    """Bad input (arguments, config, request file, unknown user or kind). Exit 2, and nothing
+    was changed: raise it only before the first change."""
 
     exit_code = 2
 
@@ -31,3 +51,57 @@ class LockStateError(PrivacyLockError):
     def __init__(self, message: str, lock_id: int | None = None) -> None:
         super().__init__(message)
         self.lock_id = lock_id  # the lock it is about, for the outcome's lock column
+
+
+class LockTimeoutError(PrivacyLockError):
+    """A chunk could not get its row locks within the retries; nothing in it changed."""
+
+
+class OutputError(PrivacyLockError):
+    """A result file could not be written after the run (the run's changes stand). Exit 1."""
+
+
+class FailuresReported(PrivacyLockError):
+    """The command finished and has already shown what failed (failed requests, a broken audit
+    chain): exit 1 with no further message."""
+
+    def __init__(self, message: str = "failures were reported") -> None:
+        super().__init__(message)
+
+
+class Interrupted(Exception):  # noqa: N818 - the name says what happened, as KeyboardInterrupt
+    """Ctrl-C stopped a run between two chunks.
+
+    Not a :class:`PrivacyLockError` on purpose: it is not a failure of the request in flight,
+    and request handling that turns a ``PrivacyLockError`` into a failed outcome must let it
+    through to the run, which marks that request interrupted and the rest not started. If it
+    reaches the CLI it exits 1: the run may have committed chunks and did not finish (re-run
+    the same command to finish it).
+    """
+
+    exit_code = 1
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an exception that ended a command (see the module docstring)."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(exc, PrivacyLockError | Interrupted) and isinstance(code, int):
+        return code
+    return 1  # a database error, or a bug: something may have changed
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's statement dump and background link."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip() or type(orig).__name__
+    return text.splitlines()[0].strip()
+
+
+def error_text(exc: BaseException, database: str | None = None) -> str:
+    """The one line an operator reads for ``exc``: a tool error's own message; for a database
+    error, its driver's first line after "database error on DATABASE:" (``database`` is the
+    password-free URL, when known) or "database error:"."""
+    if isinstance(exc, SQLAlchemyError):
+        where = f" on {database}" if database else ""
+        return f"database error{where}: {first_line(exc)}"
+    return str(exc).strip() or type(exc).__name__

@@ -21,7 +21,9 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from privacy_lock.errors import PrivacyLockError, UsageError
+# Both live in errors.py with every other exception; imported here, where they are raised, so
+# that ``pacing.Interrupted`` and ``pacing.LockTimeoutError`` keep working.
+from privacy_lock.errors import Interrupted, LockTimeoutError, UsageError
 
 DEFAULT_CHUNK_SIZE = 1000
 MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
@@ -31,14 +33,6 @@ _TIMEOUT_SET = "privacy_lock_lock_timeout"  # connection info key: the lock time
 # Driver error codes that mean "someone else holds the lock; try again later".
 _PG_RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
 _MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock
-
-
-class LockTimeoutError(PrivacyLockError):
-    """A chunk could not get its row locks within the retries; nothing in it changed."""
-
-
-class Interrupted(PrivacyLockError):
-    """The operator pressed Ctrl-C; the run stopped between two chunks."""
 
 
 def is_lock_conflict(exc: BaseException) -> bool:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from privacy_lock import errors
 from privacy_lock.errors import DatabaseError, UsageError
 
 DEFAULT_DATABASE_URL = "sqlite:///privacy-lock.db"
@@ -137,11 +138,7 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     conn.execute(insert(table).from_select(names, select(*records.c)))
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of a driver error, without SQLAlchemy's statement dump and background link."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip() or type(orig).__name__
-    return text.splitlines()[0].strip()
+first_line = errors.first_line  # the driver's first line; errors.error_text is the whole rule
 
 
 @contextlib.contextmanager
@@ -150,7 +147,7 @@ def translate_errors(url: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"database error on {safe_url(url)}: {first_line(exc)}") from exc
+        raise DatabaseError(errors.error_text(exc, safe_url(url))) from exc
 
 
 def connect_check(engine: Engine, create: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""The contenders: the floor, the naive tool, and privacy-lock through its API and its CLI.
+"""The contenders: the floor, the naive tool, and privacy-lock through its API and its CLI
+(and, with ``--baseline REV``, the CLI of another revision).
 
 Each one does the same change to the same users: ``apply`` hides every visible item of each
 user and keeps its original in a snapshot row under the user's lock; ``revert`` puts every
@@ -7,13 +8,19 @@ snapshotted item back and closes the lock. Each returns a Measurement.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,16 +325,20 @@ def _naive_scope(ds: Dataset, wl: Workload, sample: int | None) -> tuple[tuple[s
 # --- privacy-lock itself -----------------------------------------------------------------------
 
 
-def _run_child(args: list[str], workdir: Path, label: str) -> tuple[float, float | None, str]:
+def _run_child(
+    args: list[str], workdir: Path, label: str, package_root: Path = REPO_ROOT
+) -> tuple[float, float | None, str]:
     """Run a child process; return (wall seconds, its peak RSS in MB, its stdout).
+
+    ``package_root`` goes first on the child's PYTHONPATH: the directory whose ``privacy_lock``
+    it imports (this working tree, or a revision exported by ``exported_revision``).
 
     The peak is the child's VmHWM, sampled from /proc while it runs (it only grows, so the
     last sample is the peak up to a few milliseconds before exit). Not getrusage: a child's
     ru_maxrss starts from its parent's RSS at fork on Linux, which is this benchmark's own.
     """
     out_path, err_path = workdir / f"{label}.out", workdir / f"{label}.err"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = _child_env(package_root)
     peak: list[float] = []
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
@@ -351,6 +362,11 @@ def _run_child(args: list[str], workdir: Path, label: str) -> tuple[float, float
     return seconds, max(peak, default=None), out_path.read_text()
 
 
+def _child_env(package_root: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(package_root), os.environ.get("PYTHONPATH", "")) if p)}
+
+
 def tool_api(ds: Dataset, wl: Workload, operation: str) -> Measurement:
     """The tool through its Python API, in a child process of its own (bench.worker), so that
     its peak RSS is the tool's alone; its transactions are timed by engine events there."""
@@ -372,10 +388,14 @@ def tool_api(ds: Dataset, wl: Workload, operation: str) -> Measurement:
     )
 
 
-def tool_cli(ds: Dataset, wl: Workload, operation: str) -> Measurement:
+def tool_cli(
+    ds: Dataset, wl: Workload, operation: str, package_root: Path = REPO_ROOT,
+    label: str = "cli",
+) -> Measurement:
     """The whole CLI process, ``python -m privacy_lock apply|revert ...``, timed from outside.
 
     The heavy user is named on the command line; the batch comes as a request file (CSV).
+    ``package_root`` is where the child imports ``privacy_lock`` from (see ``_run_child``).
     """
     if wl.name == "heavy":
         targets = list(wl.subjects) if operation == "apply" else ["--user", *wl.subjects]
@@ -387,7 +407,7 @@ def tool_cli(ds: Dataset, wl: Workload, operation: str) -> Measurement:
     args = [sys.executable, "-m", "privacy_lock", "--config", str(ds.config_path),
             "--database-url", ds.url, operation, *targets, *IDENTITY,
             "--chunk-size", str(ds.sizes.chunk_size), "--quiet", "--format", "json"]
-    seconds, rss, out = _run_child(args, ds.workdir, f"cli-{operation}")
+    seconds, rss, out = _run_child(args, ds.workdir, f"{label}-{operation}", package_root)
     counted = "changed" if operation == "apply" else "restored"
     items = sum(kind[counted] for user in json.loads(out) for kind in user["kinds"].values())
     return Measurement(seconds, items, rss)
@@ -398,6 +418,64 @@ CONTENDERS: dict[str, Callable[..., Measurement]] = {
     "api": tool_api,
     "cli": tool_cli,
 }
+
+
+def contenders_for(baseline: Path | None) -> dict[str, Callable[..., Measurement]]:
+    """The timed contenders, in the order of a turn; with a ``baseline`` tree (from
+    ``exported_revision``) also ``before``, the CLI of that revision, which is compared with
+    this tree's ``cli`` — so ``cli`` is always there when ``before`` is."""
+    contenders = dict(CONTENDERS)
+    if baseline is not None:
+        contenders["cli"] = tool_cli
+        contenders["before"] = functools.partial(tool_cli, package_root=baseline,
+                                                 label="before")
+    return contenders
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A revision's ``privacy_lock`` package, exported for the ``before`` contender."""
+
+    revision: str  # as given, e.g. origin/main
+    commit: str  # the full hash it named
+    root: Path  # the directory holding its privacy_lock/
+
+
+@contextmanager
+def exported_revision(revision: str) -> Iterator[Baseline]:
+    """Export ``revision``'s ``privacy_lock`` package into a temporary directory, for as long as
+    the context lasts.
+
+    Its modules are compiled once here, so that the ``before`` CLI's first run does not pay for
+    writing the bytecode the working tree's ``cli`` already has. Raises ValueError when the
+    revision is unknown, has no package, or a child would not import it from there.
+    """
+    git = functools.partial(subprocess.run, cwd=REPO_ROOT, capture_output=True)
+    found = git(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], text=True)
+    if found.returncode != 0:
+        raise ValueError(f"--baseline {revision}: not a revision of {REPO_ROOT}")
+    commit = found.stdout.strip()
+    archive = git(["git", "archive", "--format=tar", commit, "privacy_lock"])
+    if archive.returncode != 0:
+        raise ValueError(f"--baseline {revision}: git archive failed: "
+                         f"{archive.stderr.decode(errors='replace').strip()}")
+    root = Path(tempfile.mkdtemp(prefix="pl_bench_baseline_"))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "privacy_lock")],
+                       check=True, stdout=subprocess.DEVNULL)
+        # The venv has this tree installed (editable); make sure PYTHONPATH wins over it.
+        imported = subprocess.run(
+            [sys.executable, "-c", "import privacy_lock; print(privacy_lock.__file__)"],
+            cwd=root.parent, env=_child_env(root), capture_output=True, text=True,
+        ).stdout.strip()
+        if not imported or Path(imported).resolve().parent != (root / "privacy_lock").resolve():
+            raise ValueError(f"--baseline {revision}: a child imported privacy_lock from "
+                             f"{imported or 'nowhere'}, not from the exported {root}")
+        yield Baseline(revision, commit, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def naive(ds: Dataset, wl: Workload, operation: str, sample: int | None) -> Measurement:

@@ -3,11 +3,14 @@
 For each workload (the heavy user, the batch) and operation (apply, revert), every contender
 starts from the same state: the data is reset to its built visibility and the tool's tables are
 emptied; a revert starts from the floor's apply (whose end state equals the tool's, checked).
+With ``--baseline REV`` the CLI of revision REV runs too, as ``before``, and the report gives
+this tree's CLI ÷ before.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,9 +27,11 @@ import sqlalchemy
 from sqlalchemy import text
 
 from bench.contenders import (
-    CONTENDERS,
+    Baseline,
     Measurement,
     Workload,
+    contenders_for,
+    exported_revision,
     floor_apply,
     naive,
 )
@@ -47,6 +52,7 @@ TARGET_FLOOR = {"heavy": 0.5, "batch": 0.3}
 TARGET_NAIVE = 100.0
 TARGET_RSS_MB = 150.0
 TARGET_TXN_MS = 250.0
+TARGET_BEFORE = 1.0  # the issue: at least as fast as the revision before the change
 
 
 @dataclass
@@ -66,14 +72,14 @@ class Row:
             return None
         return self.results[contender].rate / self.results[base].rate
 
-    def turn_ratios(self, contender: str = "api") -> list[float]:
-        """With --repeat: each turn's ratio ``contender`` ÷ floor (each turn's floor and tool
+    def turn_ratios(self, contender: str = "api", base: str = "floor") -> list[float]:
+        """With --repeat: each turn's ratio ``contender`` ÷ ``base`` (each turn's contenders
         ran back to back), for the spread around the ratio of the fastest runs."""
-        if contender not in self.results or "floor" not in self.results:
+        if contender not in self.results or base not in self.results:
             return []
-        floors = self.results["floor"].extra.get("runs_seconds", [])
+        bases = self.results[base].extra.get("runs_seconds", [])
         tools = self.results[contender].extra.get("runs_seconds", [])
-        return [f / t for f, t in zip(floors, tools, strict=False) if t > 0]
+        return [b / t for b, t in zip(bases, tools, strict=False) if t > 0]
 
     @property
     def equal(self) -> bool:
@@ -88,8 +94,13 @@ def run_database(
     keep: bool = False,
     log: Callable[[str], None] = print,
     repeat: int = 1,
+    baseline: Baseline | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
-    """Build the data in a scratch database and run every workload; (database facts, rows)."""
+    """Build the data in a scratch database and run every workload; (database facts, rows).
+
+    With a ``baseline`` its CLI runs as the contender ``before``, next to this tree's ``cli``.
+    """
+    contenders = contenders_for(baseline.root if baseline else None)
     with scratch_database(url, keep) as (scratch_url, workdir):
         started = time.perf_counter()
         ds = build(scratch_url, workdir, sizes)
@@ -98,7 +109,8 @@ def run_database(
         log(f"[{ds.dialect}] built {sizes.total_rows:,} rows in {facts['build_seconds']} s")
         try:
             rows = [
-                run_workload(ds, make_workload(name, sizes), operation, with_naive, log, repeat)
+                run_workload(ds, make_workload(name, sizes), operation, with_naive, log, repeat,
+                             contenders)
                 for name in workloads for operation in OPERATIONS
             ]
         finally:
@@ -121,18 +133,23 @@ def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
 def run_workload(
     ds: Dataset, wl: Workload, operation: str, with_naive: bool, log: Callable[[str], None],
     repeat: int = 1,
+    contenders: dict[str, Callable[..., Measurement]] | None = None,
 ) -> Row:
     """Time the floor, the tool (API, CLI) and the naive tool on one workload and operation.
 
     With ``repeat`` > 1 the floor and the tool run that many times, in turns, each from the
     same starting state, and the fastest run of each counts (the other runs' seconds are kept
     in the JSON): on a small shared machine a run is only ever slowed down by the rest of it.
+    ``contenders`` defaults to floor, api and cli (``contenders_for``); when ``before`` is
+    one, it and ``cli`` swap places every other turn, so neither always runs second.
     """
+    contenders = contenders or contenders_for(None)
     row = Row(ds.dialect, wl.name, operation)
     reference = None
     runs: dict[str, list[float]] = {}
-    for _turn in range(repeat):
-        for name, contender in CONTENDERS.items():
+    for turn in range(repeat):
+        for name in _turn_order(list(contenders), turn):
+            contender = contenders[name]
             prepare(ds, wl, operation)
             measured = contender(ds, wl, operation)
             runs.setdefault(name, []).append(measured.seconds)
@@ -157,6 +174,15 @@ def run_workload(
             row.differences["naive"] = end_state(ds).difference(reference)
         _log_result(log, row, "naive", "sampled" if sample else "")
     return row
+
+
+def _turn_order(names: list[str], turn: int) -> list[str]:
+    """The contenders' order in a turn: as given, with ``cli`` and ``before`` swapped on odd
+    turns."""
+    if turn % 2 and "cli" in names and "before" in names:
+        i, j = names.index("cli"), names.index("before")
+        names[i], names[j] = names[j], names[i]
+    return names
 
 
 def _log_result(
@@ -218,7 +244,9 @@ def _fmt_ratio(value: float | None) -> str:
 
 
 def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
-    """The results of one database as a Markdown section."""
+    """The results of one database as a Markdown section; with a ``before`` contender
+    (``--baseline``) three more columns compare this tree's CLI with it."""
+    compared = any("before" in row.results for row in rows)
     out = [
         f"### {facts['version']}",
         "",
@@ -229,20 +257,29 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
            facts.get("repeat", 1) > 1 else "."),
         "",
         "| workload | items changed | floor s | floor items/s | tool API items/s "
-        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor | naive items/s | API ÷ naive "
-        "| peak RSS API / CLI | longest writing txn | writing txns | end state = floor |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor "
+        + ("| before items/s | before ÷ floor | **CLI ÷ before** " if compared else "")
+        + "| naive items/s | API ÷ naive "
+        f"| peak RSS API / CLI{' / before' if compared else ''} | longest writing txn "
+        "| writing txns | end state = floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if compared else "")
+        + "--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
-        floor, api, cli = (row.results.get(n) for n in ("floor", "api", "cli"))
+        floor, api, cli, before = (row.results.get(n) for n in ("floor", "api", "cli", "before"))
         nv = row.results.get("naive")
-        rss = " / ".join(f"{m.peak_rss_mb:.0f}" for m in (api, cli) if m and m.peak_rss_mb)
+        rss = " / ".join(f"{m.peak_rss_mb:.0f}" for m in (api, cli, before)
+                         if m and m.peak_rss_mb)
         equal = "yes" if row.equal else "**NO**: " + "; ".join(
             f"{k}: {v}" for k, v in row.differences.items() if v)
+        versus_before = (
+            f"| {_fmt_rate(before)} | {_fmt_ratio(row.ratio('before'))} "
+            f"| **{_fmt_ratio(row.ratio('cli', 'before'))}** " if compared else "")
         out.append(
             f"| {row.workload} {row.operation} | {floor.items:,} | {floor.seconds:.2f} "
             f"| {_fmt_rate(floor)} | {_fmt_rate(api)} | **{_fmt_ratio(row.ratio('api'))}** "
-            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} | {_fmt_rate(nv)} "
+            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} {versus_before}"
+            f"| {_fmt_rate(nv)} "
             f"| {_fmt_ratio(row.ratio('api', 'naive'))} | {rss} MB "
             f"| {_fmt_txn(api, 'longest_writing_txn')} | {api.writing_transactions:,} "
             f"| {equal} |"
@@ -259,6 +296,13 @@ def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
     """The issue's targets, each marked met or missed for this database."""
     lines = []
     for row in rows:
+        versus_before = row.ratio("cli", "before")
+        if versus_before is not None:
+            turns = row.turn_ratios("cli", "before")
+            spread = (f"; turns {min(turns):.2f}–{max(turns):.2f}×" if len(turns) > 1 else "")
+            lines.append(_mark(versus_before >= TARGET_BEFORE, f"{row.workload} {row.operation}: "
+                               f"CLI {versus_before:.2f}× before{spread} "
+                               f"(target ≥ {TARGET_BEFORE}×)"))
         ratio = row.ratio("api")
         if ratio is not None:
             goal = TARGET_FLOOR[row.workload]
@@ -332,6 +376,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Run the floor and the tool this many times each, in turns, and "
                         "count the fastest run of each (default 1).")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="Also run the CLI of git revision REV (its privacy_lock package, "
+                        "exported to a temporary directory) as the contender 'before', and "
+                        "report this tree's CLI ÷ before.")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch database.")
     parser.add_argument("--output-markdown", type=Path, help="Write the results here.")
     parser.add_argument("--output-json", type=Path, help="Write the raw results here.")
@@ -362,20 +410,34 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     sections, raw = [], []
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    for url in urls:
-        facts, rows = run_database(url, sizes, workloads, not args.no_naive, args.keep, log,
-                                   args.repeat)
-        sections.append(markdown(facts, rows, sizes))
-        raw.append({**facts, "rows": [
-            {"workload": r.workload, "operation": r.operation, "differences": r.differences,
-             "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
+    with contextlib.ExitStack() as stack:
+        baseline = None
+        if args.baseline:
+            try:
+                baseline = stack.enter_context(exported_revision(args.baseline))
+            except ValueError as exc:
+                sys.exit(f"python -m bench: {exc}")
+            log(f"before: privacy_lock at {baseline.commit[:10]} ({args.baseline}), "
+                f"exported to {baseline.root}")
+        for url in urls:
+            facts, rows = run_database(url, sizes, workloads, not args.no_naive, args.keep, log,
+                                       args.repeat, baseline)
+            sections.append(markdown(facts, rows, sizes))
+            raw.append({**facts, "rows": [
+                {"workload": r.workload, "operation": r.operation, "differences": r.differences,
+                 "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
     header = (f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
               f"{info['os']}, Python {info['python']}, SQLAlchemy {info['sqlalchemy']}; "
-              f"privacy-lock at {info['commit']}.")
+              f"privacy-lock at {info['commit']}"
+              + (f"; before = the CLI at {baseline.commit[:10]} (--baseline {args.baseline})."
+                 if baseline else "."))
     report = "\n".join([header, "", *sections])
     print(report)
     if args.output_markdown:
         args.output_markdown.write_text(report, encoding="utf-8")
     if args.output_json:
         args.output_json.write_text(json.dumps(
-            {"machine": info, "sizes": asdict(sizes), "databases": raw}, indent=2))
+            {"machine": info, "sizes": asdict(sizes),
+             "baseline": {"revision": baseline.revision, "commit": baseline.commit}
+             if baseline else None,
+             "databases": raw}, indent=2))

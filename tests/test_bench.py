@@ -6,6 +6,12 @@ Only correctness is asserted here, never speed: docs/BENCHMARKS.md has the timed
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench.contenders import Workload
@@ -63,3 +69,42 @@ def test_repeated_runs_each_end_in_the_floors_state_and_the_fastest_counts(datas
         assert round(measured.seconds, 3) == min(runs), name
     turns = row.turn_ratios()
     assert len(turns) == 2 and all(t > 0 for t in turns)
+
+
+def test_baseline_runs_the_revisions_cli_as_before_and_reports_the_ratio(tmp_path):
+    """``--baseline HEAD`` at a tiny size on SQLite: the CLI of HEAD ran as ``before``, ended in
+    the floor's state, and the report gives this tree's CLI ÷ before; the export is removed."""
+    root = Path(__file__).resolve().parent.parent
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    report_json, report_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    sizes = ["--total-rows", "600", "--heavy-items", "150", "--batch-users", "12",
+             "--items-per-user", "5", "--chunk-size", "40"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--baseline", "HEAD", *sizes, "--workloads", "heavy",
+         "--no-naive", "--output-json", str(report_json), "--output-markdown", str(report_md)],
+        cwd=root, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+    raw = json.loads(report_json.read_text())
+    assert raw["baseline"]["revision"] == "HEAD" and len(raw["baseline"]["commit"]) == 40
+    [database] = raw["databases"]
+    assert [r["operation"] for r in database["rows"]] == list(OPERATIONS)
+    for row in database["rows"]:
+        assert row["differences"] == {"api": None, "cli": None, "before": None}
+        results = row["results"]
+        assert results["before"]["items"] == results["cli"]["items"] == results["floor"]["items"]
+        assert results["floor"]["items"] > 0
+
+    lines = report_md.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| workload"))
+    column = [cell.strip() for cell in header.split("|")].index("**CLI ÷ before**")
+    for operation in OPERATIONS:
+        row_line = next(line for line in lines if line.startswith(f"| heavy {operation} |"))
+        assert re.fullmatch(r"\*\*\d+\.\d\d×\*\*", row_line.split("|")[column].strip())
+        assert any(re.search(rf"heavy {operation}: CLI \d+\.\d\d× before", line)
+                   for line in lines)
+
+    exported = re.search(r"exported to (\S+)", done.stderr)
+    assert exported and not Path(exported.group(1)).exists()

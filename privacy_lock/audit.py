@@ -19,8 +19,7 @@ import json
 import socket
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -29,6 +28,7 @@ from privacy_lock import __version__
 from privacy_lock.db import insert_rows, reading
 from privacy_lock.errors import NotInitializedError, UsageError
 from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
+from privacy_lock.vocabulary import utc_now as utc_now  # re-exported (others import it here)
 
 # The fields an event's hash covers, in this order.
 HASHED_FIELDS = (
@@ -50,11 +50,6 @@ ACTIONS = {
     "revert-approved": "a second operator approved a revert request (the revert follows)",
     "revert-refused": "an approval was refused (the approver is the requester)",
 }
-
-
-def utc_now() -> str:
-    """The current time as stored everywhere in the tool's tables: ISO-8601 UTC with 'Z'."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -279,26 +274,25 @@ def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResu
         recent.append((event["seq"], prev_hash))
         expected += 1
     last = expected - 1
-    intact = dict(total=total, valid=last, head_hash=prev_hash, head_seq=last, head_time=last_time)
+    intact = VerifyResult(total, last, prev_hash, last, last_time)
     if head.seq < last:
-        intact.update(valid=head.seq, head_hash=head.hash, head_seq=head.seq, head_time=None)
-        return VerifyResult(**intact, problem=(
+        return VerifyResult(total, head.seq, head.hash, head.seq, None, problem=(
             f"events {head.seq + 1}..{last} are beyond the head row (event {head.seq}): "
             "added by hand, not by privacy-lock"), broken_seq=head.seq + 1, kind="inserted")
     if head.seq > last:
-        return VerifyResult(**intact, problem=(
+        return replace(intact, problem=(
             f"the chain ends at event {last} but the head row says event {head.seq}: "
             f"events {last + 1}..{head.seq} were removed from the end"),
             broken_seq=last + 1, kind="truncated")
     if head.hash != prev_hash:
-        return VerifyResult(**intact, problem=(
+        return replace(intact, problem=(
             f"the head row's hash does not match event {last}: the head row was edited"),
             broken_seq=last, kind="head")
     if expect_head and expect_seq is None:
-        return VerifyResult(**intact, problem=(
+        return replace(intact, problem=(
             f"the published head {expect_head} is not in the chain: events were removed from "
             "the end, or the trail was rewritten, after it was published"), kind="truncated")
-    return VerifyResult(**intact, expect_head_seq=expect_seq)
+    return replace(intact, expect_head_seq=expect_seq)
 
 
 class _ChainWalk:

@@ -24,7 +24,10 @@ from privacy_lock.schema import locks
 
 DEFAULT_CONFIG_FILE = "privacy-lock.toml"
 _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_CONTENT_KEYS = {"table": str, "id": str, "owner": str, "visibility": str, "private": (str, int)}
+# Each [content.KIND] key and the types (isinstance) its value may have.
+_CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "table": str, "id": str, "owner": str, "visibility": str, "private": (str, int),
+}
 _ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy"}
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
@@ -79,8 +82,9 @@ def load_settings(config_option: str | None, url_option: str | None) -> Settings
     ``config_option`` and ``url_option`` already include their environment variables (Click).
     Without an explicit config, ``./privacy-lock.toml`` is used when it exists.
     """
+    path: Path | None
     if config_option:
-        path: Path | None = Path(config_option)
+        path = Path(config_option)
         if not path.is_file():
             raise ConfigError(f"config file {config_option} not found")
     else:
@@ -133,7 +137,7 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
         if not isinstance(section, dict):
             raise ConfigError(f"{where}: {prefix} must be a table like [content.{name}]")
         _reject_unknown(section, set(_CONTENT_KEYS), where, "key", prefix)
-        values = {}
+        values: dict[str, Any] = {}
         for key, expected in _CONTENT_KEYS.items():
             if key not in section:
                 raise ConfigError(f"{where}: [{prefix}] is missing the key {key!r}")

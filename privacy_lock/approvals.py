@@ -22,24 +22,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from privacy_lock import locking
-from privacy_lock.audit import Actor, EventSpec, append_event, append_events, utc_now
-from privacy_lock.batch import Outcome, run_batch
+from privacy_lock.audit import Actor, EventSpec, append_event, append_events
 from privacy_lock.config import ContentMap
 from privacy_lock.db import insert_rows, reading
+from privacy_lock.engine import Outcome, active_lock_ids, run_batch
 from privacy_lock.errors import UsageError
 from privacy_lock.pacing import Pacer
 from privacy_lock.report import from_stored, now_utc, show_time
 from privacy_lock.requests import Request
 from privacy_lock.schema import locks, revert_requests
+from privacy_lock.vocabulary import (
+    OPEN_REQUEST_STATES,
+    LockState,
+    RequestState,
+    Status,
+    utc_now,
+)
 
-PENDING, APPROVED, DONE = "pending", "approved", "done"
-OPEN_STATES = (PENDING, APPROVED)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class RequestOutcome:
     request_id: int | None
     lock_id: int | None
     user: str | None
-    status: str  # pending-approval | already-requested | not-locked
+    status: Status  # PENDING_APPROVAL | ALREADY_REQUESTED | NOT_LOCKED
     requested_by: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,22 +86,25 @@ def request_revert(conn: Connection, lock_id: int, actor: Actor) -> RequestOutco
                 ).first()
                 if lock is None:
                     raise UsageError(f"no lock with id {lock_id}")
-                if lock.state != locking.ACTIVE:
-                    return RequestOutcome(None, lock_id, lock.subject, "not-locked", None)
+                if lock.state != LockState.ACTIVE:
+                    return RequestOutcome(None, lock_id, lock.subject, Status.NOT_LOCKED, None)
                 existing = _open_request(conn, lock_id)
                 if existing is not None:
                     return RequestOutcome(existing.request_id, lock_id, lock.subject,
-                                          "already-requested", existing.requested_by)
-                request_id = conn.execute(insert(revert_requests).values(
-                    lock_id=lock_id, subject=lock.subject, state=PENDING, open_lock_id=lock_id,
+                                          Status.ALREADY_REQUESTED, existing.requested_by)
+                inserted = conn.execute(insert(revert_requests).values(
+                    lock_id=lock_id, subject=lock.subject, state=RequestState.PENDING,
+                    open_lock_id=lock_id,
                     requested_by=actor.operator, requested_os_user=actor.os_user,
                     requested_host=actor.host, ticket=actor.ticket or "",
                     reason=actor.reason or "", requested_at=utc_now(),
-                )).inserted_primary_key[0]
+                )).inserted_primary_key
+                assert inserted is not None  # a single-row INSERT always has one
+                request_id = inserted[0]
                 append_event(conn, "revert-requested", actor, subject=lock.subject,
                              lock_id=lock_id, details={"request_id": int(request_id)})
                 return RequestOutcome(int(request_id), lock_id, lock.subject,
-                                      "pending-approval", actor.operator)
+                                      Status.PENDING_APPROVAL, actor.operator)
         except IntegrityError:
             continue  # another operator filed one between our look and our insert: report it
     raise UsageError(f"could not file a revert request for lock {lock_id}; run revert again")
@@ -112,7 +120,7 @@ def request_reverts(
                   for position, r in enumerate(requests) if r.lock_id is None}
     with reading(conn):
         active = {s: lock_id for part in _parts(list(subject_at.values()))
-                  for s, lock_id in locking.active_lock_ids(conn, part).items()}
+                  for s, lock_id in active_lock_ids(conn, part).items()}
     outcomes: list[RequestOutcome | None] = [None] * len(requests)
     todo: list[tuple[int, int, Actor]] = []  # (position, lock id, who asks)
     for position, request in enumerate(requests):
@@ -121,7 +129,7 @@ def request_reverts(
             subject = subject_at[position]
             lock_id = active.get(subject)
             if lock_id is None:
-                outcomes[position] = RequestOutcome(None, None, subject, "not-locked", None)
+                outcomes[position] = RequestOutcome(None, None, subject, Status.NOT_LOCKED, None)
                 continue
         todo.append((position, lock_id, Actor.current(request.operator, request.ticket,
                                                       request.reason)))
@@ -154,11 +162,11 @@ def _file_requests(
     now, new_rows, asked_by = utc_now(), [], {}
     for _position, lock_id, actor in part:
         lock = lock_rows[lock_id]
-        if (lock.state == locking.ACTIVE and lock_id not in open_request
+        if (lock.state == LockState.ACTIVE and lock_id not in open_request
                 and lock_id not in asked_by):
             asked_by[lock_id] = actor
             new_rows.append({
-                "lock_id": lock_id, "subject": lock.subject, "state": PENDING,
+                "lock_id": lock_id, "subject": lock.subject, "state": RequestState.PENDING,
                 "open_lock_id": lock_id, "requested_by": actor.operator,
                 "requested_os_user": actor.os_user, "requested_host": actor.host,
                 "ticket": actor.ticket or "", "reason": actor.reason or "",
@@ -175,17 +183,17 @@ def _file_requests(
     outcomes, reported = [], set()
     for _position, lock_id, actor in part:
         lock = lock_rows[lock_id]
-        if lock.state != locking.ACTIVE:
-            outcomes.append(RequestOutcome(None, lock_id, lock.subject, "not-locked", None))
+        if lock.state != LockState.ACTIVE:
+            outcomes.append(RequestOutcome(None, lock_id, lock.subject, Status.NOT_LOCKED, None))
         elif lock_id in asked_by and lock_id not in reported:
             reported.add(lock_id)
             outcomes.append(RequestOutcome(int(new_ids[lock_id]), lock_id, lock.subject,
-                                           "pending-approval", actor.operator))
+                                           Status.PENDING_APPROVAL, actor.operator))
         else:  # open before, or named twice: the first one is the request
             request_id, requested_by = open_request.get(lock_id) or (
                 int(new_ids[lock_id]), asked_by[lock_id].operator)
             outcomes.append(RequestOutcome(int(request_id), lock_id, lock.subject,
-                                           "already-requested", requested_by))
+                                           Status.ALREADY_REQUESTED, requested_by))
     return outcomes
 
 
@@ -201,10 +209,11 @@ class ApprovalOutcome:
 
 @dataclass
 class ApprovalRun:
-    """What one ``approve`` did: the requests run (in the order given) and those refused."""
+    """What one ``approve`` did: the requests run (in the order given), and those another
+    approver finished between our look and our approval (not run again)."""
 
     approved: list[ApprovalOutcome]
-    refused: list[str]  # as in Approved.refused
+    finished_meanwhile: list[str]  # as in Approved.finished_meanwhile
     interrupted: bool
 
 
@@ -217,9 +226,8 @@ class Approved:
 
     approver: Actor
     runnable: list[tuple[Any, bool, bool]]  # (request row, resumed, same OS account)
-    # one line per request finished meanwhile, and per requester whose requests the approver
-    # filed (refused, audited)
-    refused: list[str]
+    # one line per request another approver finished between our look and our approval
+    finished_meanwhile: list[str]
 
     @property
     def requests(self) -> list[Request]:
@@ -230,19 +238,21 @@ class Approved:
 
 
 def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Actor) -> Approved:
-    """Approve the requests; refuse (audited) each one the approver filed.
+    """Approve the requests, or refuse them all when the approver filed any of them.
 
-    Unknown or finished requests are a usage error before anything changes. The approvals
-    (``revert-approved``, the request marked approved) commit in transactions of
-    :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs the reverts.
+    Everything that can refuse the command is decided before the first approval: unknown or
+    finished requests are a usage error; requests the approver filed are refused with a
+    ``revert-refused`` event each and a usage error, and none of the others is approved or
+    run. The approvals (``revert-approved``, the request marked approved) commit in
+    transactions of :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs the reverts.
     """
     ids = list(dict.fromkeys(request_ids))
     with reading(conn):
         found = {row.request_id: row for part in _parts(ids) for row in conn.execute(
             select(revert_requests).where(revert_requests.c.request_id.in_(part)))}
     _check_approvable(ids, found)
+    _refuse_own_requests(conn, ids, found, approver)
     approved = Approved(approver, [], [])
-    filed_by_approver: dict[str, list[int]] = {}  # requester as filed -> request ids refused
     for part in _parts(ids, APPROVE_IN_ONE):
         with conn.begin():
             rows = {row.request_id: row for row in conn.execute(
@@ -253,44 +263,63 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                 req = rows[request_id]
                 same_account = (req.requested_os_user, req.requested_host) == (
                     approver.os_user, approver.host)
-                as_approver = replace(approver, ticket=req.ticket)
-                if req.state == DONE:  # finished by another approver since we looked
-                    approved.refused.append(f"request {request_id} was finished meanwhile by "
-                                            f"{req.approved_by}")
+                if req.state == RequestState.DONE:  # finished by another approver since we looked
+                    approved.finished_meanwhile.append(
+                        f"request {request_id} was finished meanwhile by {req.approved_by}")
                     continue
-                if same_operator(req.requested_by, approver.operator):
-                    events.append(EventSpec("revert-refused", as_approver, req.subject,
-                                            req.lock_id, {
-                                                "request_id": request_id,
-                                                "requested_by": req.requested_by,
-                                                "why": "the approver is the requester"}))
-                    filed_by_approver.setdefault(req.requested_by, []).append(request_id)
-                    continue
-                if req.state == PENDING:
+                if req.state == RequestState.PENDING:
                     approving.append(request_id)
-                    events.append(EventSpec("revert-approved", as_approver, req.subject,
-                                            req.lock_id, {
+                    events.append(EventSpec("revert-approved", replace(approver,
+                                                                       ticket=req.ticket),
+                                            req.subject, req.lock_id, {
                                                 "request_id": request_id,
                                                 "requested_by": req.requested_by,
                                                 "requested_os_user": req.requested_os_user,
                                                 "requested_host": req.requested_host,
                                                 "same_os_account": same_account}))
-                approved.runnable.append((req, req.state == APPROVED, same_account))
+                approved.runnable.append((req, req.state == RequestState.APPROVED,
+                                          same_account))
             if approving:
                 conn.execute(
                     update(revert_requests)
                     .where(revert_requests.c.request_id.in_(approving))
-                    .values(state=APPROVED, approved_by=approver.operator,
+                    .values(state=RequestState.APPROVED, approved_by=approver.operator,
                             approved_os_user=approver.os_user, approved_host=approver.host,
                             approved_at=utc_now())
                 )
             append_events(conn, events)
-    for requester, refused in filed_by_approver.items():
-        which = (f"request {refused[0]} was" if len(refused) == 1 else
-                 f"requests {_some(refused)} were")
-        approved.refused.append(f"{which} filed by {requester}: a revert needs a second "
-                                "operator's approval (refused; nothing was changed)")
     return approved
+
+
+def _refuse_own_requests(
+    conn: Connection, ids: list[int], found: dict[int, Any], approver: Actor
+) -> None:
+    """When the approver filed any of the requests (names compared as :func:`same_operator`):
+    record one ``revert-refused`` event per such request and raise a usage error naming them;
+    no request is approved and no content changes. The requester of a request never changes,
+    so what was read before is what holds."""
+    own = [found[i] for i in ids if same_operator(found[i].requested_by, approver.operator)]
+    if not own:
+        return
+    with conn.begin():
+        append_events(conn, [
+            EventSpec("revert-refused", replace(approver, ticket=req.ticket), req.subject,
+                      req.lock_id, {"request_id": req.request_id,
+                                    "requested_by": req.requested_by,
+                                    "why": "the approver is the requester"})
+            for req in own])
+    by_requester: dict[str, list[int]] = {}  # requester as filed -> request ids refused
+    for req in own:
+        by_requester.setdefault(req.requested_by, []).append(req.request_id)
+    others = ""  # when other requests were named too, none of them ran either: say so
+    if len(own) < len(ids):
+        others = f": approve the others without {'them' if len(own) > 1 else 'it'}"
+    raise UsageError("; ".join(
+        (f"request {refused[0]} was" if len(refused) == 1 else
+         f"requests {_some(refused)} were")
+        + f" filed by {requester}: a revert needs a second operator's approval (refused; "
+        f"nothing was changed{others})"
+        for requester, refused in by_requester.items()))
 
 
 def run_approved(
@@ -301,7 +330,7 @@ def run_approved(
     share_chunks: bool = True,
     on_done: Callable[[Outcome], None] | None = None,
 ) -> ApprovalRun:
-    """Run the approved reverts as one batch (:func:`privacy_lock.batch.run_batch`: locks with
+    """Run the approved reverts as one batch (:func:`privacy_lock.engine.run_batch`: locks with
     few items share chunks) and mark done each request whose revert finished. A request whose
     revert failed or was interrupted stays approved: approving it again finishes it."""
     result = run_batch(conn, cmap, "revert", approved.requests, pacer, on_done=on_done,
@@ -311,7 +340,7 @@ def run_approved(
     return ApprovalRun(
         [ApprovalOutcome(finals[req.request_id], outcome, resumed, same)
          for (req, resumed, same), outcome in pairs],
-        approved.refused, result.interrupted)
+        approved.finished_meanwhile, result.interrupted)
 
 
 def _check_approvable(ids: list[int], found: dict[int, Any]) -> None:
@@ -324,7 +353,7 @@ def _check_approvable(ids: list[int], found: dict[int, Any]) -> None:
     if missing:
         raise UsageError(f"no revert requests with ids {_some(missing)} (see `privacy-lock "
                          "requests --state all`); nothing was approved")
-    done = [found[i] for i in ids if found[i].state == DONE]
+    done = [found[i] for i in ids if found[i].state == RequestState.DONE]
     if len(done) == 1 and len(ids) == 1:
         req = done[0]
         raise UsageError(f"request {req.request_id} is already done: approved by "
@@ -350,8 +379,9 @@ def _mark_done(conn: Connection, finished: list[tuple[int, Outcome]]) -> dict[in
                 conn.execute(
                     update(revert_requests)
                     .where(revert_requests.c.request_id.in_(part),
-                           revert_requests.c.state == APPROVED)
-                    .values(state=DONE, open_lock_id=None, finished_at=now, outcome=status)
+                           revert_requests.c.state == RequestState.APPROVED)
+                    .values(state=RequestState.DONE, open_lock_id=None, finished_at=now,
+                            outcome=status)
                 )
     with reading(conn):
         return {row["request_id"]: dict(row) for part in _parts([i for i, _o in finished])
@@ -359,8 +389,8 @@ def _mark_done(conn: Connection, finished: list[tuple[int, Outcome]]) -> dict[in
                     revert_requests.c.request_id.in_(part))).mappings()}
 
 
-def _parts(ids: list[int], size: int = 1000) -> list[list[int]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def _parts(ids: Sequence[T], size: int = 1000) -> list[list[T]]:
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
 
 
 def _some(ids: list[int], shown: int = 10) -> str:
@@ -376,7 +406,7 @@ def list_requests(
     now = now or now_utc()
     query = select(revert_requests).order_by(revert_requests.c.request_id)
     if state == "open":
-        query = query.where(revert_requests.c.state.in_(OPEN_STATES))
+        query = query.where(revert_requests.c.state.in_(OPEN_REQUEST_STATES))
     elif state != "all":
         query = query.where(revert_requests.c.state == state)
     with reading(conn):

@@ -1,91 +1,26 @@
-"""The command line: parse arguments, call one operation, render. No SQL here."""
+"""The command line: parse options, call one service function, render, exit. No SQL here.
+
+Every command ends in :meth:`CommandGroup.invoke`, the one place that turns an exception into a
+line on stderr and an exit code (:func:`privacy_lock.errors.exit_code`).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from functools import cached_property, partial
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from privacy_lock import __version__, approvals, batch, locking
-from privacy_lock import report as reporting
-from privacy_lock.audit import ACTIONS, Actor, EventFilters, record_views, verify_chain
-from privacy_lock.config import (
-    ContentMap,
-    Settings,
-    bind_content_map,
-    load_settings,
-    missing_owner_indexes,
-)
-from privacy_lock.db import (
-    connect_check,
-    create_tool_engine,
-    first_line,
-    reading,
-    safe_url,
-    translate_errors,
-)
-from privacy_lock.errors import PrivacyLockError, UsageError
+from privacy_lock import __version__, service
+from privacy_lock.audit import ACTIONS
+from privacy_lock.errors import EXPECTED, FailuresReported, OutputError, error_text, exit_code
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
-from privacy_lock.progress import Progress, RunStats
-from privacy_lock.render import FORMATS, REPORT_FORMATS, echo_outcomes, render
-from privacy_lock.requests import Request, load_requests
-from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
-
-
-class App:
-    """What every command shares: settings, the engine, the bound content map."""
-
-    def __init__(self, config: str | None, database_url: str | None, debug: bool) -> None:
-        self.config_option = config
-        self.url_option = database_url
-        self.debug = debug
-        self._engine: Engine | None = None
-
-    @cached_property
-    def settings(self) -> Settings:
-        return load_settings(self.config_option, self.url_option)
-
-    @property
-    def engine(self) -> Engine:
-        """The engine for the target database, announced on stderr (password hidden)."""
-        if self._engine is None:
-            self._engine = self.open_engine(create=False)
-        return self._engine
-
-    def open_engine(self, create: bool) -> Engine:
-        """Connect once to fail early; ``create`` allows a new SQLite file (``init``)."""
-        url = self.settings.database_url
-        note(f"database: {safe_url(url)}")
-        engine = create_tool_engine(url)
-        connect_check(engine, create=create)
-        self._engine = engine
-        return engine
-
-    @contextlib.contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """One connection for the whole command; work on it is done in short transactions."""
-        with translate_errors(self.settings.database_url), self.engine.connect() as conn:
-            yield conn
-
-    def content_map(self, conn: Connection) -> ContentMap:
-        """The content map checked against the live schema, after checking the tool's tables."""
-        with reading(conn):
-            require_tool_tables(conn)
-            return bind_content_map(conn, self.settings)
-
-    @staticmethod
-    def require_tables(conn: Connection) -> None:
-        with reading(conn):
-            require_tool_tables(conn)
+from privacy_lock.progress import Progress
+from privacy_lock.render import FORMATS, REPORT_FORMATS, echo_outcomes, outcome_rows, render
+from privacy_lock.report import LOCK_COLUMNS
+from privacy_lock.service import Identity, Target
 
 
 def note(message: str) -> None:
@@ -93,26 +28,40 @@ def note(message: str) -> None:
     click.echo(message, err=True)
 
 
-class CommandGroup(click.Group):
-    """Turns every expected failure into one line on stderr and its exit code (2 = nothing changed).
+@dataclass
+class App:
+    """The global options, and the target they name once a command asks for it."""
 
-    With --debug the traceback is shown instead.
-    """
+    config: str | None
+    database_url: str | None
+    debug: bool
+    _target: Target | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> Target:
+        """Settings loaded on first use (``demo`` and ``sql`` need none), with the database
+        announced on stderr when the command first connects."""
+        if self._target is None:
+            self._target = Target.load(self.config, self.database_url, note=note)
+        return self._target
+
+
+class CommandGroup(click.Group):
+    """Turns every expected failure into one line on stderr and its exit code, here only
+    (2 = nothing changed). With --debug the traceback is shown too; the exit code stays."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PrivacyLockError, SQLAlchemyError) as exc:
-            app = ctx.obj
-            if isinstance(app, App) and app.debug:
-                raise
-            if isinstance(exc, SQLAlchemyError):
-                url = safe_url(app.settings.database_url) if isinstance(app, App) else "database"
-                message, code = f"database error on {url}: {first_line(exc)}", 1
-            else:
-                message, code = str(exc), exc.exit_code
-            click.echo(f"privacy-lock: error: {message}", err=True)
-            ctx.exit(code)
+        except EXPECTED as exc:
+            app = ctx.obj if isinstance(ctx.obj, App) else None
+            if isinstance(exc, FailuresReported):  # the command has said what failed
+                ctx.exit(exit_code(exc))
+            if app and app.debug:
+                click.echo(traceback.format_exc().rstrip(), err=True)
+            where = app._target.url if app and app._target else None
+            click.echo(f"privacy-lock: error: {error_text(exc, where)}", err=True)
+            ctx.exit(exit_code(exc))
 
 
 format_option = click.option(
@@ -170,16 +119,6 @@ def batch_options(func: Any) -> Any:
     return func
 
 
-def make_actor(operator: str | None, ticket: str | None, reason: str | None) -> Actor:
-    """The audited identity; all three values are required for a real change."""
-    missing = [name for name, value in
-               (("--operator", operator), ("--ticket", ticket), ("--reason", reason))
-               if not (value and value.strip())]
-    if missing:
-        raise UsageError(f"{', '.join(missing)} required: every change is audited with them")
-    return Actor.current(operator.strip(), ticket.strip(), reason.strip())  # type: ignore[union-attr]
-
-
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config", type=click.Path(dir_okay=False), envvar="PRIVACY_LOCK_CONFIG",
@@ -215,21 +154,16 @@ def init(app: App) -> None:
     Example:
       privacy-lock --database-url postgresql://support@db/sns init
     """
-    app.open_engine(create=True)
-    with app.connect() as conn, conn.begin():
-        created = create_tool_tables(conn)
-    if created:
-        click.echo(f"created: {', '.join(created)}")
+    result = service.init(app.target)
+    if result.created:
+        click.echo(f"created: {', '.join(result.created)}")
     else:
         click.echo("all privacy-lock tables already exist; nothing to do")
-    if app.settings.content:
-        with app.connect() as conn, reading(conn):
-            suggestions = missing_owner_indexes(conn, bind_content_map(conn, app.settings))
-        if suggestions:
-            note("note: these content tables have no (owner, id) index; each chunk would scan "
-                 "the table. Ask a DBA to review and create:")
-            for line in suggestions:
-                note(f"  {line}")
+    if result.index_suggestions:
+        note("note: these content tables have no (owner, id) index; each chunk would scan "
+             "the table. Ask a DBA to review and create:")
+        for line in result.index_suggestions:
+            note(f"  {line}")
 
 
 @cli.command()
@@ -246,15 +180,8 @@ def demo(path: Path, force: bool, users: int) -> None:
       privacy-lock demo            # ./sns-demo.db and ./privacy-lock.toml
       privacy-lock demo /tmp/try/sns.db
     """
-    from privacy_lock.demo import build_demo
-
-    config_path = path.parent / "privacy-lock.toml"
-    summary = build_demo(path, config_path, users=users, overwrite=force)
-    url = f"sqlite:///{summary.database_path.as_posix()}"
-    engine = create_tool_engine(url)
-    with translate_errors(url), engine.begin() as conn:
-        create_tool_tables(conn)
-    engine.dispose()
+    result = service.demo(path, force=force, users=users)
+    summary, config_path = result.summary, result.config_path
     click.echo(f"demo database: {summary.database_path}")
     click.echo(f"config:        {summary.config_path}")
     click.echo(
@@ -303,7 +230,8 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
       privacy-lock apply 42 43 --kind diary --dry-run
       privacy-lock apply --from-file tickets.csv --operator alice --output result.csv
     """
-    run_requests(app, "apply", users, (), kinds, **options)
+    result = service.apply(app.target, users, kinds=kinds, **run_options(options))
+    show_run(result, options["fmt"])
 
 
 @cli.command()
@@ -327,156 +255,78 @@ def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **option
       privacy-lock revert --user 42 --dry-run
       privacy-lock revert --from-file returning.csv --operator alice
     """
-    run_requests(app, "revert", users, lock_ids, (), **options)
+    result = service.revert(app.target, lock_ids, users, **run_options(options))
+    if isinstance(result, service.FiledRequests):
+        show_filed(result, options["fmt"])
+    else:
+        show_run(result, options["fmt"])
 
 
-@dataclass
-class TrackedRun:
-    """A batch's progress display and final statistics, fed by its pacer and its outcomes."""
-
-    mode: batch.Mode
-    dry_run: bool
-    progress: Progress
-    stats: RunStats
-    pacer: Pacer
-
-    @classmethod
-    def start(cls, conn: Connection, cmap: ContentMap, mode: batch.Mode,
-              requests: list[Request], dry_run: bool, quiet: bool, pacer: Pacer) -> TrackedRun:
-        """Plan the totals (aggregate queries) and hook the pacer to the display: quiet for
-        one small request (or none)."""
-        total = batch.planned_items(conn, cmap, mode, requests)
-        progress = Progress(total, len(requests), quiet=quiet or len(requests) <= 1 and total
-                            < DEFAULT_CHUNK_SIZE)
-        stats = RunStats(action=("would be " if dry_run else "")
-                         + ("hidden" if mode == "apply" else "restored"))
-        pacer.on_note = progress.note
-        pacer.on_chunk = lambda user, kind, n: (progress.item_done(user, kind, n),
-                                                stats.add_items(kind, n))
-        return cls(mode, dry_run, progress, stats, pacer)
-
-    def done(self, outcome: batch.Outcome) -> None:
-        """One request finished (its users' items were counted chunk by chunk)."""
-        if self.dry_run:  # no chunk is written to count them: count what would change
-            for name, counts in outcome.kinds.items():
-                items = counts.changed if self.mode == "apply" else counts.restored
-                self.progress.item_done(outcome.user or "", name, items)
-                self.stats.add_items(name, items)
-        self.progress.user_done(outcome.user or "", outcome.status)
-        self.stats.add_user(failed=outcome.failed,
-                            conflicts=sum(c.conflicts for c in outcome.kinds.values()),
-                            gone=sum(c.gone for c in outcome.kinds.values()))
-
-    def finish(self, started: float) -> RunStats:
-        self.stats.retries, self.stats.elapsed = self.pacer.retried, time.monotonic() - started
-        self.stats.chunks = self.pacer.chunks
-        return self.stats
+def make_pacer(chunk_size: int, max_chunk_seconds: float | None, sleep: float,
+               pause_file: Path | None, lock_timeout: float, retries: int) -> Pacer:
+    """The pacer the --chunk-size ... --retries options describe."""
+    return Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
+                 pause_file=pause_file)
 
 
-def run_requests(
-    app: App, mode: batch.Mode, users: tuple[str, ...], lock_ids: tuple[int, ...],
-    kinds: tuple[str, ...], *, from_file: Path | None, output: Path | None,
-    operator: str | None, ticket: str | None, reason: str | None, dry_run: bool,
-    chunk_size: int, max_chunk_seconds: float | None, sleep: float, pause_file: Path | None,
-    lock_timeout: float, retries: int, quiet: bool, fmt: str,
-) -> None:
-    """Validate every request, run them one by one, print the outcome table and a last line
-    that says how the run ended; exit 1 if any request failed."""
-    if from_file and (users or lock_ids):
-        raise UsageError("give USER/LOCK_ID arguments or --from-file, not both")
-    if not from_file and not (users or lock_ids):
-        raise UsageError("name at least one USER" if mode == "apply"
-                         else "name at least one LOCK_ID or --user USER (or --from-file)")
-    if from_file and kinds:
-        raise UsageError("--kind applies to USER arguments; in a request file use a kinds column")
-    started = time.monotonic()
-    with app.connect() as conn:
-        cmap = app.content_map(conn)
-        if from_file:
-            # Each batch of existence checks is a short read of its own (no long snapshot).
-            requests = load_requests(
-                from_file, mode, default_ticket=ticket, default_reason=reason,
-                default_operator=operator, known_kinds=list(cmap.kinds),
-                normalize_user=cmap.normalize_user,
-                unknown_users=partial(read_once, conn, cmap.unknown_users),
-                missing_locks=partial(read_once, conn, batch.missing_locks),
-            )
-        else:
-            requests = argument_requests(conn, cmap, mode, users, lock_ids, kinds,
-                                         operator, ticket, reason, dry_run)
-        if mode == "revert" and not dry_run and app.settings.policy.revert_requires_approval:
-            file_revert_requests(conn, cmap, requests, fmt, output)
-            return
-        run = TrackedRun.start(conn, cmap, mode, requests, dry_run, quiet,
-                               Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
-                                     pause_file=pause_file))
-        try:
-            result = batch.run_batch(conn, cmap, mode, requests, run.pacer, dry_run,
-                                     on_done=run.done,
-                                     share_chunks=not app.settings.one_user_per_chunk)
-        finally:
-            run.progress.close()
-        if dry_run and app.settings.policy.audit_reads:
-            record_views(conn, f"{mode} --dry-run", [
-                (Actor.current(o.request.operator, o.request.ticket or None,
-                               o.request.reason or None), o.user, o.lock_id)
-                for o in result.outcomes if o.user and not o.failed])
-    stats = run.finish(started)
-    echo_outcomes(fmt, lambda: batch.outcome_rows(result.outcomes, mode),
+def progress_factory(quiet: bool) -> service.ProgressFactory:
+    """Progress on stderr; quiet when asked, and for one small request (or none)."""
+    def start(items: int, requests: int) -> Progress:
+        return Progress(items, requests,
+                        quiet=quiet or requests <= 1 and items < DEFAULT_CHUNK_SIZE)
+    return start
+
+
+def run_options(options: dict[str, Any]) -> dict[str, Any]:
+    """apply's and revert's options as the service takes them."""
+    return {
+        "from_file": options["from_file"], "output": options["output"],
+        "identity": Identity(options["operator"], options["ticket"], options["reason"]),
+        "dry_run": options["dry_run"],
+        "pacer": make_pacer(options["chunk_size"], options["max_chunk_seconds"],
+                            options["sleep"], options["pause_file"], options["lock_timeout"],
+                            options["retries"]),
+        "progress": progress_factory(options["quiet"]),
+    }
+
+
+def show_run(result: service.RunResult, fmt: str) -> None:
+    """Print the outcome table, where the results went, every failure, and a last line that
+    says how the run ended; exit 1 if any request failed."""
+    mode = result.mode
+    echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
                   lambda: [o.as_dict() for o in result.outcomes])
-    if output:
-        retry_file = batch.write_output(output, result.outcomes, mode)
-        note(f"results written to {output}")
-        if retry_file:
-            note(f"failed requests written to {retry_file}: re-run them with "
-                 f"`privacy-lock {mode} --from-file {retry_file}`")
+    if result.output:
+        note(f"results written to {result.output}")
+        if result.retry_file:
+            note(f"failed requests written to {result.retry_file}: re-run them with "
+                 f"`privacy-lock {mode} --from-file {result.retry_file}`")
+    stats, failed = result.stats, result.failed
     if mode == "revert" and stats.conflicts:
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")
-    failed = result.failed
     for outcome in failed:
         if outcome.error:
             note(f"privacy-lock: error: {outcome.label}: {outcome.error}")
-    if dry_run:
-        note(stats.summary_line("dry run, nothing was changed"))
-    elif result.interrupted:
-        note(stats.summary_line("interrupted") + f"; {len(failed)} of {len(requests)} "
-             "requests not finished: re-run the same command to finish them")
-    elif failed:
-        note(stats.summary_line("finished with failures") + f"; {len(failed)} of "
-             f"{len(requests)} requests failed (see the error column)")
+    ending, total = result.ending, len(result.outcomes)
+    if ending is service.Ending.INTERRUPTED:
+        note(stats.summary_line(ending) + f"; {len(failed)} of {total} requests not finished: "
+             "re-run the same command to finish them")
+    elif ending is service.Ending.FAILURES:
+        note(stats.summary_line(ending) + f"; {len(failed)} of {total} requests failed (see "
+             "the error column)")
     else:
-        note(stats.summary_line("done"))
+        note(stats.summary_line(ending))
+    finish(failed=bool(failed), output_error=result.output_error)
+
+
+def finish(*, failed: bool, output_error: str | None = None) -> None:
+    """End a command that has shown its results: a result file that could not be written is
+    an error of its own; failed requests exit 1 without another message."""
+    if output_error:
+        raise OutputError(output_error)
     if failed:
-        sys.exit(1)
-
-
-def read_once(conn: Connection, ask: Callable[[Connection, list[Any]], Any],
-              keys: list[Any]) -> Any:
-    """``ask(conn, keys)`` in a read-only transaction of its own."""
-    with reading(conn):
-        return ask(conn, keys)
-
-
-def argument_requests(
-    conn: Connection, cmap: ContentMap, mode: batch.Mode, users: tuple[str, ...],
-    lock_ids: tuple[int, ...], kinds: tuple[str, ...], operator: str | None,
-    ticket: str | None, reason: str | None, dry_run: bool,
-) -> list[Request]:
-    """Requests from command-line arguments, checked like a request file's rows."""
-    if dry_run:
-        operator, ticket, reason = operator or "", ticket or "", reason or ""
-    else:
-        actor = make_actor(operator, ticket, reason)
-        operator, ticket, reason = actor.operator, actor.ticket or "", actor.reason or ""
-    cmap.select(kinds)  # unknown kinds are a usage error before anything runs
-    subjects = locking.check_users(conn, cmap, users)
-    with reading(conn):
-        for lock_id in lock_ids:
-            locking.find_lock(conn, lock_id)
-    made = [Request(0, s, None, ticket, reason, operator, tuple(kinds)) for s in subjects]
-    made += [Request(0, None, lock_id, ticket, reason, operator, ()) for lock_id in lock_ids]
-    return made
+        raise FailuresReported()
 
 
 @cli.command()
@@ -499,14 +349,7 @@ def status(
       privacy-lock status 42
       privacy-lock status 42 --items --format csv
     """
-    with app.connect() as conn:
-        cmap = app.content_map(conn)
-        subjects = locking.check_users(conn, cmap, users)
-        reports = [locking.user_status(conn, cmap, s, items) for s in subjects]
-        if app.settings.policy.audit_reads:
-            viewer = Actor.current((operator or "").strip())
-            record_views(conn, "status --items" if items else "status", [
-                (viewer, r["user"], (r["lock"] or {}).get("lock_id")) for r in reports])
+    reports = service.status(app.target, users, items=items, operator=operator)
     rows = []
     for report in reports:
         lock = report["lock"] or {}
@@ -547,15 +390,6 @@ def when_options(what: str) -> Any:
     return decorate
 
 
-def time_range(since: str | None, until: str | None, tz_name: str) -> tuple[Any, Any, Any]:
-    """(zone, since, until-exclusive) as the stored UTC text the filters compare with."""
-    zone = reporting.resolve_zone(tz_name)
-    since_at = reporting.parse_bound(since, zone, "--since")
-    until_before = reporting.parse_bound(until, zone, "--until", end=True)
-    reporting.check_range(since_at, until_before)
-    return zone, since_at, until_before
-
-
 @cli.command("locks")
 @click.option("--state", type=click.Choice(["active", "reverted", "all"]), default="active",
               show_default=True)
@@ -577,12 +411,9 @@ def locks_command(
       privacy-lock locks --state all --since 2026-11-01 --format csv
       privacy-lock locks --operator alice --tz Asia/Tokyo
     """
-    zone, since_at, until_before = time_range(since, until, tz_name)
-    filters = reporting.LockFilters(state, operator, user, ticket, None, since_at, until_before)
-    with app.connect() as conn:
-        app.require_tables(conn)
-        rows = reporting.lock_rows(conn, filters, zone)
-    click.echo(render(rows, fmt, columns=reporting.LOCK_COLUMNS))
+    rows = service.locks(app.target, state=state, operator=operator, user=user, ticket=ticket,
+                         since=since, until=until, tz=tz_name)
+    click.echo(render(rows, fmt, columns=LOCK_COLUMNS))
 
 
 @cli.group()
@@ -605,9 +436,7 @@ def audit_verify(app: App, expect_head: str | None) -> None:
       privacy-lock audit verify
       privacy-lock audit verify --expect-head 3f7a...
     """
-    with app.connect() as conn:
-        app.require_tables(conn)
-        result = verify_chain(conn, expect_head)
+    result = service.audit_verify(app.target, expect_head)
     if result.ok:
         click.echo(f"{result.valid}/{result.total} events valid")
         when = f", {result.head_time}" if result.head_time else ""
@@ -620,7 +449,7 @@ def audit_verify(app: App, expect_head: str | None) -> None:
     click.echo(f"{result.valid}/{result.total} events valid before the first broken one"
                + (f" (event {result.broken_seq})" if result.broken_seq else ""))
     click.echo(f"last intact head: {result.head_hash} (event {result.head_seq})")
-    sys.exit(1)
+    raise FailuresReported("the audit chain is broken")
 
 
 @audit.command("report")
@@ -657,32 +486,15 @@ def audit_report(
       privacy-lock audit report --summary --since 2026-11-01
       privacy-lock audit report --format html --output audit-2026-11.html
     """
-    zone, since_at, until_before = time_range(since, until, tz_name)
-    filters = EventFilters(since_at, until_before, operator, user, actions, ticket, lock_id)
-    words = reporting.describe_filters(since=since, until=until, operator=operator, user=user,
-                                       action=actions, ticket=ticket, lock=lock_id)
-    with app.connect() as conn:
-        app.require_tables(conn)
-        report = reporting.build_report(
-            conn, filters, zone, database=safe_url(app.settings.database_url),
-            filter_words=words, keep_events=fmt == "html" or not summary,
-            verify=fmt in ("html", "table"),
-        )
-    if fmt == "html":
-        text = render(report.events, fmt, payload=report)
-    elif summary:
-        text = summary_text(report, fmt)
-    elif fmt == "json":
-        text = render(report.events, fmt, payload=[reporting.event_json(r)
-                                                   for r in report.events])
-    elif fmt == "csv":
-        text = render(report.events, fmt, columns=reporting.EVENT_COLUMNS)
-    else:
-        text = render([reporting.table_row(r) for r in report.events], fmt,
-                      columns=reporting.EVENT_TABLE_COLUMNS)
-    write_or_echo(text, output)
-    if output:
-        note(f"wrote {output} ({report.event_total} events)")
+    result = service.audit_report(
+        app.target, since=since, until=until, tz=tz_name, operator=operator, user=user,
+        actions=actions, ticket=ticket, lock_id=lock_id, summary=summary, fmt=fmt,
+        output_path=output)
+    report = result.report
+    if result.output is None:
+        click.echo(result.text)
+    if result.output:
+        note(f"wrote {result.output} ({report.event_total} events)")
     if report.verify is not None and not report.verify.ok:
         note(f"warning: the audit chain is BROKEN: {report.verify.problem} "
              "(run `privacy-lock audit verify`)")
@@ -691,57 +503,28 @@ def audit_report(
              f"{report.verify.total} events valid, head {report.verify.head_hash}")
 
 
-def summary_text(report: reporting.Report, fmt: str) -> str:
-    """The --summary output: counts per action x operator x day, then active locks by age."""
-    if fmt == "json":
-        return render([], fmt, payload=report.summary_json())
-    if fmt == "csv":
-        return render(report.counts, fmt, columns=reporting.COUNT_COLUMNS)
-    return "\n".join([
-        render(report.counts, fmt, columns=reporting.COUNT_COLUMNS), "",
-        "active locks by age (days since applied):",
-        render(report.ages, fmt, columns=["age", "locks", "oldest_days"]),
-    ])
-
-
-def write_or_echo(text: str, output: Path | None) -> None:
-    """Print ``text``, or write it to ``output`` whole (a reader never sees half a report)."""
-    if output is None:
-        click.echo(text)
-        return
-    partial = output.with_name(output.name + ".partial")
-    try:
-        partial.write_text(text + "\n", encoding="utf-8")
-        partial.replace(output)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
-
-
-def file_revert_requests(
-    conn: Connection, cmap: ContentMap, requests: list[Request], fmt: str, output: Path | None
-) -> None:
-    """revert under [policy] revert_requires_approval: file requests, change no content."""
-    outcomes = approvals.request_reverts(conn, cmap, requests)
-    rows = [o.as_dict() for o in outcomes]
-    text = render(rows, fmt, columns=["request", "lock", "user", "status", "requested_by"])
-    click.echo(text)
-    if output:
-        write_or_echo(render(rows, "json" if output.suffix == ".json" else "csv"), output)
-        note(f"results written to {output}")
-    waiting = [o for o in outcomes if o.request_id is not None]
+def show_filed(result: service.FiledRequests, fmt: str) -> None:
+    """revert under [policy] revert_requires_approval: the requests filed, and who runs them."""
+    rows = [o.as_dict() for o in result.outcomes]
+    click.echo(render(rows, fmt, columns=["request", "lock", "user", "status", "requested_by"]))
+    if result.output:
+        note(f"results written to {result.output}")
+    waiting = result.waiting
     if not waiting:
         note("nothing to revert: no active lock was named")
-        return
-    ids = [o.request_id for o in waiting if o.request_id is not None]
-    asked = sorted({o.requested_by for o in waiting if o.requested_by})
-    note(f"nothing was changed yet: a revert needs a second operator's approval "
-         f"([policy] revert_requires_approval). Someone other than {', '.join(asked)} runs:")
-    if len(ids) <= APPROVE_HINT_IDS:
-        note(f"  privacy-lock approve {' '.join(map(str, ids))} --operator NAME")
-    else:  # a request file of thousands: one line, not one per request
-        note("  privacy-lock approve REQUEST_ID... --operator NAME")
-        note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock requests`)")
+    else:
+        ids = [o.request_id for o in waiting if o.request_id is not None]
+        asked = sorted({o.requested_by for o in waiting if o.requested_by})
+        note(f"nothing was changed yet: a revert needs a second operator's approval "
+             f"([policy] revert_requires_approval). Someone other than {', '.join(asked)} "
+             "runs:")
+        if len(ids) <= APPROVE_HINT_IDS:
+            note(f"  privacy-lock approve {' '.join(map(str, ids))} --operator NAME")
+        else:  # a request file of thousands: one line, not one per request
+            note("  privacy-lock approve REQUEST_ID... --operator NAME")
+            note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock "
+                 "requests`)")
+    finish(failed=False, output_error=result.output_error)
 
 
 APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names ranges instead
@@ -770,48 +553,36 @@ def id_ranges(ids: list[int]) -> str:
 @click.pass_obj
 def approve(
     app: App, request_ids: tuple[int, ...], operator: str | None, reason: str | None,
-    fmt: str, **pacing: Any,
+    fmt: str, quiet: bool, **pacing: Any,
 ) -> None:
     """Approve pending revert requests and run them (a second operator, not the requester).
 
     Each revert runs under its request's ticket and reason, as you; several run as one batch,
-    where small locks share chunks. An approval by the requester is refused (exit 2) and
-    recorded as revert-refused; the other requests still run. Approving again an approved
-    request whose run was interrupted finishes it.
+    where small locks share chunks. If you filed any of the requests named, the approval is
+    refused (exit 2) and recorded as revert-refused, and none of them runs. Approving again an
+    approved request whose run was interrupted finishes it.
 
     \b
     Example:
       privacy-lock requests
       privacy-lock approve 3 --operator bob
     """
-    if not (operator and operator.strip()):
-        raise UsageError("--operator required: the approval is audited under your name")
-    started = time.monotonic()
-    approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
-    pacer = Pacer(pacing["chunk_size"], pacing["sleep"], pacing["max_chunk_seconds"],
-                  pacing["lock_timeout"], pacing["retries"], pause_file=pacing["pause_file"])
-    with app.connect() as conn:
-        cmap = app.content_map(conn)
-        approved = approvals.approve_requests(conn, request_ids, approver)
-        run = TrackedRun.start(conn, cmap, "revert", approved.requests, False,
-                               pacing["quiet"], pacer)
-        try:
-            done = approvals.run_approved(conn, cmap, approved, pacer,
-                                          share_chunks=not app.settings.one_user_per_chunk,
-                                          on_done=run.done)
-        finally:
-            run.progress.close()
-    stats = run.finish(started)
-    ran = done.approved
-    if ran:
-        echo_outcomes(
-            fmt,
-            lambda: [{"request": item.request["request_id"], **row} for item in ran
-                     for row in batch.outcome_rows([item.outcome], "revert")],
-            lambda: [{"request": a.request["request_id"],
-                      "requested_by": a.request["requested_by"],
-                      "approved_by": a.request["approved_by"], "resumed": a.resumed,
-                      **a.outcome.as_dict()} for a in ran])
+    result = service.approve(app.target, request_ids, operator=operator, reason=reason,
+                             pacer=make_pacer(**pacing), progress=progress_factory(quiet))
+    show_approved(result, fmt)
+
+
+def show_approved(result: service.ApproveResult, fmt: str) -> None:
+    """The reverts approve ran, what to know about them, and a last line for a batch."""
+    ran, stats = result.approved, result.stats
+    echo_outcomes(
+        fmt,
+        lambda: [{"request": item.request["request_id"], **row} for item in ran
+                 for row in outcome_rows([item.outcome], "revert")],
+        lambda: [{"request": a.request["request_id"],
+                  "requested_by": a.request["requested_by"],
+                  "approved_by": a.request["approved_by"], "resumed": a.resumed,
+                  **a.outcome.as_dict()} for a in ran])
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
@@ -819,7 +590,9 @@ def approve(
     elif ran:
         by = sorted({a.request["requested_by"] for a in ran})
         note(f"requests {id_ranges([a.request['request_id'] for a in ran])}: requested "
-             f"by {', '.join(by)}, approved by {approver.operator}")
+             f"by {', '.join(by)}, approved by {result.approver.operator}")
+    for line in result.finished_meanwhile:
+        note(f"note: {line}; not run again")
     same = [a.request for a in ran if a.same_os_account]
     if same:
         accounts = sorted({f"{r['requested_os_user']}@{r['requested_host']}" for r in same})
@@ -830,25 +603,22 @@ def approve(
     if stats.conflicts:
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")
-    failed = [a.outcome for a in ran if a.outcome.failed]
-    for a in ran:
-        if a.outcome.failed and a.outcome.error:
+    failed = result.failed
+    for a in failed:
+        if a.outcome.error:
             note(f"privacy-lock: error: request {a.request['request_id']} (lock "
                  f"{a.request['lock_id']}): {a.outcome.error}")
     if len(ran) > 1 or failed:
-        if done.interrupted:
-            note(stats.summary_line("interrupted") + f"; {len(failed)} of {len(ran)} "
-                 "approved requests not finished: approve them again to finish them")
-        elif failed:
-            note(stats.summary_line("finished with failures") + f"; {len(failed)} of "
-                 f"{len(ran)} approved requests failed: approve them again to finish "
+        if result.interrupted:
+            note(stats.summary_line(service.Ending.INTERRUPTED) + f"; {len(failed)} of "
+                 f"{len(ran)} approved requests not finished: approve them again to finish "
                  "them")
+        elif failed:
+            note(stats.summary_line(service.Ending.FAILURES) + f"; {len(failed)} of "
+                 f"{len(ran)} approved requests failed: approve them again to finish them")
         else:
             note(stats.summary_line())
-    if done.refused:
-        raise UsageError("; ".join(done.refused))
-    if failed:
-        sys.exit(1)
+    finish(failed=bool(failed))
 
 
 @cli.command("requests")
@@ -866,10 +636,7 @@ def requests_command(app: App, state: str, tz_name: str, fmt: str) -> None:
       privacy-lock requests
       privacy-lock requests --state all --format csv
     """
-    zone = reporting.resolve_zone(tz_name)
-    with app.connect() as conn:
-        app.require_tables(conn)
-        rows = approvals.list_requests(conn, state, zone)
+    rows = service.requests(app.target, state=state, tz=tz_name)
     columns = ["request", "lock", "user", "state", "age_days", "requested_by",
                "requested_from", "ticket", "reason", "requested_at", "approved_by"]
     click.echo(render(rows, fmt, columns=columns))
@@ -890,13 +657,8 @@ def sql_command(app: App, dialect: str, role: str | None) -> None:
       privacy-lock sql --dialect postgresql > review.sql
       privacy-lock --config sns.toml sql --dialect postgresql --grants privacy_lock_tool
     """
-    if role is None:
-        click.echo(ddl_for(dialect), nl=False)
-        return
-    from privacy_lock.roles import grants_sql
-
-    settings = app.settings
-    click.echo(grants_sql(dialect, role, settings.content or None, settings.accounts), nl=False)
+    settings = app.target.settings if role is not None else None
+    click.echo(service.sql(dialect, role, settings), nl=False)
 
 
 def main() -> None:

@@ -57,6 +57,13 @@ class LockTimeoutError(PrivacyLockError):
     """A chunk could not get its row locks within the retries; nothing in it changed."""
 
 
+class StaleChunk(PrivacyLockError):
+    """A chunk's rows no longer fit its plan (more items than the chunk holds, an owner the
+    database matched by collation, a count that did not add up while the rows were locked):
+    the chunk's transaction is rolled back, nothing in it changed, and the engine runs its
+    users one by one (a user alone that still does not fit fails with this message)."""
+
+
 class OutputError(PrivacyLockError):
     """A result file could not be written after the run (the run's changes stand). Exit 1."""
 
@@ -80,6 +87,11 @@ class Interrupted(Exception):  # noqa: N818 - the name says what happened, as Ke
     """
 
     exit_code = 1
+
+
+# What a command may end with and still print one line: the tool's errors, Ctrl-C, and driver
+# errors that escaped translate_errors. Anything else is a bug and keeps its traceback.
+EXPECTED = (PrivacyLockError, Interrupted, SQLAlchemyError)
 
 
 def exit_code(exc: BaseException) -> int:

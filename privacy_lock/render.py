@@ -5,12 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tabulate import tabulate
+
+from privacy_lock import report as reporting
+from privacy_lock.vocabulary import Mode
+
+if TYPE_CHECKING:
+    from privacy_lock.engine import KindCounts, Outcome
 
 FORMATS = ("table", "csv", "json")
 # html is for reports meant to be read or archived (audit report), not for operators' commands.
@@ -57,6 +63,59 @@ def render(
 _JSON_STYLE: dict[str, Any] = {"ensure_ascii": False, "indent": 2, "default": str}
 
 
+def json_pieces(data: Any) -> Iterator[str]:
+    """``data`` as indented JSON text, in pieces as it is encoded (for large outputs)."""
+    return json.JSONEncoder(**_JSON_STYLE).iterencode(data)
+
+
+def outcome_rows(outcomes: Sequence[Outcome], mode: Mode) -> list[dict[str, Any]]:
+    """One flat row per request and kind, for tables and CSV (the line column only for a file)."""
+    counts = ("changed", "already_private") if mode == "apply" else (
+        "restored", "conflicts", "gone")
+    from_file = any(o.request.line for o in outcomes)
+    rows = []
+    for outcome in outcomes:
+        kinds: dict[str, KindCounts | None] = {**outcome.kinds} or {"-": None}
+        for kind, kind_counts in kinds.items():
+            row: dict[str, Any] = {"line": outcome.request.line} if from_file else {}
+            row.update({"user": outcome.user, "lock": outcome.lock_id,
+                        "status": outcome.status, "kind": kind})
+            for name in counts:
+                row[name] = getattr(kind_counts, name) if kind_counts else 0
+            if outcome.error:
+                row["error"] = outcome.error
+            rows.append(row)
+    return rows
+
+
+def report_text(report: reporting.Report, fmt: str, summary: bool) -> str:
+    """The text of ``audit report``: the html page, the --summary, or the events in ``fmt``."""
+    if fmt == "html":
+        return render(report.events, fmt, payload=report)
+    if summary:
+        return _summary_text(report, fmt)
+    if fmt == "json":
+        return render(report.events, fmt, payload=[reporting.event_json(r)
+                                                   for r in report.events])
+    if fmt == "csv":
+        return render(report.events, fmt, columns=reporting.EVENT_COLUMNS)
+    return render([reporting.table_row(r) for r in report.events], fmt,
+                  columns=reporting.EVENT_TABLE_COLUMNS)
+
+
+def _summary_text(report: reporting.Report, fmt: str) -> str:
+    """The --summary output: counts per action x operator x day, then active locks by age."""
+    if fmt == "json":
+        return render([], fmt, payload=report.summary_json())
+    if fmt == "csv":
+        return render(report.counts, fmt, columns=reporting.COUNT_COLUMNS)
+    return "\n".join([
+        render(report.counts, fmt, columns=reporting.COUNT_COLUMNS), "",
+        "active locks by age (days since applied):",
+        render(report.ages, fmt, columns=["age", "locks", "oldest_days"]),
+    ])
+
+
 def echo_outcomes(
     fmt: str, rows: Callable[[], Sequence[dict[str, Any]]], payload: Callable[[], Any]
 ) -> None:
@@ -65,7 +124,7 @@ def echo_outcomes(
     JSON text of 10,000 outcomes held 42 MB (``json.dumps`` with an indent joins its pieces
     at the end), and both shapes were built for every format."""
     if fmt == "json":
-        pieces = json.JSONEncoder(**_JSON_STYLE).iterencode(payload())
+        pieces = json_pieces(payload())
         # A few thousand pieces per write: one write per piece cost 1 s per 10,000 outcomes.
         while text := "".join(islice(pieces, 4096)):
             click.echo(text, nl=False)

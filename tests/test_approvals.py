@@ -9,10 +9,12 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from privacy_lock import approvals, locking
-from privacy_lock.errors import LockStateError
+from privacy_lock import approvals, service
+from privacy_lock.engine import BatchResult, Outcome
+from privacy_lock.errors import UsageError
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events, revert_requests
+from privacy_lock.vocabulary import Status
 from sns import build_sns, tool_session
 
 
@@ -83,9 +85,10 @@ def test_revert_files_a_request_and_a_second_operator_runs_it(sns):
     [req] = request_rows(sns)
     assert (req["state"], req["approved_by"], req["outcome"], req["open_lock_id"]) == (
         "done", "bob", "reverted", None)
-    assert [a for a in actions(sns) if a[0].startswith(("revert", "restore"))] == [
-        ("revert-requested", "alice", "T-2"), ("revert-approved", "bob", "T-2"),
-        ("restore", "bob", "T-2"), ("restore", "bob", "T-2"), ("revert", "bob", "T-2")]
+    trail = [a for a in actions(sns) if a[0].startswith(("revert", "restore"))]
+    assert trail[:2] == [("revert-requested", "alice", "T-2"), ("revert-approved", "bob", "T-2")]
+    assert trail[-1] == ("revert", "bob", "T-2")  # the run's events are the approver's
+    assert {a for a in trail[2:]} <= {("restore", "bob", "T-2"), ("revert", "bob", "T-2")}
     assert sns.lock_rows()[0]["reverted_by"] == "bob"
     assert json.loads(sns.run("requests", "--format", "json").stdout) == []
     assert sns.run("audit", "verify").stdout.startswith(f"{sns.audit_count()}/")
@@ -126,18 +129,31 @@ def test_dry_run_needs_no_approval_and_policy_off_reverts_at_once(sns):
     assert sns.everything() == before and request_rows(sns) == []
 
 
+def failing_locks(monkeypatch, *lock_ids: int) -> None:
+    """Make the reverts of ``lock_ids`` fail (changing nothing) in approve's batch, at the
+    engine's boundary: the other requests run for real."""
+    real = approvals.run_batch
+
+    def run_batch(conn, cmap, mode, requests, pacer, dry_run=False, on_done=None,
+                  share_chunks=True):
+        fine = [r for r in requests if r.lock_id not in lock_ids]
+        ran = iter(real(conn, cmap, mode, fine, pacer, dry_run, on_done=on_done,
+                        share_chunks=share_chunks).outcomes)
+        outcomes = [next(ran) if r.lock_id not in lock_ids else Outcome(
+            r, None, r.lock_id, Status.FAILED, error="connection lost (simulated)")
+            for r in requests]
+        return BatchResult(outcomes)
+
+    monkeypatch.setattr(approvals, "run_batch", run_batch)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_an_interrupted_approved_revert_is_finished_by_approving_again(sns, monkeypatch):
     user = sns.users[0]
     before = sns.everything()
     sns.run("apply", str(user), *as_("alice"))
     sns.run("revert", "--user", str(user), *as_("alice"))
-    real = locking.revert_lock
-
-    def crash(*args, **kwargs):
-        raise LockStateError("connection lost (simulated)")
-
-    monkeypatch.setattr(locking, "revert_lock", crash)
+    failing_locks(monkeypatch, sns.lock_rows()[0]["lock_id"])
     assert "simulated" in sns.run("approve", "1", "--operator", "bob", expect=1).stderr
     [req] = request_rows(sns)
     assert req["state"] == "approved" and req["approved_by"] == "bob"
@@ -146,7 +162,7 @@ def test_an_interrupted_approved_revert_is_finished_by_approving_again(sns, monk
                               "--format", "json").stdout)[0]["status"] == "already-requested"
     assert "approved" in sns.run("requests").stdout
 
-    monkeypatch.setattr(locking, "revert_lock", real)
+    monkeypatch.undo()
     assert "alice" in sns.run("approve", "1", "--operator", "alice", expect=2).stderr
     out = json.loads(sns.run("approve", "1", "--operator", "bob", "--format", "json").stdout)
     assert out[0]["status"] == "reverted" and out[0]["resumed"] is True
@@ -232,21 +248,19 @@ def test_one_open_request_per_lock_even_if_the_check_is_raced(sns):
     assert len(request_rows(sns)) == 2  # closed requests do not block each other
 
 
-def test_many_filed_requests_get_one_approve_hint_not_one_line_each(monkeypatch, capsys):
+def test_many_filed_requests_get_one_approve_hint_not_one_line_each(capsys):
     from privacy_lock import cli
 
     filed = [approvals.RequestOutcome(n, n, str(n), "pending-approval", "alice")
              for n in [*range(1, 24), 30, 31, 40]]
-    monkeypatch.setattr(approvals, "request_reverts", lambda *_args: filed)
-    cli.file_revert_requests(None, None, [], "csv", None)
+    cli.show_filed(service.FiledRequests(filed), "csv")
     err = capsys.readouterr().err.splitlines()
     assert "  privacy-lock approve REQUEST_ID... --operator NAME" in err
     assert "(pending: 26 requests, 1-23, 30-31, 40; see `privacy-lock requests`)" in err
     assert not any(line.startswith("  privacy-lock approve 1") for line in err)
 
     few = filed[:3]
-    monkeypatch.setattr(approvals, "request_reverts", lambda *_args: few)
-    cli.file_revert_requests(None, None, [], "csv", None)
+    cli.show_filed(service.FiledRequests(few), "csv")
     assert "  privacy-lock approve 1 2 3 --operator NAME" in capsys.readouterr().err.splitlines()
 
 
@@ -279,25 +293,33 @@ def test_approving_several_requests_runs_them_as_one_batch(sns):
     assert "events valid" in sns.run("audit", "verify").stdout
 
 
-def test_a_self_approval_among_several_is_refused_and_the_others_run(sns):
+def test_a_self_approval_among_several_refuses_them_all_before_anything_runs(sns):
+    """approve 1 2 3 by bob, who filed 3: it used to revert 1 and 2 and then exit 2."""
     u1, u2, u3 = sns.users
     before = sns.everything()
     sns.run("apply", *map(str, sns.users), *as_("alice"))
     sns.run("revert", "--user", str(u1), "--user", str(u2), *as_("alice"))
     sns.run("revert", "--user", str(u3), *as_("bob"))
-    hidden = sns.everything()
+    hidden, requests_before = sns.everything(), request_rows(sns)
     out = sns.run("approve", "1", "2", "3", "--operator", "bob", "--format", "json", expect=2)
-    assert [r["request"] for r in json.loads(out.stdout)] == [1, 2]
-    assert out.stderr.splitlines()[-1] == (
+    assert out.stdout == ""
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert errors == [
         "privacy-lock: error: request 3 was filed by bob: a revert needs a second operator's "
-        "approval (refused; nothing was changed)")
+        "approval (refused; nothing was changed: approve the others without it)"]
+    assert sns.everything() == hidden
+    assert request_rows(sns) == requests_before  # none approved
+    assert all(lk["state"] == "active" for lk in sns.lock_rows())
+    assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3]
+    assert events_of(sns, "revert-approved") == []
+
+    sns.run("approve", "1", "2", "--operator", "bob")  # the others, without it
     assert [r["state"] for r in request_rows(sns)] == ["done", "done", "pending"]
     after = sns.everything()
     for kind, rows in after.items():
         for item_id, (owner, vis) in rows.items():
             source = hidden if owner == u3 else before
             assert (owner, vis) == source[kind][item_id]
-    assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3]
 
     sns.run("apply", str(u1), str(u2), *as_("alice"))
     sns.run("revert", "--user", str(u1), "--user", str(u2), *as_("bob"))  # 4 and 5
@@ -306,6 +328,20 @@ def test_a_self_approval_among_several_is_refused_and_the_others_run(sns):
         "privacy-lock: error: requests 3, 4, 5 were filed by bob: a revert needs a second "
         "operator's approval (refused; nothing was changed)")
     assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3, 3, 4, 5]
+
+
+def test_a_refused_approval_through_the_service_changes_nothing(sns):
+    """The refusal is decided in the Python API, before anything is approved or run."""
+    u1, u2, _ = sns.users
+    sns.run("apply", str(u1), str(u2), *as_("alice"))
+    sns.run("revert", "--user", str(u1), *as_("alice"))
+    sns.run("revert", "--user", str(u2), *as_("bob"))
+    hidden, requests_before = sns.everything(), request_rows(sns)
+    target = service.Target.load(str(sns.config_path), sns.url)
+    with pytest.raises(UsageError, match="request 2 was filed by bob"):
+        service.approve(target, [1, 2], operator="bob")
+    target.dispose()
+    assert sns.everything() == hidden and request_rows(sns) == requests_before
 
 
 def test_an_unknown_or_finished_request_stops_the_approval_before_anything(sns):
@@ -334,19 +370,12 @@ def test_a_failed_revert_among_several_stays_approved_and_the_others_finish(sns,
     sns.run("revert", *[a for u in sns.users for a in ("--user", str(u))], *as_("alice"))
     text = sns.config_path.read_text(encoding="utf-8")  # one lock per transaction, as on Citus
     sns.config_path.write_text("[database]\none_user_per_chunk = true\n\n" + text, "utf-8")
-    real = locking.revert_lock
-
-    def fail_lock_2(conn, cmap, lock_id, *args, **kwargs):
-        if lock_id == 2:
-            raise LockStateError("connection lost (simulated)")
-        return real(conn, cmap, lock_id, *args, **kwargs)
-
-    monkeypatch.setattr(locking, "revert_lock", fail_lock_2)
+    failing_locks(monkeypatch, 2)
     out = sns.run("approve", "1", "2", "3", "--operator", "bob", expect=1)
     assert "privacy-lock: error: request 2 (lock 2): connection lost (simulated)" in out.stderr
     assert "1 of 3 approved requests failed: approve them again" in out.stderr.splitlines()[-1]
     assert [r["state"] for r in request_rows(sns)] == ["done", "approved", "done"]
-    monkeypatch.setattr(locking, "revert_lock", real)
+    monkeypatch.undo()
     again = json.loads(sns.run("approve", "2", "--operator", "carol", "--format",
                                "json").stdout)
     assert (again[0]["status"], again[0]["resumed"], again[0]["approved_by"]) == (

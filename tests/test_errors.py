@@ -108,12 +108,23 @@ def test_unreachable_database_and_bad_urls(tmp_path):
     assert not missing.exists()  # a typo in a path never creates an empty database
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(
-        cli, ["--debug", "--database-url", f"sqlite:///{tmp_path / 'x.db'}", "locks"]
-    )
-    assert result.exit_code != 0 and result.exception is not None
-    assert "does not exist" in str(result.exception)
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    missing = ["--database-url", f"sqlite:///{tmp_path / 'x.db'}", "locks"]
+    result = invoke("--debug", *missing)
+    assert result.exit_code == invoke(*missing).exit_code == 1
+    assert "Traceback" in result.stderr and "DatabaseError" in result.stderr
+    assert "does not exist" in result.stderr.splitlines()[-1]
+
+
+def test_debug_keeps_exit_2_for_a_usage_error(sns):
+    """--debug used to turn every 2 into 1 (the exception escaped to Python)."""
+    before = sns.everything()
+    result = invoke("--debug", "--config", str(sns.config_path), "--database-url", sns.url,
+                    "apply", "9999", *IDENTITY)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" in result.stderr and "UsageError" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("privacy-lock: error: unknown user '9999'")
+    assert sns.everything() == before and sns.lock_rows() == []
 
 
 def test_every_command_names_its_database_without_the_password(sns):

@@ -22,8 +22,8 @@ from privacy_lock.audit import EventFilters, VerifyResult, query_events, verify_
 from privacy_lock.db import reading
 from privacy_lock.errors import UsageError
 from privacy_lock.schema import locks, snapshots
+from privacy_lock.vocabulary import TIME_FORMAT, LockState
 
-STORED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Active locks are grouped by days since they were applied: (label, lowest age in days).
 AGE_BUCKETS = (("0-6 days", 0), ("7-29 days", 7), ("30-89 days", 30), ("90-364 days", 90),
                ("365+ days", 365))
@@ -66,12 +66,12 @@ def zone_name(zone: tzinfo) -> str:
 
 def to_stored(moment: datetime) -> str:
     """An aware datetime in the stored UTC text form."""
-    return moment.astimezone(UTC).strftime(STORED_FORMAT)
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 def from_stored(text: str) -> datetime:
     """A stored timestamp as an aware UTC datetime."""
-    return datetime.strptime(text, STORED_FORMAT).replace(tzinfo=UTC)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def show_time(stored: str | None, zone: tzinfo) -> str | None:
@@ -186,9 +186,11 @@ def table_row(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LockFilters:
-    """Which locks ``locks`` lists (and the report's active-lock section counts)."""
+    """Which locks ``locks`` lists (and the report's active-lock section counts).
 
-    state: str = "active"
+    ``state`` is a :class:`LockState` value, or ``"all"`` for every lock."""
+
+    state: str = LockState.ACTIVE
     operator: str | None = None
     user: str | None = None
     ticket: str | None = None
@@ -315,7 +317,7 @@ def build_report(
             kv[0][0], kv[0][1], kv[0][2] or ""))
     ]
     report.daily = _daily_series(daily)
-    lock_filter = LockFilters("active", filters.operator, filters.user, filters.ticket,
+    lock_filter = LockFilters(LockState.ACTIVE, filters.operator, filters.user, filters.ticket,
                               filters.lock_id, filters.since, filters.until_before)
     report.active_locks = sorted(lock_rows(conn, lock_filter, zone, now),
                                  key=lambda r: (-r["age_days"], r["lock_id"]))

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from privacy_lock.errors import NotInitializedError
+from privacy_lock.vocabulary import LockState, RequestState, SnapshotState, Status
 
 metadata = MetaData()
 
@@ -39,7 +40,7 @@ locks = Table(
     # Equal to subject while the lock is active and NULL once reverted: the unique constraint on
     # it is what makes "one active lock per user" hold even for two operators racing.
     Column("active_subject", String(191), nullable=True),
-    Column("state", String(16), nullable=False, comment="active | reverted"),
+    Column("state", String(16), nullable=False, comment=" | ".join(LockState)),
     Column("operator", String(191), nullable=False),
     Column("ticket", String(191), nullable=False),
     Column("reason", Text, nullable=False),
@@ -62,7 +63,7 @@ snapshots = Table(
     # the original was NULL ("site default"). Which one applies is fixed by the content map.
     Column("original_text", Text, nullable=True),
     Column("original_int", BigInteger, nullable=True),
-    Column("state", String(16), nullable=False, comment="locked | restored | conflict | gone"),
+    Column("state", String(16), nullable=False, comment=" | ".join(SnapshotState)),
     Column("snapshotted_at", Timestamp, nullable=False),
     Column("resolved_at", Timestamp, nullable=True),
     UniqueConstraint("lock_id", "kind", "item_id", name="uq_privacy_lock_snapshots_item"),
@@ -107,7 +108,7 @@ revert_requests = Table(
     Column("request_id", BigId, primary_key=True, autoincrement=True),
     Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
     Column("subject", String(191), nullable=False, comment="the user (content owner) id, as text"),
-    Column("state", String(16), nullable=False, comment="pending | approved | done"),
+    Column("state", String(16), nullable=False, comment=" | ".join(RequestState)),
     # Equal to lock_id until the request is done, NULL after: the unique constraint on it keeps
     # one open request per lock even when two operators ask at once.
     Column("open_lock_id", BigInteger, nullable=True),
@@ -122,7 +123,8 @@ revert_requests = Table(
     Column("approved_host", String(191), nullable=True),
     Column("approved_at", Timestamp, nullable=True),
     Column("finished_at", Timestamp, nullable=True),
-    Column("outcome", String(16), nullable=True, comment="reverted | not-locked"),
+    Column("outcome", String(16), nullable=True,
+           comment=f"{Status.REVERTED} | {Status.NOT_LOCKED}"),
     UniqueConstraint("open_lock_id", name="uq_privacy_lock_revert_requests_open_lock"),
     Index("ix_privacy_lock_revert_requests_state", "state", "request_id"),
 )

@@ -18,11 +18,10 @@ import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from privacy_lock.errors import UsageError
-
-Mode = Literal["apply", "revert"]
+from privacy_lock.vocabulary import Mode
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "apply": ("user_id", "ticket", "reason", "kinds", "operator"),
@@ -230,7 +229,9 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
     lines = _LineCounter(text)
 
     def skip(i: int) -> int:
-        return _JSON_SPACE.match(text, i).end()  # type: ignore[union-attr]
+        space = _JSON_SPACE.match(text, i)
+        assert space is not None  # '*' matches the empty string: there is always a match
+        return space.end()
 
     i = skip(0)
     if i >= len(text):

@@ -70,7 +70,7 @@ def create_tool_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     if parsed.drivername in _DEFAULT_DRIVERS:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
-    kwargs: dict = {"poolclass": NullPool}
+    kwargs: dict[str, Any] = {"poolclass": NullPool}
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
     elif backend in ("mysql", "mariadb"):
@@ -93,7 +93,7 @@ def _use_begin_immediate(engine: Engine) -> None:
     """Make pysqlite leave transactions to us, and start each one as BEGIN IMMEDIATE."""
 
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
     @event.listens_for(engine, "begin")

@@ -129,7 +129,8 @@ def batch_options(func: Any) -> Any:
     help="SQLAlchemy URL of the target database [env: PRIVACY_LOCK_DATABASE_URL; "
     "default: the config's, else sqlite:///privacy-lock.db].",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True,
+              help="Also show the traceback of an error (the exit code stays the same).")
 @click.version_option(__version__, prog_name="privacy-lock")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, database_url: str | None, debug: bool) -> None:

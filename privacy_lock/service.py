@@ -232,8 +232,8 @@ class _TrackedRun:
         """Plan the totals (aggregate queries) and hook the pacer to the watcher."""
         self.mode, self.dry_run, self.pacer = mode, dry_run, pacer
         self.started = time.monotonic()
-        self.watcher = progress(planned_items(conn, cmap, mode, batch), len(batch)) \
-            if progress else None
+        self.watcher = (progress(planned_items(conn, cmap, mode, batch), len(batch))
+                        if progress else None)
         self.stats = RunStats(action=("would be " if dry_run else "")
                               + ("hidden" if mode == "apply" else "restored"))
         pacer.on_note = self.watcher.note if self.watcher else note
@@ -556,5 +556,6 @@ def sql(dialect: str, role: str | None = None, settings: Settings | None = None)
         return ddl_for(dialect)
     from privacy_lock.roles import grants_sql
 
-    return grants_sql(dialect, role, settings.content or None if settings else None,
-                      settings.accounts if settings else None)
+    if settings is None:
+        return grants_sql(dialect, role)
+    return grants_sql(dialect, role, settings.content or None, settings.accounts)

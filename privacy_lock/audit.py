@@ -26,6 +26,7 @@ from sqlalchemy import Connection, func, select
 
 from privacy_lock import __version__
 from privacy_lock.db import insert_rows, reading
+from privacy_lock.dialects import for_connection
 from privacy_lock.errors import NotInitializedError, UsageError
 from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
 from privacy_lock.vocabulary import utc_now as utc_now  # re-exported (others import it here)
@@ -240,9 +241,10 @@ def verify_chain(
     if conn.in_transaction():  # the caller chose the transaction (and its isolation)
         return _verify(conn, expect_head, batch)
     previous_level = None
-    if conn.dialect.name in ("postgresql", "mysql", "mariadb"):
+    isolation = for_connection(conn).snapshot_isolation
+    if isolation is not None:
         previous_level = conn.get_isolation_level()
-        conn.execution_options(isolation_level="REPEATABLE READ")
+        conn.execution_options(isolation_level=isolation)
     try:
         with reading(conn):
             return _verify(conn, expect_head, batch)

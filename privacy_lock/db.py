@@ -4,25 +4,16 @@ insert many rows at once."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Connection,
     Engine,
     Table,
-    Text,
-    cast,
     create_engine,
     event,
-    func,
-    insert,
-    literal,
-    literal_column,
-    select,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -118,24 +109,11 @@ def reading(conn: Connection) -> Iterator[Connection]:
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows (of text, integer and NULL values) in one round trip.
+    """Insert many rows (of text, integer and NULL values) in one round trip, the way the
+    connection's database does it best (:meth:`privacy_lock.dialects.Dialect.insert_rows`)."""
+    from privacy_lock.dialects import for_connection  # dialects imports config, which imports us
 
-    PostgreSQL: the rows go as one JSON parameter, turned into rows of the table's own type by
-    ``json_populate_recordset``. Arrays, one per column, cost psycopg a regular-expression
-    escape of every text element (200 audit events: 12 ms, most of it in Python); a VALUES
-    list, binding and planning thousands of parameters (180 events: 60 ms). Elsewhere
-    executemany, which the drivers batch (PyMySQL writes one multi-row INSERT, sqlite3 loops
-    in C).
-    """
-    if conn.dialect.name != "postgresql" or len(rows) == 1:
-        conn.execute(table.insert(), rows)
-        return
-    names = [c.name for c in table.columns if c.name in rows[0]]
-    row_type = literal_column(f"NULL::{conn.dialect.identifier_preparer.format_table(table)}")
-    records = func.json_populate_recordset(
-        row_type, cast(literal(json.dumps(rows, ensure_ascii=False), Text), JSON)
-    ).table_valued(*names)
-    conn.execute(insert(table).from_select(names, select(*records.c)))
+    for_connection(conn).insert_rows(conn, table, rows)
 
 
 first_line = errors.first_line  # the driver's first line; errors.error_text is the whole rule

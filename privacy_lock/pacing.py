@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 # Both live in errors.py with every other exception; imported here, where they are raised, so
 # that ``pacing.Interrupted`` and ``pacing.LockTimeoutError`` keep working.
+from privacy_lock.dialects import for_connection
 from privacy_lock.errors import Interrupted, LockTimeoutError, UsageError
 
 DEFAULT_CHUNK_SIZE = 1000
@@ -168,22 +169,13 @@ class Pacer:
         millis = max(1, int(self.lock_timeout * 1000))
         if conn.info.get(_TIMEOUT_SET) == millis:
             return
-        name = conn.dialect.name
-        if name == "postgresql":
-            conn.exec_driver_sql(f"SET lock_timeout = {millis}")
-        elif name in ("mysql", "mariadb"):
-            # InnoDB takes whole seconds, at least 1.
-            conn.exec_driver_sql(
-                f"SET SESSION innodb_lock_wait_timeout = {max(1, round(self.lock_timeout))}"
-            )
+        for_connection(conn).set_lock_timeout(conn, self.lock_timeout)
         conn.info[_TIMEOUT_SET] = millis
 
     def _set_sqlite_busy_timeout(self, conn: Connection) -> None:
-        """SQLite waits for the database lock at BEGIN IMMEDIATE, before any statement of ours
-        runs, so its bound is set on the driver connection outside the transaction."""
-        if conn.dialect.name == "sqlite":
-            millis = max(1, int(self.lock_timeout * 1000))
-            conn.connection.driver_connection.execute(f"PRAGMA busy_timeout = {millis}")
+        """What must be set before the transaction begins (SQLite waits for the database lock
+        at BEGIN IMMEDIATE, before any statement of ours runs)."""
+        for_connection(conn).before_transaction(conn, self.lock_timeout)
 
     def _adapt(self, seconds: float) -> None:
         """Keep chunks near max_chunk_seconds (the idea of pt-online-schema-change's

@@ -193,12 +193,12 @@ def create_tool_tables(conn: Connection) -> list[str]:
     head = conn.execute(audit_head.select().where(audit_head.c.id == 1)).first()
     if head is None:
         conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS_HASH))
-    if conn.dialect.name == "postgresql":
-        created += _create_append_only_triggers(conn)
-    return created
+    from privacy_lock.dialects import for_connection  # the strategies import these tables
+
+    return created + for_connection(conn).after_create_tables(conn)
 
 
-def _create_append_only_triggers(conn: Connection) -> list[str]:
+def create_append_only_triggers(conn: Connection) -> list[str]:
     """Create the PostgreSQL append-only triggers that are missing (also on older databases)."""
     existing = set(conn.exec_driver_sql(
         "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
@@ -246,9 +246,12 @@ def ddl_for(dialect_name: str) -> str:
         f"INSERT INTO privacy_lock_audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}');"
     )
     out.append("")
-    if dialect_name == "postgresql":
+    from privacy_lock.dialects import named  # the strategies import these tables
+
+    extra = named(dialect_name).extra_ddl()
+    if extra:
         out.append("-- The audit trail is append-only at the database level (see docs/DBA.md).")
-        for statement in PG_APPEND_ONLY_DDL:
+        for statement in extra:
             out.append(statement + ";")
             out.append("")
     out.append(RECOMMENDED_CONTENT_INDEX)

@@ -209,8 +209,6 @@ class Dialect:
         hidden again, but its stored original is never overwritten); return the rows written.
         ``fresh``: the lock was opened in this run, so it holds no snapshot of these items
         unless another apply of the same user ran meanwhile."""
-        if not isinstance(lock_id, ColumnElement):
-            lock_id = literal(lock_id, snapshots.c.lock_id.type)
         already_snapshotted = (
             select(snapshots.c.snapshot_id)
             .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
@@ -555,8 +553,6 @@ class SqliteDialect(_SetBasedRestore):
         """The unique (lock_id, kind, item_id) index decides in the insert's own probe (``ON
         CONFLICT DO NOTHING``): NOT EXISTS probed the index twice per item (1000-row chunk:
         5.5 ms against 3.9 ms)."""
-        if not isinstance(lock_id, ColumnElement):
-            lock_id = literal(lock_id, snapshots.c.lock_id.type)
         source = _snapshot_source(kind, lock_id, now, source_from).where(*these_rows)
         return _counted(conn, sqlite_insert(snapshots).from_select(_target(kind), source)
                         .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
@@ -653,8 +649,6 @@ class PostgresqlDialect(_SetBasedRestore):
         CONFLICT`` costs a quarter more per row) under a savepoint: if another apply of the
         same user got there first, the unique index refuses it and the chunk goes on the ``ON
         CONFLICT`` way."""
-        if not isinstance(lock_id, ColumnElement):
-            lock_id = literal(lock_id, snapshots.c.lock_id.type)
         source = _snapshot_source(kind, lock_id, now, source_from).where(*these_rows)
         if fresh:
             try:
@@ -826,7 +820,10 @@ def _target(kind: BoundKind) -> list[str]:
 
 
 def _snapshot_source(kind: BoundKind, lock_id: Any, now: str, source_from: Any) -> Any:
-    """SELECT lock, kind, item id as text, state, time, original — for ``_target(kind)``."""
+    """SELECT lock, kind, item id as text, state, time, original — for ``_target(kind)``;
+    ``lock_id`` is a lock id, or SQL that picks each row's lock."""
+    if not isinstance(lock_id, ColumnElement):
+        lock_id = literal(lock_id, snapshots.c.lock_id.type)
     source = select(
         lock_id,
         literal(kind.name, snapshots.c.kind.type),

@@ -89,6 +89,7 @@ from privacy_lock.vocabulary import (
 
 IN_BATCH = 1000  # requests planned per window; users or locks per aggregate query
 MAX_GROUP_USERS = 500  # users per shared chunk: keeps every statement's parameters bounded
+OPEN_ATTEMPTS = 3  # tries of a user whose lock another operator opened at the same moment
 TOTALS_PIECE = 50_000  # snapshot rows a heavy lock's totals count per short read
 PENDING = SnapshotState.PENDING
 
@@ -474,17 +475,28 @@ class _Run:
         self.ctx.pacer.check_stop()
         self.in_flight = work.request
         try:
-            if replan or work.alone:
-                replanned = plan(self.ctx, [work.request])[0]
-                if isinstance(replanned, Outcome):
-                    self.finish(replanned)
-                    return
-                work = replanned
-            outcome = self._run_alone(work)
-        except (PrivacyLockError, SQLAlchemyError) as exc:
-            outcome = _failed(work.request, exc, work.subject, work.lock_id)
-        self.in_flight = None
-        self.finish(outcome)
+            self.finish(self._alone(work, replan or work.alone))
+        finally:
+            self.in_flight = None
+
+    def _alone(self, work: Work, replan: bool) -> Outcome:
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                if replan:
+                    replanned = plan(self.ctx, [work.request])[0]
+                    if isinstance(replanned, Outcome):
+                        return replanned
+                    work = replanned
+                return self._run_alone(work)
+            except IntegrityError as exc:
+                # Another operator opened this user's lock between our look and our insert
+                # (the unique active_subject): plan again and join that lock.
+                if attempt == OPEN_ATTEMPTS - 1:
+                    return _failed(work.request, exc, work.subject, work.lock_id)
+                replan = True
+            except (PrivacyLockError, SQLAlchemyError) as exc:
+                return _failed(work.request, exc, work.subject, work.lock_id)
+        raise AssertionError("unreachable")
 
     def _run_alone(self, work: Work) -> Outcome:
         pacer = self.ctx.pacer

@@ -17,7 +17,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from privacy_lock.errors import NotInitializedError
 from privacy_lock.vocabulary import LockState, RequestState, SnapshotState, Status
@@ -189,6 +189,7 @@ def create_tool_tables(conn: Connection) -> list[str]:
     """Create whatever tool tables are missing (idempotent); return the names created."""
     existing = set(inspect(conn).get_table_names())
     created = [t.name for t in metadata.sorted_tables if t.name not in existing]
+    created += add_missing_columns(conn, [t for t in metadata.sorted_tables if t.name in existing])
     metadata.create_all(conn, checkfirst=True)
     head = conn.execute(audit_head.select().where(audit_head.c.id == 1)).first()
     if head is None:
@@ -196,6 +197,27 @@ def create_tool_tables(conn: Connection) -> list[str]:
     from privacy_lock.dialects import for_connection  # the strategies import these tables
 
     return created + for_connection(conn).after_create_tables(conn)
+
+
+def add_missing_columns(conn: Connection, tables: list[Table]) -> list[str]:
+    """Add to existing tool tables the columns a newer release defines (``init`` on a database
+    made by an older one). Only nullable columns are ever added to a tool table after its first
+    release, so existing rows stay valid; return what was added, as "table.column"."""
+    added = []
+    for table in tables:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise NotInitializedError(
+                    f"{table.name} lacks the NOT NULL column {column.name}: this database was "
+                    "made by an incompatible release")
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)}"
+                              f" ADD COLUMN {ddl}"))
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def create_append_only_triggers(conn: Connection) -> list[str]:

@@ -446,9 +446,9 @@ def exported_revision(revision: str) -> Iterator[Baseline]:
     """Export ``revision``'s ``privacy_lock`` package into a temporary directory, for as long as
     the context lasts.
 
-    Its modules are compiled once here, so that the ``before`` CLI's first run does not pay for
-    writing the bytecode the working tree's ``cli`` already has. Raises ValueError when the
-    revision is unknown, has no package, or a child would not import it from there.
+    Its modules, and this tree's, are compiled to bytecode here, so that neither CLI's first
+    run pays for writing it. Raises ValueError when the revision is unknown, has no package,
+    or a child would not import it from there.
     """
     git = functools.partial(subprocess.run, cwd=REPO_ROOT, capture_output=True)
     found = git(["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], text=True)
@@ -463,16 +463,19 @@ def exported_revision(revision: str) -> Iterator[Baseline]:
     try:
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(root, filter="data")
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "privacy_lock")],
-                       check=True, stdout=subprocess.DEVNULL)
+        for package in (root / "privacy_lock", REPO_ROOT / "privacy_lock"):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)],
+                           stdout=subprocess.DEVNULL)  # one that fails, fails in the CLI
         # The venv has this tree installed (editable); make sure PYTHONPATH wins over it.
-        imported = subprocess.run(
+        probe = subprocess.run(
             [sys.executable, "-c", "import privacy_lock; print(privacy_lock.__file__)"],
             cwd=root.parent, env=_child_env(root), capture_output=True, text=True,
-        ).stdout.strip()
+        )
+        imported = probe.stdout.strip()
         if not imported or Path(imported).resolve().parent != (root / "privacy_lock").resolve():
-            raise ValueError(f"--baseline {revision}: a child imported privacy_lock from "
-                             f"{imported or 'nowhere'}, not from the exported {root}")
+            problem = probe.stderr.strip().splitlines()[-1:] or [f"it came from {imported}"]
+            raise ValueError(f"--baseline {revision}: a child did not import privacy_lock "
+                             f"from the export in {root}: {problem[0]}")
         yield Baseline(revision, commit, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""kill -9 at any moment, then re-run the same command: the job finishes and no original is lost."""
+"""A crash at any instant leaves every item untouched or changed-with-snapshot, and re-running
+the same command finishes: a crash inside a chunk of each shape rolls it back whole; kill -9 at
+any moment of a run."""
 
 from __future__ import annotations
 
@@ -9,7 +11,59 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from helpers import SHAPES, assert_locked_with_originals, events
+from privacy_lock import engine as core
 from sns import IDENTITY, build_sns
+
+
+@pytest.fixture(params=list(SHAPES))
+def shape(request):
+    return SHAPES[request.param]
+
+
+def crash(*_args):
+    raise KeyboardInterrupt  # the process dies after the UPDATE, before the commit
+
+
+def test_a_crash_inside_a_chunk_leaves_nothing_then_a_rerun_finishes(db_url, tmp_path, shape,
+                                                                     monkeypatch):
+    sns = shape.prepare(build_sns(db_url, tmp_path))
+    before, audit_before = sns.everything(), sns.audit_count()
+    monkeypatch.setattr(core, "append_events", crash)
+    with pytest.raises(KeyboardInterrupt):
+        shape.run(sns, "apply", *sns.users)
+    assert sns.everything() == before
+    assert sns.lock_rows() == [] and sns.snapshot_rows() == []
+    assert sns.audit_count() == audit_before
+
+    monkeypatch.undo()
+    shape.cli(sns, "apply", *sns.users)
+    assert_locked_with_originals(sns, before, sns.users)
+    for user in sns.users:
+        shape.assert_trail(sns, "apply", user)
+    assert "events valid" in sns.run("audit", "verify").stdout
+
+
+def test_a_crash_inside_a_revert_chunk_leaves_every_lock_as_it_was(db_url, tmp_path, shape,
+                                                                   monkeypatch):
+    sns = shape.prepare(build_sns(db_url, tmp_path))
+    before = sns.everything()
+    sns.apply(*sns.users)
+    locked, snapshots_then = sns.everything(), sns.snapshot_rows()
+    audit_then = sns.audit_count()
+    monkeypatch.setattr(core, "append_events", crash)
+    with pytest.raises(KeyboardInterrupt):
+        shape.run(sns, "revert", *sns.users)
+    assert sns.everything() == locked and sns.snapshot_rows() == snapshots_then
+    assert {r["state"] for r in sns.lock_rows()} == {"active"}
+    assert sns.audit_count() == audit_then
+
+    monkeypatch.undo()
+    shape.cli(sns, "revert", *sns.users)
+    assert sns.everything() == before
+    assert [s for _a, s, _d in events(sns, "revert")] == [str(u) for u in sns.users]
 
 
 def _cli(sns, *args):

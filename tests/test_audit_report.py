@@ -17,7 +17,7 @@ from zoneinfo import available_timezones
 
 import pytest
 
-from privacy_lock import locking, report
+from privacy_lock import report
 from privacy_lock.audit import event_hash
 from sns import build_sns
 
@@ -33,8 +33,8 @@ T2 = "2026-10-31T15:30:00.000000Z"  # bob applies user 1    (Tokyo: Nov 1 00:30)
 T3 = "2026-11-01T10:00:00.000000Z"  # alice applies user 2  (Tokyo: Nov 1 19:00)
 T4 = "2026-11-02T01:00:00.000000Z"  # carol reverts user 0  (Tokyo: Nov 2 10:00)
 NOW = datetime(2026, 12, 15, tzinfo=UTC)
-# Events: each apply writes lock, hide (diary), hide (photo), apply; the revert writes restore,
-# restore, revert.
+# Events: each apply of a user heavier than the chunk (--chunk-size 10: 18 visible items) writes
+# lock, hide (diary), hide (photo), apply; the revert writes restore, restore, revert.
 U0_APPLY, U1_APPLY, U2_APPLY, U0_REVERT = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15]
 
 
@@ -42,7 +42,8 @@ class Clock:
     def __init__(self, monkeypatch):
         self.now = T1
         monkeypatch.setattr("privacy_lock.audit.utc_now", lambda: self.now)
-        monkeypatch.setattr(locking, "utc_now", lambda: self.now)
+        monkeypatch.setattr("privacy_lock.engine.utc_now", lambda: self.now)
+        monkeypatch.setattr("privacy_lock.dialects.utc_now", lambda: self.now)
         monkeypatch.setattr(report, "now_utc", lambda: NOW)
 
 
@@ -58,7 +59,7 @@ def story(db_url, tmp_path, monkeypatch):
         (T4, ("revert", "--user", u0, "--operator", "carol", "--ticket", "T-9")),
     ):
         clock.now = at
-        sns.run(*args, "--reason", "story", "-q")
+        sns.run(*args, "--reason", "story", "--chunk-size", "10", "-q")
     assert sns.audit_count() == 15
     return sns
 

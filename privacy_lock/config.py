@@ -379,3 +379,9 @@ def _value_kind(col: Column) -> str | None:
     if isinstance(col.type, sqltypes.String):
         return "text"
     return None
+
+
+def value_kind_of(col: Column) -> str | None:
+    """Which snapshot column keeps a visibility column's originals: "int", "text", or None
+    (a type the tool does not support)."""
+    return _value_kind(col)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Connection,
     Integer,
     String,
@@ -43,8 +44,10 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -68,6 +71,9 @@ PENDING, RESTORED = SnapshotState.PENDING, SnapshotState.RESTORED
 CONFLICT, GONE = SnapshotState.CONFLICT, SnapshotState.GONE
 HIDE_PASSES = 5  # a PostgreSQL whole-user hide retries the rows the site changed under it
 SNAPSHOT_TARGET = ["lock_id", "kind", "item_id", "state", "snapshotted_at"]
+# What a snapshot insert gives back of each row it wrote, for the seal of the chunk's event.
+WRITTEN = (snapshots.c.lock_id, snapshots.c.kind, snapshots.c.item_id, snapshots.c.original_text,
+           snapshots.c.original_int)
 
 
 @dataclass
@@ -85,13 +91,18 @@ class RevertCounts:
 
 @dataclass
 class RangeHidden:
-    """What one ranged apply statement set did: items hidden, snapshot rows written, the last
-    key visited (None: nothing left to visit) and how many keys were visited."""
+    """What one ranged apply statement set did: items hidden, the snapshot rows written (see
+    :data:`WRITTEN`), the last key visited (None: nothing left to visit) and how many keys were
+    visited."""
 
     hidden: int
-    snapshotted: int
+    written: list[Any]
     last: Any
     seen: int
+
+    @property
+    def snapshotted(self) -> int:
+        return len(self.written)
 
 
 @dataclass(frozen=True)
@@ -198,17 +209,22 @@ class Dialect:
         """The statements ``init`` runs after the tables' DDL (for ``privacy-lock sql``)."""
         return []
 
+    def current_login(self, conn: Connection) -> str | None:
+        """The database login this connection acts as, recorded beside an operator's name on
+        revert requests and approvals; None where the database has no logins (SQLite)."""
+        return None
+
     # --- apply: snapshots ---
 
     def insert_snapshots_from(
         self, conn: Connection, kind: BoundKind, lock_id: Any, these_rows: Sequence[Any],
         now: str, fresh: bool = False, source_from: Any = None,
-    ) -> int:
+    ) -> list[Any]:
         """Snapshot ``these_rows`` into lock ``lock_id`` (a lock id, or SQL that picks each
         row's lock), skipping an item the lock already holds (made visible again since: it is
-        hidden again, but its stored original is never overwritten); return the rows written.
-        ``fresh``: the lock was opened in this run, so it holds no snapshot of these items
-        unless another apply of the same user ran meanwhile."""
+        hidden again, but its stored original is never overwritten); return the rows written
+        (:data:`WRITTEN`). ``fresh``: the lock was opened in this run, so it holds no snapshot
+        of these items unless another apply of the same user ran meanwhile."""
         already_snapshotted = (
             select(snapshots.c.snapshot_id)
             .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
@@ -217,13 +233,13 @@ class Dialect:
         )
         source = _snapshot_source(kind, lock_id, now, source_from).where(
             *these_rows, ~already_snapshotted)
-        return _counted(conn, insert(snapshots).from_select(_target(kind), source))
+        return _written(conn, insert(snapshots).from_select(_target(kind), source), kind, now)
 
     # --- apply: a range of one user's items ---
 
     def hide_range(
         self, conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any,
-        limit: int, fresh: bool = False,
+        limit: int, now: str, fresh: bool = False,
     ) -> RangeHidden:
         """Snapshot and hide the next ``limit`` visible items of ``owner`` after key ``after``.
         Here: find the next keys with a plain read, then lock exactly those rows by key.
@@ -231,7 +247,7 @@ class Dialect:
         LIMIT (it does on small or skewed tables) and wait on, or lock, other users' rows."""
         candidates = conn.execute(_walk(kind, owner, after, limit)).scalars().all()
         if not candidates:
-            return RangeHidden(0, 0, None, 0)
+            return RangeHidden(0, [], None, 0)
         # The key range is redundant with the key list but bounds every plan to this chunk's
         # slice of the (owner, id) index.
         in_range = kind.id_col.between(candidates[0], candidates[-1])
@@ -242,33 +258,33 @@ class Dialect:
             .with_for_update()
         ).scalars().all()
         if not ids:  # all of them were hidden by someone else meanwhile
-            return RangeHidden(0, 0, candidates[-1], len(candidates))
+            return RangeHidden(0, [], candidates[-1], len(candidates))
         these_rows = (kind.owner_col == owner, in_range, self.in_keys(kind.id_col, ids),
                       visible(kind))
-        hidden, snapshotted = self._snapshot_and_hide(conn, kind, lock_id, these_rows, fresh)
-        return RangeHidden(hidden, snapshotted, candidates[-1], len(candidates))
+        hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
+        return RangeHidden(hidden, written, candidates[-1], len(candidates))
 
     def _snapshot_and_hide(
         self, conn: Connection, kind: BoundKind, lock_id: int, these_rows: Sequence[Any],
-        fresh: bool,
-    ) -> tuple[int, int]:
+        now: str, fresh: bool,
+    ) -> tuple[int, list[Any]]:
         """Snapshot ``these_rows`` (locked, or SQLite's), then hide them: (hidden, written)."""
-        snapshotted = self.insert_snapshots_from(conn, kind, lock_id, these_rows, utc_now(),
-                                                 fresh)
+        written = self.insert_snapshots_from(conn, kind, lock_id, these_rows, now, fresh)
         hidden = conn.execute(
             update(kind.table).where(*these_rows).values({kind.vis_col.name: kind.private})
         ).rowcount
-        return hidden, snapshotted
+        return hidden, written
 
     # --- apply: whole users ---
 
     def hide_owners(
         self, conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str,
         room: int, all_new: bool = False,
-    ) -> Counter[Any]:
+    ) -> tuple[Counter[Any], list[Any]]:
         """Snapshot into its owner's lock and hide every visible item of ``kind`` of the owners
         of ``owner_lock`` (owner as the column holds it -> lock id); return the rows hidden per
-        owner. When they are more than ``room`` nothing is written (the caller rolls back).
+        owner and the snapshot rows written (:data:`WRITTEN`). When they are more than ``room``
+        nothing is written (the caller rolls back).
         Here: find the owners' visible rows with a plain read, lock exactly those rows by key,
         then snapshot and hide exactly the rows locked: a row the site inserts meanwhile is
         neither snapshotted nor hidden. (A locking read on the owner index alone may take a
@@ -279,13 +295,14 @@ class Dialect:
             select(kind.id_col).where(self.in_keys(kind.owner_col, owners), visible(kind))
         ).scalars().all()
         if not candidates or len(candidates) > room:
-            return Counter({None: len(candidates)}) if candidates else Counter()
+            return (Counter({None: len(candidates)}) if candidates else Counter()), []
         rows = conn.execute(
             select(kind.id_col, kind.owner_col)
             .where(self.in_keys(kind.id_col, candidates), self.in_keys(kind.owner_col, owners),
                    visible(kind))
             .with_for_update()
         ).all()
+        written: list[Any] = []
         if rows:
             these_rows = (self.in_keys(kind.owner_col, owners),
                           self.in_keys(kind.id_col, [row[0] for row in rows]), visible(kind))
@@ -294,10 +311,10 @@ class Dialect:
                  for owner, lid in owner_lock.items()},
                 value=kind.owner_col,
             )
-            self.insert_snapshots_from(conn, kind, lock_of_owner, these_rows, now)
+            written = self.insert_snapshots_from(conn, kind, lock_of_owner, these_rows, now)
             conn.execute(update(kind.table).where(*these_rows)
                          .values({kind.vis_col.name: kind.private}))
-        return Counter(owner for _id, owner in rows)
+        return Counter(owner for _id, owner in rows), written
 
     # --- revert: a range of one lock's snapshots ---
 
@@ -549,35 +566,36 @@ class SqliteDialect(_SetBasedRestore):
     def insert_snapshots_from(
         self, conn: Connection, kind: BoundKind, lock_id: Any, these_rows: Sequence[Any],
         now: str, fresh: bool = False, source_from: Any = None,
-    ) -> int:
+    ) -> list[Any]:
         """The unique (lock_id, kind, item_id) index decides in the insert's own probe (``ON
         CONFLICT DO NOTHING``): NOT EXISTS probed the index twice per item (1000-row chunk:
         5.5 ms against 3.9 ms)."""
         source = _snapshot_source(kind, lock_id, now, source_from).where(*these_rows)
-        return _counted(conn, sqlite_insert(snapshots).from_select(_target(kind), source)
-                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
+        return _written(conn, sqlite_insert(snapshots).from_select(_target(kind), source)
+                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]),
+                        kind, now)
 
     def hide_range(
         self, conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any,
-        limit: int, fresh: bool = False,
+        limit: int, now: str, fresh: bool = False,
     ) -> RangeHidden:
         """One writer: the walk returns only its last key, and the snapshot and the change
         cover ``owner = ? AND after < id <= last``, exactly the walked items."""
         chunk = _walk(kind, owner, after, limit).subquery()
         seen, last = conn.execute(select(func.count(), func.max(chunk.c[0]))).one()
         if not seen:
-            return RangeHidden(0, 0, None, 0)
+            return RangeHidden(0, [], None, 0)
         these_rows: tuple[Any, ...] = (kind.owner_col == owner, kind.id_col <= last,
                                        visible(kind))
         if after is not None:
             these_rows += (kind.id_col > after,)
-        hidden, snapshotted = self._snapshot_and_hide(conn, kind, lock_id, these_rows, fresh)
-        return RangeHidden(hidden, snapshotted, last, seen)
+        hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
+        return RangeHidden(hidden, written, last, seen)
 
     def hide_owners(
         self, conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str,
         room: int, all_new: bool = False,
-    ) -> Counter[Any]:
+    ) -> tuple[Counter[Any], list[Any]]:
         """One writer: the owners' visible rows are exactly ``owner IN (...) AND visible``:
         count them, snapshot them, hide them, with no key lists. Each row finds its owner's
         lock by the lock's subject (no CASE over the owners built for every chunk)."""
@@ -585,14 +603,15 @@ class SqliteDialect(_SetBasedRestore):
         per_owner: Counter[Any] = Counter({owner: int(n) for owner, n in conn.execute(
             select(kind.owner_col, func.count()).where(*these_rows).group_by(kind.owner_col)
         ).all()})
+        written: list[Any] = []
         if per_owner and sum(per_owner.values()) <= room:
             its_lock = and_(self.in_keys(locks.c.lock_id, list(owner_lock.values())),
                             kind.owner_col == stored_as(kind.owner_col, locks.c.subject))
-            self.insert_snapshots_from(conn, kind, locks.c.lock_id, these_rows, now,
-                                       source_from=kind.table.join(locks, its_lock))
+            written = self.insert_snapshots_from(conn, kind, locks.c.lock_id, these_rows, now,
+                                                 source_from=kind.table.join(locks, its_lock))
             conn.execute(update(kind.table).where(*these_rows)
                          .values({kind.vis_col.name: kind.private}))
-        return per_owner
+        return per_owner, written
 
 
 class PostgresqlDialect(_SetBasedRestore):
@@ -623,6 +642,9 @@ class PostgresqlDialect(_SetBasedRestore):
     def extra_ddl(self) -> list[str]:
         return list(PG_APPEND_ONLY_DDL)
 
+    def current_login(self, conn: Connection) -> str | None:
+        return str(conn.exec_driver_sql("SELECT current_user").scalar_one())
+
     def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """The rows go as one JSON parameter, turned into rows of the table's own type by
         ``json_populate_recordset``. Arrays, one per column, cost psycopg a regular-expression
@@ -642,7 +664,7 @@ class PostgresqlDialect(_SetBasedRestore):
     def insert_snapshots_from(
         self, conn: Connection, kind: BoundKind, lock_id: Any, these_rows: Sequence[Any],
         now: str, fresh: bool = False, source_from: Any = None,
-    ) -> int:
+    ) -> list[Any]:
         """The unique (lock_id, kind, item_id) index decides in the insert's own probe. With
         NOT EXISTS PostgreSQL estimates a growing lock's snapshots as a handful and rescans all
         of them for every item (quadratic). A lock opened in this run inserts plainly (``ON
@@ -653,15 +675,17 @@ class PostgresqlDialect(_SetBasedRestore):
         if fresh:
             try:
                 with conn.begin_nested():
-                    return _counted(conn, insert(snapshots).from_select(_target(kind), source))
+                    return _written(conn, insert(snapshots).from_select(_target(kind), source),
+                                    kind, now)
             except IntegrityError:
                 pass
-        return _counted(conn, pg_insert(snapshots).from_select(_target(kind), source)
-                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
+        return _written(conn, pg_insert(snapshots).from_select(_target(kind), source)
+                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]),
+                        kind, now)
 
     def hide_range(
         self, conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any,
-        limit: int, fresh: bool = False,
+        limit: int, now: str, fresh: bool = False,
     ) -> RangeHidden:
         """PostgreSQL locks only the rows a locking read returns (its filter runs before the
         lock), whatever index the plan walks: the walk itself locks. (Walk, snapshot and hide
@@ -669,18 +693,18 @@ class PostgresqlDialect(_SetBasedRestore):
         self.plan_for_actual_keys(conn)
         ids = conn.execute(_walk(kind, owner, after, limit).with_for_update()).scalars().all()
         if not ids:
-            return RangeHidden(0, 0, None, 0)
+            return RangeHidden(0, [], None, 0)
         # A generic plan uses only the owner as index condition and checks a 1000-key list
         # against every item of a heavy user: the key range keeps it to the chunk.
         these_rows = (kind.owner_col == owner, kind.id_col.between(ids[0], ids[-1]),
                       self.in_keys(kind.id_col, ids), visible(kind))
-        hidden, snapshotted = self._snapshot_and_hide(conn, kind, lock_id, these_rows, fresh)
-        return RangeHidden(hidden, snapshotted, ids[-1], len(ids))
+        hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
+        return RangeHidden(hidden, written, ids[-1], len(ids))
 
     def hide_owners(
         self, conn: Connection, kind: BoundKind, owner_lock: dict[Any, int], now: str,
         room: int, all_new: bool = False,
-    ) -> Counter[Any]:
+    ) -> tuple[Counter[Any], list[Any]]:
         """One statement per pass, with no row locked before it is hidden.
 
         A CTE reads the owners' visible rows (id, owner, visibility) as of the statement's
@@ -728,20 +752,31 @@ class PostgresqlDialect(_SetBasedRestore):
         if not all_new:
             snapshotted = snapshotted.on_conflict_do_nothing(
                 index_elements=["lock_id", "kind", "item_id"])
-        counts = (
-            select(seen.c.owner, func.count(hidden.c.id), func.count())
-            .select_from(seen.outerjoin(hidden, hidden.c.id == seen.c.id))
-            .group_by(seen.c.owner)
-            .add_cte(snapshotted.cte("snapshotted"))
-        )
+        wrote = snapshotted.returning(*WRITTEN).cte("snapshotted")
+        # One statement, two kinds of rows: per owner ("n") the rows seen and hidden, and ("s")
+        # each snapshot row written, for the chunk's seal.
+        no_text, no_int = cast(null(), Text), cast(null(), BigInteger)
+        counts = select(
+            literal("n").label("what"), cast(seen.c.owner, Text).label("owner"),
+            func.count(hidden.c.id).label("n_hidden"), func.count().label("n_seen"),
+            no_text, no_text, no_text, no_int,
+        ).select_from(seen.outerjoin(hidden, hidden.c.id == seen.c.id)).group_by(seen.c.owner)
+        written_rows = select(literal("s"), no_text, wrote.c.lock_id, no_int, wrote.c.kind,
+                              wrote.c.item_id, wrote.c.original_text, wrote.c.original_int)
+        statement = union_all(counts, written_rows)
+        owner_of = {str(owner): owner for owner in owners}
         per_owner: Counter[Any] = Counter()
+        written: list[Any] = []
         for _pass in range(HIDE_PASSES):
-            rows = conn.execute(counts).all()
-            per_owner.update({owner: n_hidden for owner, n_hidden, _n_seen in rows if n_hidden})
-            if all(n_hidden == n_seen for _owner, n_hidden, n_seen in rows):
-                return per_owner
+            rows = conn.execute(statement).all()
+            tallies = [(owner_of.get(r[1], r[1]), r[2], r[3]) for r in rows if r[0] == "n"]
+            written += [tuple(r[2:3]) + tuple(r[4:]) for r in rows if r[0] == "s"]
+            per_owner.update({owner: n_hidden for owner, n_hidden, _n_seen in tallies
+                              if n_hidden})
+            if all(n_hidden == n_seen for _owner, n_hidden, n_seen in tallies):
+                return per_owner, written
             if sum(per_owner.values()) > room:
-                return per_owner  # the caller rolls the group back
+                return per_owner, written  # the caller rolls the group back
         raise StaleChunk(f"the site changed the users' rows during {HIDE_PASSES} tries to "
                          "hide them")
 
@@ -778,6 +813,11 @@ class MysqlDialect(Dialect):
     name = "mysql"
     aliases = ("mariadb",)
     snapshot_isolation = "REPEATABLE READ"
+
+    def current_login(self, conn: Connection) -> str | None:
+        # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
+        # not USER(), which is the name the client merely asked for.
+        return str(conn.exec_driver_sql("SELECT CURRENT_USER()").scalar_one())
 
 
 _REGISTRY: dict[str, Dialect] = {}
@@ -835,10 +875,16 @@ def _snapshot_source(kind: BoundKind, lock_id: Any, now: str, source_from: Any) 
     return source.select_from(source_from) if source_from is not None else source
 
 
-def _counted(conn: Connection, statement: Any) -> int:
-    """Run an INSERT and return its row count. SQLAlchemy keeps an INSERT's row count only when
-    asked (psycopg's is gone once the cursor closes: the hide events said -1 on PostgreSQL)."""
-    return int(conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount)
+def _written(conn: Connection, statement: Any, kind: BoundKind, now: str) -> list[Any]:
+    """Run a snapshot INSERT and return the rows it wrote (:data:`WRITTEN`): from the insert's
+    own ``RETURNING`` (SQLite, PostgreSQL, MariaDB), else read back (MySQL, which has no
+    ``RETURNING``: the rows of this kind written now, under lock rows this transaction holds)."""
+    if conn.dialect.insert_returning:
+        return list(conn.execute(statement.returning(*WRITTEN)).all())
+    conn.execute(statement)
+    return list(conn.execute(
+        select(*WRITTEN).where(snapshots.c.kind == kind.name, snapshots.c.snapshotted_at == now)
+    ).all())
 
 
 def _whole_lock_snapshots(

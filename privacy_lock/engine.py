@@ -45,12 +45,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from privacy_lock import binding, seal
 from privacy_lock.audit import Actor, EventSpec, append_events
 from privacy_lock.config import BoundKind, ContentMap, bind_value
 from privacy_lock.db import reading
@@ -65,12 +66,12 @@ from privacy_lock.dialects import (
     visible,
 )
 from privacy_lock.errors import (
-    ConfigError,
     Interrupted,
     LockStateError,
     LockTimeoutError,
     PrivacyLockError,
     StaleChunk,
+    TamperedError,
     UsageError,
     error_text,
 )
@@ -205,6 +206,11 @@ class Context:
     pacer: Pacer
     dialect: Dialect
 
+    @cached_property
+    def resolver(self) -> binding.Resolver:
+        """The kinds of locks as they record them (revert and status use it, not the config)."""
+        return binding.Resolver(self.conn, self.cmap)
+
 
 def plan(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
     """What each request has to do, from a few set-based reads in one read transaction: a
@@ -267,13 +273,24 @@ def _plan_apply(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
                 continue
             found.counts[kind.name] = KindCounts(changed=int(n_vis or 0),
                                                 already_private=int(n_priv or 0))
-    active = active_lock_ids(conn, list(works))
-    for subject, lock_id in active.items():
-        works[subject].lock_id = lock_id
-    begun = reverts_begun(conn, list(active.values()))
+    refused: dict[str, PrivacyLockError] = {}
+    for subject, lock_id, recorded in conn.execute(
+        select(locks.c.active_subject, locks.c.lock_id, locks.c.binding)
+        .where(ctx.dialect.in_keys(locks.c.active_subject, list(works)))
+    ).all():
+        work = works[subject]
+        work.lock_id = int(lock_id)
+        try:  # a kind it holds under another mapping than the config's now
+            binding.extended(recorded, work.kinds, work.lock_id, subject)
+        except UsageError as exc:
+            refused[subject] = LockStateError(str(exc), work.lock_id)
+    begun = reverts_begun(conn, [w.lock_id for w in works.values() if w.lock_id is not None])
+    for work in works.values():
+        if work.lock_id in begun:
+            refused[work.subject] = being_reverted(work.lock_id, work.subject)
     return [
-        _failed(p.request, being_reverted(p.lock_id, p.subject), p.subject)
-        if isinstance(p, Work) and p.lock_id in begun else p
+        _failed(p.request, refused[p.subject], p.subject)
+        if isinstance(p, Work) and p.subject in refused else p
         for p in planned
     ]
 
@@ -305,7 +322,7 @@ def _plan_revert(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
         lock_at[position] = int(lock_id)
     lock_ids = sorted(set(lock_at.values()))
     rows = {row.lock_id: row for row in conn.execute(
-        select(locks.c.lock_id, locks.c.subject, locks.c.state)
+        select(locks.c.lock_id, locks.c.subject, locks.c.state, locks.c.binding)
         .where(ctx.dialect.in_keys(locks.c.lock_id, lock_ids))).all()} if lock_ids else {}
     pending: dict[int, dict[str, int]] = {}
     if lock_ids:
@@ -327,8 +344,8 @@ def _plan_revert(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
             planned[position] = Outcome(request, row.subject, lock_id, Status.NOT_LOCKED)
             continue
         try:
-            kinds = lock_kinds(cmap, lock_id, list(pending.get(lock_id, {})))
-        except ConfigError as exc:
+            kinds = ctx.resolver.kinds(lock_id, row.binding, list(pending.get(lock_id, {})))
+        except UsageError as exc:
             planned[position] = _failed(request, exc, row.subject, lock_id)
             continue
         work = Work(request, row.subject,
@@ -387,8 +404,10 @@ def run_batch(
     """Run every request in order; one failing does not stop the others, Ctrl-C does (between
     two chunks). With ``share_chunks`` small users share chunks; without it every transaction
     stays inside one user's rows."""
-    run = _Run(Context(conn, cmap, mode, pacer, for_connection(conn)), dry_run, on_done,
-               share_chunks)
+    ctx = Context(conn, cmap, mode, pacer, for_connection(conn))
+    if mode == "revert" and not dry_run:
+        preflight_revert(ctx, requests)
+    run = _Run(ctx, dry_run, on_done, share_chunks)
     with pacer.stop_on_sigint():
         try:
             for start in range(0, len(requests), IN_BATCH):
@@ -396,6 +415,41 @@ def run_batch(
         except Interrupted:
             run.stopped(requests)
     return BatchResult([run.outcomes[id(r)] for r in requests], run.interrupted)
+
+
+def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
+    """Before a revert changes anything: every lock it names must still be bound as it records
+    (else :class:`UsageError`, exit 2) and what it restores must still be what the trail sealed
+    (else :class:`TamperedError`, exit 1). Short reads, a thousand locks at a time."""
+    conn = ctx.conn
+    lock_ids = sorted({r.lock_id for r in requests if r.lock_id is not None})
+    subjects = []
+    for request in requests:
+        if request.lock_id is None:
+            try:
+                subjects.append(ctx.cmap.normalize_user(request.user_id or ""))
+            except PrivacyLockError:
+                continue  # its own outcome says so
+    for start in range(0, len(subjects), IN_BATCH):
+        with reading(conn):
+            lock_ids += active_lock_ids(conn, subjects[start:start + IN_BATCH]).values()
+    lock_ids = sorted(set(lock_ids))
+    for start in range(0, len(lock_ids), IN_BATCH):
+        part = lock_ids[start:start + IN_BATCH]
+        with reading(conn):
+            rows = conn.execute(
+                select(locks.c.lock_id, locks.c.binding)
+                .where(locks.c.lock_id.in_(part), locks.c.state == LockState.ACTIVE)).all()
+            for lock_id, recorded in rows:
+                if recorded is not None:
+                    ctx.resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
+            check = seal.check_seals(conn, [int(lock_id) for lock_id, _r in rows])
+        if not check.ok:
+            raise TamperedError(
+                f"refusing to revert, nothing was changed: {check.problems[0]}"
+                + (f" (and {len(check.problems) - 1} more problems)"
+                   if len(check.problems) > 1 else "")
+                + "; run `privacy-lock audit verify`")
 
 
 class _Run:
@@ -575,8 +629,9 @@ class _Run:
                 return pacer.chunk(ctx.conn, partial(run_chunk, ctx, closing))[0]
             except StaleChunk:
                 with reading(ctx.conn):  # an apply extended the lock while we were reverting
-                    work.kinds = lock_kinds(ctx.cmap, work.lock_id or 0,
-                                            kinds_held(ctx.conn, work.lock_id or 0))
+                    work.kinds = ctx.resolver.kinds(
+                        work.lock_id or 0, recorded_binding(ctx.conn, work.lock_id or 0),
+                        kinds_held(ctx.conn, work.lock_id or 0))
 
     def stopped(self, requests: Sequence[Request]) -> None:
         """Ctrl-C: the request in flight is interrupted, the ones not reached not started."""
@@ -636,32 +691,48 @@ def run_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
 def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
     conn, cmap, now = ctx.conn, ctx.cmap, utc_now()
     works = chunk.works
-    # 1. lock rows, in lock id order; the missing ones opened
-    lock_of = active_lock_ids(conn, [w.subject for w in works], lock=True)
+    # 1. lock rows, in lock id order; the missing ones opened, each with its binding
+    held = locked_lock_rows(conn, [w.subject for w in works], ctx.dialect)
     if chunk.ranged is not None or chunk.totals is not None:
         # 2. (first) guard: a work done in slices stays under the lock its first slice used
         work = works[0]
-        if work.lock_id is not None and lock_of.get(work.subject) != work.lock_id:
+        if work.lock_id is not None and held.get(work.subject, (None, None))[0] != work.lock_id:
             raise LockStateError(
                 f"lock {work.lock_id} of user {work.subject} was reverted while this apply was "
                 "running; the chunks already committed stay hidden under it", work.lock_id)
-    opened = {w.subject for w in works if w.subject not in lock_of}
-    if opened:
-        ctx.dialect.insert_rows(conn, locks, [
-            {"subject": w.subject, "active_subject": w.subject, "state": LockState.ACTIVE,
-             "operator": w.actor.operator, "ticket": w.actor.ticket or "",
-             "reason": w.actor.reason or "", "created_at": now, "updated_at": now}
-            for w in works if w.subject in opened])
-        lock_of.update(active_lock_ids(conn, sorted(opened)))
-    # 2. guards: no lock whose revert has begun
+    opened = {w.subject for w in works if w.subject not in held}
+    new_rows: dict[str, dict[str, Any]] = {w.subject: {
+        "subject": w.subject, "active_subject": w.subject, "state": LockState.ACTIVE,
+        "operator": w.actor.operator, "ticket": w.actor.ticket or "",
+        "reason": w.actor.reason or "", "created_at": now, "updated_at": now,
+        "binding": binding.dumps({k.name: binding.binding_of(k) for k in w.kinds}),
+    } for w in works if w.subject in opened}
+    if new_rows:
+        ctx.dialect.insert_rows(conn, locks, list(new_rows.values()))
+        for subject, lock_id in active_lock_ids(conn, sorted(opened)).items():
+            new_rows[subject]["lock_id"] = lock_id
+            held[subject] = (lock_id, new_rows[subject]["binding"])
+    # 2. guards: no lock whose revert has begun; an extended lock keeps its bindings
+    rebound: dict[int, str] = {}  # extended lock -> its bindings with the kinds it gains now
     for work in works:
-        work.lock_id = lock_of[work.subject]
-    extended = sorted(lock_of[w.subject] for w in works if w.subject not in opened)
+        work.lock_id, recorded = held[work.subject]
+        if work.subject not in opened:
+            try:
+                gained = binding.extended(recorded, work.kinds, work.lock_id, work.subject)
+            except UsageError as exc:
+                if len(works) > 1:  # rolled back; alone, the user fails with this message
+                    raise StaleChunk(str(exc)) from None
+                raise LockStateError(str(exc), work.lock_id) from None
+            if gained is not None:
+                rebound[work.lock_id] = gained
+    extended = sorted(held[w.subject][0] for w in works if w.subject not in opened)
     begun = reverts_begun(conn, extended, ctx.dialect)
     if begun:
         if len(works) > 1:  # rolled back; each alone then says what to do
             raise StaleChunk(f"lock {min(begun)} is being reverted")
         raise being_reverted(works[0].lock_id or 0, works[0].subject)
+    for lock_id, text in rebound.items():
+        conn.execute(update(locks).where(locks.c.lock_id == lock_id).values(binding=text))
     # The transaction that opens a lock writes its ``lock`` event, before the lock's other one.
     events: list[EventSpec] = []
     # 3. statements
@@ -669,20 +740,22 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
         work, ranged = works[0], chunk.ranged
         hid = ctx.dialect.hide_range(conn, ranged.kind, work.lock_id or 0,
                                      cmap.owner_value(ranged.kind, work.subject), ranged.after,
-                                     ranged.limit, fresh=bool(opened))
+                                     ranged.limit, now, fresh=bool(opened))
         ranged.last, ranged.seen, ranged.changed = hid.last, hid.seen, hid.hidden
         ranged.opened = bool(opened)
         if opened:
-            events.append(EventSpec("lock", work.actor, work.subject, work.lock_id))
-        if hid.last is not None:
-            work.chunks += 1
+            events.append(_lock_event(work, new_rows[work.subject]))
+        if hid.last is not None or work.lock_id in rebound:
+            work.chunks += 1 if hid.last is not None else 0
             events.append(EventSpec("hide", work.actor, work.subject, work.lock_id, {
                 "kind": ranged.kind.name, "hidden": hid.hidden,
-                "snapshotted": hid.snapshotted}))
+                "snapshotted": hid.snapshotted,
+                **_sealed(conn, work.lock_id or 0, hid.written, now, rebound)}))
         if events:
             append_events(conn, events)
         return []
     hidden: Counter[tuple[str, str]] = Counter()
+    written: dict[int, list[Any]] = {}
     if chunk.totals is None:
         taken, room = 0, ctx.pacer.size
         for kind in cmap.kinds.values():
@@ -691,8 +764,9 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
                 continue
             owner_lock = {cmap.owner_value(kind, w.subject): w.lock_id or 0 for w in members}
             subject_of = {cmap.owner_value(kind, w.subject): w.subject for w in members}
-            per_owner = ctx.dialect.hide_owners(conn, kind, owner_lock, now, room - taken,
-                                                all_new=len(opened) == len(works))
+            per_owner, rows = ctx.dialect.hide_owners(conn, kind, owner_lock, now,
+                                                      room - taken,
+                                                      all_new=len(opened) == len(works))
             taken += sum(per_owner.values())
             if taken > room:
                 raise StaleChunk(f"{taken} visible items, more than the chunk of {room}")
@@ -700,6 +774,8 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
                 raise StaleChunk("the database matched an owner id by collation, not exactly")
             for owner, n in per_owner.items():
                 hidden[subject_of[owner], kind.name] += n
+            for row in rows:
+                written.setdefault(int(row[0]), []).append(row)
     # 4. bookkeeping
     if chunk.totals is not None:
         totals = {works[0].lock_id or 0: chunk.totals}
@@ -729,16 +805,52 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
         if not was_opened and not any(c.changed for c in kinds.values()):
             status = Status.ALREADY_LOCKED
         if work.subject in opened:
-            events.append(EventSpec("lock", work.actor, work.subject, lock_id))
+            events.append(_lock_event(work, new_rows[work.subject]))
         events.append(EventSpec("apply", work.actor, work.subject, lock_id, {
             "status": status, "chunks": work.chunks, "chunk_shared_by": len(works),
             "kinds": {n: {"changed": c.changed, "already_private": c.already_private,
                           "snapshotted": c.snapshotted} for n, c in kinds.items()},
+            **_sealed(conn, lock_id, written.get(lock_id, []), now, rebound),
         }))
         outcomes.append(Outcome(work.request, work.subject, lock_id, status, kinds,
                                 chunks=work.chunks))
     append_events(conn, events)
     return outcomes
+
+
+def _lock_event(work: Work, row: dict[str, Any]) -> EventSpec:
+    """The ``lock`` event of a lock opened now, sealing the lock row as inserted."""
+    return EventSpec("lock", work.actor, work.subject, work.lock_id,
+                     {"sealed": {"lock": seal.fields_digest(row, seal.LOCK_FIELDS)}})
+
+
+def _sealed(
+    conn: Connection, lock_id: int, rows: list[Any], now: str, rebound: dict[int, str]
+) -> dict[str, Any]:
+    """The ``sealed`` part of an apply or hide event: the snapshot rows this transaction wrote
+    for the lock (each ``(lock, kind, item, text, int)``), and the lock row again when its
+    bindings changed (a kind added)."""
+    sealed: dict[str, Any] = {}
+    if rows:
+        sealed.update(seal.snapshot_seal([tuple(r[1:]) for r in rows], now))
+    if lock_id in rebound:
+        row = conn.execute(select(*[locks.c[f] for f in seal.LOCK_FIELDS])
+                           .where(locks.c.lock_id == lock_id)).mappings().one()
+        sealed["lock"] = seal.fields_digest(dict(row), seal.LOCK_FIELDS)
+    return {"sealed": sealed} if sealed else {}
+
+
+def locked_lock_rows(
+    conn: Connection, subjects: Sequence[str], dialect: Dialect
+) -> dict[str, tuple[int, str | None]]:
+    """Lock the active lock rows of ``subjects`` (in lock id order, so that concurrent runs do
+    not deadlock): (lock id, recorded bindings) per subject that has one."""
+    rows = conn.execute(
+        select(locks.c.active_subject, locks.c.lock_id, locks.c.binding)
+        .where(dialect.in_keys(locks.c.active_subject, list(subjects)))
+        .order_by(locks.c.lock_id).with_for_update()
+    ).all()
+    return {subject: (int(lock_id), recorded) for subject, lock_id, recorded in rows}
 
 
 def _revert_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
@@ -793,18 +905,20 @@ def _revert_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
             for kind_name, per_state in per_kind.items():
                 pending[kind_name] += per_state.get(PENDING, 0)
         room = ctx.pacer.size
+        held_kinds = {(w.lock_id, k.name) for w in works for k in w.kinds}
+        if any((lock_id, name) not in held_kinds for lock_id, per_kind in totals.items()
+               for name in per_kind):  # an apply added a kind since the plan: plan again
+            raise StaleChunk("a lock now holds a kind it did not hold when planned")
         if pending.total() > room:
             raise StaleChunk(f"{pending.total()} pending items, more than the chunk of {room}")
         restored = to_mark = 0
-        for kind_name, count in sorted(pending.items()):
+        for kind, members in _by_binding(works):
+            count = sum(totals.get(w.lock_id or 0, {}).get(kind.name, {}).get(PENDING, 0)
+                        for w in members)
             if not count:
                 continue
-            if kind_name not in cmap.kinds:
-                raise ConfigError(f"a lock now holds {kind_name!r} items, which the content "
-                                  f"map lacks: restore [content.{kind_name}] to revert it")
-            kind = cmap.kinds[kind_name]
             group = [LockOf(w.lock_id or 0, bind_value(kind.owner_col, w.subject))
-                     for w in works]
+                     for w in members]
             restored_kind, unmarked = ctx.dialect.restore_owners(conn, kind, group, count, now)
             restored, to_mark = restored + restored_kind, to_mark + unmarked
         if to_mark:
@@ -940,14 +1054,14 @@ def count_revert_group(ctx: Context, works: Sequence[Work]) -> list[dict[str, Ki
     """What reverting the locks of ``works`` would do now, per work and kind: of each kind's
     pending snapshots, the items still owner-only (restored), changed since (conflicts) and
     deleted or no longer the lock's user's (gone). One read per kind for the whole group."""
-    lock_ids = [w.lock_id or 0 for w in works]
     found: dict[tuple[int, str], dict[str, int]] = {}
-    for kind in {k.name: k for w in works for k in w.kinds}.values():
+    for kind, members in _by_binding(works):
+        lock_ids = [w.lock_id or 0 for w in members]
         # Each snapshot's item must still belong to its own lock's user, bound as the owner
         # column holds it.
         owner_of_lock = case(
             {w.lock_id: literal(bind_value(kind.owner_col, w.subject), kind.owner_col.type)
-             for w in works},
+             for w in members},
             value=snapshots.c.lock_id,
         )
         its_item = and_(kind.id_col == snapshot_item_as_id(kind),
@@ -966,6 +1080,16 @@ def count_revert_group(ctx: Context, works: Sequence[Work]) -> list[dict[str, Ki
         kind.name: _outcome_counts(found.get((w.lock_id or 0, kind.name), {}))
         for kind in w.kinds
     } for w in works]
+
+
+def _by_binding(works: Sequence[Work]) -> list[tuple[BoundKind, list[Work]]]:
+    """The works grouped by each kind as their locks bind it (two locks may record one kind
+    under different bindings: the config changed between them)."""
+    groups: dict[int, tuple[BoundKind, list[Work]]] = {}
+    for work in works:
+        for kind in work.kinds:
+            groups.setdefault(id(kind), (kind, []))[1].append(work)
+    return sorted(groups.values(), key=lambda group: group[0].name)
 
 
 def _outcome_counts(found: dict[str, int]) -> KindCounts:
@@ -1086,16 +1210,9 @@ def kinds_held(conn: Connection, lock_id: int) -> list[str]:
         names.append(name)
 
 
-def lock_kinds(cmap: ContentMap, lock_id: int, names: Iterable[str]) -> list[BoundKind]:
-    """The content map's kinds for ``names`` (a lock's); every one must still be mapped."""
-    names = list(names)
-    missing = sorted(n for n in names if n not in cmap.kinds)
-    if missing:
-        raise ConfigError(
-            f"lock {lock_id} holds {missing[0]!r} items but the content map has no "
-            f"[content.{missing[0]}]: restore that section to revert the lock"
-        )
-    return [k for k in cmap.kinds.values() if k.name in names]
+def recorded_binding(conn: Connection, lock_id: int) -> str | None:
+    """The bindings a lock records (None for a lock made before they were recorded)."""
+    return conn.execute(select(locks.c.binding).where(locks.c.lock_id == lock_id)).scalar()
 
 
 def planned_items(
@@ -1142,8 +1259,13 @@ def user_status(
             .order_by(locks.c.lock_id.desc()).limit(1)
         ).first()
         totals = snapshot_totals(conn, [lock.lock_id]).get(lock.lock_id, {}) if lock else {}
+        # The kinds the lock holds are counted as the lock binds them, the others as the
+        # content map does.
+        held = ({k.name: k for k in binding.Resolver(conn, cmap).kinds(
+            lock.lock_id, lock.binding, kinds_held(conn, lock.lock_id))}
+            if lock is not None and lock.binding is not None else {})
         kinds = []
-        for kind in cmap.kinds.values():
+        for kind in [held.get(k.name, k) for k in cmap.kinds.values()]:
             counts = count_for_apply(conn, cmap, subject, kind)
             per_lock = totals.get(kind.name, {})
             kinds.append({
@@ -1170,7 +1292,9 @@ def _status_items(
     conn: Connection, cmap: ContentMap, subject: str, lock_id: int
 ) -> list[dict[str, Any]]:
     items = []
-    for kind in lock_kinds(cmap, lock_id, kinds_held(conn, lock_id)):
+    resolver = binding.Resolver(conn, cmap)
+    for kind in resolver.kinds(lock_id, recorded_binding(conn, lock_id),
+                               kinds_held(conn, lock_id)):
         owner = cmap.owner_value(kind, subject)
         joined = snapshots.outerjoin(
             kind.table, and_(kind.id_col == snapshot_item_as_id(kind), kind.owner_col == owner)

@@ -64,6 +64,12 @@ class StaleChunk(PrivacyLockError):
     users one by one (a user alone that still does not fit fails with this message)."""
 
 
+class TamperedError(PrivacyLockError):
+    """What a revert depends on (a stored original, a lock's binding, an approval) no longer
+    matches what the audit trail sealed: the revert is refused before anything changes. Exit 1:
+    an operational failure an auditor must look at, not bad input."""
+
+
 class OutputError(PrivacyLockError):
     """A result file could not be written after the run (the run's changes stand). Exit 1."""
 

@@ -48,6 +48,10 @@ locks = Table(
     Column("updated_at", Timestamp, nullable=False),
     Column("reverted_at", Timestamp, nullable=True),
     Column("reverted_by", String(191), nullable=True),
+    # What the lock was taken under, per kind: the table, the id / owner / visibility columns,
+    # the owner-only value and its type (JSON). Revert and status use it, never today's config;
+    # sealed in the trail by the lock's events (seal.py). NULL on locks made before it existed.
+    Column("binding", Text, nullable=True, comment="JSON: per kind, the content binding used"),
     UniqueConstraint("active_subject", name="uq_privacy_lock_locks_active_subject"),
     Index("ix_privacy_lock_locks_subject", "subject"),
 )
@@ -87,7 +91,11 @@ audit_events = Table(
     Column("tool_version", String(32), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # With an audit key (anchors.py): "KEYID:HMAC-SHA256(key, event hash)", so that database
+    # access alone cannot recompute the chain. NULL on events written without a key.
+    Column("mac", String(96), nullable=True, comment="key id : HMAC of hash"),
     Index("ix_privacy_lock_audit_subject", "subject"),
+    Index("ix_privacy_lock_audit_lock", "lock_id", "seq"),
     Index("ix_privacy_lock_audit_occurred_at", "occurred_at"),
 )
 
@@ -122,11 +130,28 @@ revert_requests = Table(
     Column("approved_os_user", String(191), nullable=True),
     Column("approved_host", String(191), nullable=True),
     Column("approved_at", Timestamp, nullable=True),
+    # The database login each side used (PostgreSQL current_user, MariaDB CURRENT_USER());
+    # NULL on SQLite, which has no logins, and on requests made before these columns existed.
+    Column("requested_db_user", String(191), nullable=True),
+    Column("approved_db_user", String(191), nullable=True),
     Column("finished_at", Timestamp, nullable=True),
     Column("outcome", String(16), nullable=True,
            comment=f"{Status.REVERTED} | {Status.NOT_LOCKED}"),
     UniqueConstraint("open_lock_id", name="uq_privacy_lock_revert_requests_open_lock"),
     Index("ix_privacy_lock_revert_requests_state", "state", "request_id"),
+)
+
+# The site's rules for the tool, one row per name (privacy_lock/policy.py): kept in the database,
+# not in an operator's config, so that a copied config cannot switch the two-person rule off.
+# ``init`` seeds the missing rows from the config; ``privacy-lock policy set`` changes one,
+# audited. A missing row means the secure default.
+policy = Table(
+    "privacy_lock_policy",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(64), nullable=False),
+    Column("set_by", String(191), nullable=False),
+    Column("set_at", Timestamp, nullable=False),
 )
 
 GENESIS_HASH = "0" * 64
@@ -200,9 +225,9 @@ def create_tool_tables(conn: Connection) -> list[str]:
 
 
 def add_missing_columns(conn: Connection, tables: list[Table]) -> list[str]:
-    """Add to existing tool tables the columns a newer release defines (``init`` on a database
-    made by an older one). Only nullable columns are ever added to a tool table after its first
-    release, so existing rows stay valid; return what was added, as "table.column"."""
+    """Add to existing tool tables the columns and indexes a newer release defines (``init`` on
+    a database made by an older one). Only nullable columns are ever added to a tool table
+    after its first release, so existing rows stay valid; return what was added."""
     added = []
     for table in tables:
         present = {c["name"] for c in inspect(conn).get_columns(table.name)}
@@ -217,6 +242,11 @@ def add_missing_columns(conn: Connection, tables: list[Table]) -> list[str]:
             conn.execute(text(f"ALTER TABLE {conn.dialect.identifier_preparer.format_table(table)}"
                               f" ADD COLUMN {ddl}"))
             added.append(f"{table.name}.{column.name}")
+        indexes = {i["name"] for i in inspect(conn).get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in indexes:
+                index.create(conn)
+                added.append(f"index {index.name}")
     return added
 
 
@@ -245,6 +275,13 @@ def require_tool_tables(conn: Connection) -> None:
             f"the privacy-lock tables are missing ({', '.join(missing)}): "
             "run `privacy-lock init` on this database first"
         )
+    # Every command appends to the trail: one made by an older release needs `init` first.
+    present = {c["name"] for c in inspect(conn).get_columns(audit_events.name)}
+    lacking = [c.name for c in audit_events.columns if c.name not in present]
+    if lacking:
+        raise NotInitializedError(
+            f"{audit_events.name} lacks the column(s) {', '.join(lacking)} of this release: "
+            "run `privacy-lock init` to add them")
 
 
 def ddl_for(dialect_name: str) -> str:

@@ -16,8 +16,11 @@ CREATE TABLE privacy_lock_audit (
 	tool_version VARCHAR(32) NOT NULL, 
 	prev_hash VARCHAR(64) NOT NULL, 
 	hash VARCHAR(64) NOT NULL, 
+	mac VARCHAR(96), 
 	PRIMARY KEY (seq)
 );
+
+CREATE INDEX ix_privacy_lock_audit_lock ON privacy_lock_audit (lock_id, seq);
 
 CREATE INDEX ix_privacy_lock_audit_occurred_at ON privacy_lock_audit (occurred_at);
 
@@ -42,11 +45,20 @@ CREATE TABLE privacy_lock_locks (
 	updated_at VARCHAR(32) NOT NULL, 
 	reverted_at VARCHAR(32), 
 	reverted_by VARCHAR(191), 
+	binding TEXT, 
 	PRIMARY KEY (lock_id), 
 	CONSTRAINT uq_privacy_lock_locks_active_subject UNIQUE (active_subject)
 );
 
 CREATE INDEX ix_privacy_lock_locks_subject ON privacy_lock_locks (subject);
+
+CREATE TABLE privacy_lock_policy (
+	name VARCHAR(64) NOT NULL, 
+	value VARCHAR(64) NOT NULL, 
+	set_by VARCHAR(191) NOT NULL, 
+	set_at VARCHAR(32) NOT NULL, 
+	PRIMARY KEY (name)
+);
 
 CREATE TABLE privacy_lock_revert_requests (
 	request_id BIGSERIAL NOT NULL, 
@@ -64,6 +76,8 @@ CREATE TABLE privacy_lock_revert_requests (
 	approved_os_user VARCHAR(191), 
 	approved_host VARCHAR(191), 
 	approved_at VARCHAR(32), 
+	requested_db_user VARCHAR(191), 
+	approved_db_user VARCHAR(191), 
 	finished_at VARCHAR(32), 
 	outcome VARCHAR(16), 
 	PRIMARY KEY (request_id), 

@@ -268,8 +268,10 @@ class ContentMap:
         return [s for s in subjects if s in candidates]
 
     def _exists_exactly(self, conn: Connection, col: Column, subject: str) -> bool:
-        value = bind_value(col, subject)
-        return conn.execute(select(col).where(col == value).limit(1)).first() is not None
+        from privacy_lock.dialects import for_connection  # the strategies import this module
+
+        exactly = for_connection(conn).exactly(col, bind_value(col, subject))
+        return conn.execute(select(col).where(exactly).limit(1)).first() is not None
 
 
 def bind_value(col: Column, text: str) -> int | str | uuid.UUID:

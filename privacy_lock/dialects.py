@@ -47,9 +47,11 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
     update,
 )
+from sqlalchemy.dialects.mysql import BINARY
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -61,6 +63,7 @@ from privacy_lock.config import BoundKind, bind_value, stored_as
 from privacy_lock.errors import StaleChunk
 from privacy_lock.schema import (
     PG_APPEND_ONLY_DDL,
+    TOOL_TABLES,
     create_append_only_triggers,
     locks,
     snapshots,
@@ -184,6 +187,16 @@ class Dialect:
     def _in(self, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
         return col.in_(keys)
 
+    def exactly(self, col: Any, value: Any) -> ColumnElement[bool]:
+        """``col = value``, compared exactly: ``'alice'`` never matches ``'Alice'`` or
+        ``'alice '``, whatever the column's collation (owner and item ids)."""
+        return col == value
+
+    def exactly_in(self, col: Any, values: Sequence[Any], bounded: bool = False
+                   ) -> ColumnElement[bool]:
+        """:meth:`in_keys`, compared exactly (see :meth:`exactly`)."""
+        return self.in_keys(col, values, bounded)
+
     def plan_for_actual_keys(self, conn: Connection) -> None:
         """Make the rest of this transaction plan for its actual owner and keys (PostgreSQL)."""
 
@@ -245,7 +258,7 @@ class Dialect:
         Here: find the next keys with a plain read, then lock exactly those rows by key.
         Locking in the walk itself would let MariaDB choose a primary-key scan for ORDER BY ...
         LIMIT (it does on small or skewed tables) and wait on, or lock, other users' rows."""
-        candidates = conn.execute(_walk(kind, owner, after, limit)).scalars().all()
+        candidates = conn.execute(_walk(self, kind, owner, after, limit)).scalars().all()
         if not candidates:
             return RangeHidden(0, [], None, 0)
         # The key range is redundant with the key list but bounds every plan to this chunk's
@@ -253,14 +266,14 @@ class Dialect:
         in_range = kind.id_col.between(candidates[0], candidates[-1])
         ids = conn.execute(
             select(kind.id_col)
-            .where(kind.owner_col == owner, in_range, self.in_keys(kind.id_col, candidates),
-                   visible(kind))
+            .where(self.exactly(kind.owner_col, owner), in_range,
+                   self.exactly_in(kind.id_col, candidates), visible(kind))
             .with_for_update()
         ).scalars().all()
         if not ids:  # all of them were hidden by someone else meanwhile
             return RangeHidden(0, [], candidates[-1], len(candidates))
-        these_rows = (kind.owner_col == owner, in_range, self.in_keys(kind.id_col, ids),
-                      visible(kind))
+        these_rows = (self.exactly(kind.owner_col, owner), in_range,
+                      self.exactly_in(kind.id_col, ids), visible(kind))
         hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
         return RangeHidden(hidden, written, candidates[-1], len(candidates))
 
@@ -292,20 +305,20 @@ class Dialect:
         other users of the chunk would fail with it.)"""
         owners = list(owner_lock)
         candidates = conn.execute(
-            select(kind.id_col).where(self.in_keys(kind.owner_col, owners), visible(kind))
+            select(kind.id_col).where(self.exactly_in(kind.owner_col, owners), visible(kind))
         ).scalars().all()
         if not candidates or len(candidates) > room:
             return (Counter({None: len(candidates)}) if candidates else Counter()), []
         rows = conn.execute(
             select(kind.id_col, kind.owner_col)
-            .where(self.in_keys(kind.id_col, candidates), self.in_keys(kind.owner_col, owners),
-                   visible(kind))
+            .where(self.exactly_in(kind.id_col, candidates),
+                   self.exactly_in(kind.owner_col, owners), visible(kind))
             .with_for_update()
         ).all()
         written: list[Any] = []
         if rows:
-            these_rows = (self.in_keys(kind.owner_col, owners),
-                          self.in_keys(kind.id_col, [row[0] for row in rows]), visible(kind))
+            these_rows = (self.exactly_in(kind.owner_col, owners),
+                          self.exactly_in(kind.id_col, [row[0] for row in rows]), visible(kind))
             lock_of_owner = case(
                 {owner: literal(lid, snapshots.c.lock_id.type)
                  for owner, lid in owner_lock.items()},
@@ -343,8 +356,8 @@ class Dialect:
             snapshots.c.snapshot_id.between(snapshot_ids[0], snapshot_ids[-1]))
         # Lock the items first, by key, then decide: while we hold them nobody can change them.
         item_ids = [bind_value(kind.id_col, row.item_id) for row in pending]
-        these_items = and_(kind.owner_col == owner,
-                           self.in_keys(kind.id_col, item_ids, bounded=True))
+        these_items = and_(self.exactly(kind.owner_col, owner),
+                           self.exactly_in(kind.id_col, item_ids, bounded=True))
         current = dict(conn.execute(
             select(id_as_text(kind), kind.vis_col).where(these_items).with_for_update()
         ).all())
@@ -398,8 +411,8 @@ class Dialect:
         current = {
             item: (owner, vis) for item, owner, vis in conn.execute(
                 select(id_as_text(kind), kind.owner_col, kind.vis_col)
-                .where(self.in_keys(kind.owner_col, owners),
-                       self.in_keys(kind.id_col, item_ids))
+                .where(self.exactly_in(kind.owner_col, owners),
+                       self.exactly_in(kind.id_col, item_ids))
                 .with_for_update()
             ).all()
         }
@@ -437,8 +450,8 @@ class Dialect:
             restored = conn.execute(
                 update(kind.table)
                 .values({kind.vis_col.name: original})
-                .where(self.in_keys(kind.owner_col, owners),
-                       self.in_keys(kind.id_col, restored_items),
+                .where(self.exactly_in(kind.owner_col, owners),
+                       self.exactly_in(kind.id_col, restored_items),
                        kind.vis_col == kind.private)
             ).rowcount
             if restored != len(by_state[RESTORED]):  # cannot happen while the rows are locked
@@ -581,7 +594,7 @@ class SqliteDialect(_SetBasedRestore):
     ) -> RangeHidden:
         """One writer: the walk returns only its last key, and the snapshot and the change
         cover ``owner = ? AND after < id <= last``, exactly the walked items."""
-        chunk = _walk(kind, owner, after, limit).subquery()
+        chunk = _walk(self, kind, owner, after, limit).subquery()
         seen, last = conn.execute(select(func.count(), func.max(chunk.c[0]))).one()
         if not seen:
             return RangeHidden(0, [], None, 0)
@@ -691,7 +704,8 @@ class PostgresqlDialect(_SetBasedRestore):
         lock), whatever index the plan walks: the walk itself locks. (Walk, snapshot and hide
         as one statement with CTEs was slower at 100,000 items: 5.6-5.8 s against 4.7-5.3.)"""
         self.plan_for_actual_keys(conn)
-        ids = conn.execute(_walk(kind, owner, after, limit).with_for_update()).scalars().all()
+        ids = conn.execute(
+            _walk(self, kind, owner, after, limit).with_for_update()).scalars().all()
         if not ids:
             return RangeHidden(0, [], None, 0)
         # A generic plan uses only the owner as index condition and checks a 1000-key list
@@ -814,6 +828,40 @@ class MysqlDialect(Dialect):
     aliases = ("mariadb",)
     snapshot_isolation = "REPEATABLE READ"
 
+    def after_create_tables(self, conn: Connection) -> list[str]:
+        """Tool tables made before their text columns were ``utf8mb4_bin`` (schema.ExactString)
+        took the database's default collation, which a site column of another collation may
+        not be compared with ("Illegal mix of collations"): convert them (``_bin`` is stricter
+        than any other collation, so no unique key can gain a duplicate)."""
+        converted = []
+        for name in TOOL_TABLES:
+            wrong = conn.execute(text(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+                " AND TABLE_NAME = :name AND DATA_TYPE = 'varchar'"
+                " AND COLLATION_NAME <> 'utf8mb4_bin'"), {"name": name}).scalar()
+            if wrong:
+                conn.execute(text(
+                    f"ALTER TABLE {name} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+                converted.append(f"{name} converted to utf8mb4_bin")
+        return converted
+
+    def exactly(self, col: Any, value: Any) -> ColumnElement[bool]:
+        """A site's text ids usually have a case-insensitive, PAD SPACE collation, where
+        ``'alice' = 'Alice' = 'alice '``: the index finds the candidates by the collation and
+        a byte comparison keeps exactly the one (apply would hide Alice's posts, and revert
+        publish them)."""
+        if not isinstance(col.type, String):
+            return col == value
+        bound = value if isinstance(value, ColumnElement) else literal(value, col.type)
+        return and_(col == bound, cast(col, BINARY()) == cast(bound, BINARY()))
+
+    def exactly_in(self, col: Any, values: Sequence[Any], bounded: bool = False
+                   ) -> ColumnElement[bool]:
+        if not isinstance(col.type, String):
+            return self.in_keys(col, values, bounded)
+        exact = [str(v).encode("utf-8") for v in values]
+        return and_(col.in_(values), cast(col, BINARY()).in_(exact))
+
     def current_login(self, conn: Connection) -> str | None:
         # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
         # not USER(), which is the name the client merely asked for.
@@ -847,9 +895,9 @@ def named(name: str) -> Dialect:
 # --- helpers of the strategies -------------------------------------------------------------------
 
 
-def _walk(kind: BoundKind, owner: Any, after: Any, limit: int) -> Any:
+def _walk(dialect: Dialect, kind: BoundKind, owner: Any, after: Any, limit: int) -> Any:
     """The next ``limit`` visible items of ``owner`` after key ``after``, in key order."""
-    walk = select(kind.id_col).where(kind.owner_col == owner, visible(kind))
+    walk = select(kind.id_col).where(dialect.exactly(kind.owner_col, owner), visible(kind))
     if after is not None:
         walk = walk.where(kind.id_col > after)
     return walk.order_by(kind.id_col).limit(limit)

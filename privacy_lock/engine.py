@@ -262,7 +262,7 @@ def _plan_apply(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
         n_private = func.sum(case((kind.vis_col == kind.private, 1), else_=0))
         rows = conn.execute(
             select(kind.owner_col, n_visible, n_private)
-            .where(ctx.dialect.in_keys(kind.owner_col, list(owners)))
+            .where(ctx.dialect.exactly_in(kind.owner_col, list(owners)))
             .group_by(kind.owner_col)
         ).all()
         for owner, n_vis, n_priv in rows:
@@ -1046,7 +1046,8 @@ def count_for_apply(
     owner = cmap.owner_value(kind, subject)
     n_visible = func.coalesce(func.sum(case((visible(kind), 1), else_=0)), 0)
     n_private = func.coalesce(func.sum(case((kind.vis_col == kind.private, 1), else_=0)), 0)
-    row = conn.execute(select(n_visible, n_private).where(kind.owner_col == owner)).one()
+    row = conn.execute(select(n_visible, n_private).where(
+        for_connection(conn).exactly(kind.owner_col, owner))).one()
     return KindCounts(changed=int(row[0]), already_private=int(row[1]))
 
 
@@ -1065,7 +1066,7 @@ def count_revert_group(ctx: Context, works: Sequence[Work]) -> list[dict[str, Ki
             value=snapshots.c.lock_id,
         )
         its_item = and_(kind.id_col == snapshot_item_as_id(kind),
-                        kind.owner_col == owner_of_lock)
+                        ctx.dialect.exactly(kind.owner_col, owner_of_lock))
         outcome = revert_outcome(kind)
         rows = ctx.conn.execute(
             select(snapshots.c.lock_id, outcome, func.count())
@@ -1219,7 +1220,7 @@ def planned_items(
     conn: Connection, cmap: ContentMap, mode: Mode, requests: Sequence[Request]
 ) -> int:
     """How many items the batch will touch, for the progress bar (aggregate queries)."""
-    total = 0
+    total, dialect = 0, for_connection(conn)
     with reading(conn):
         if mode == "apply":
             kinds_of = {cmap.normalize_user(r.user_id or ""): r.kinds for r in requests}
@@ -1229,7 +1230,8 @@ def planned_items(
                 for start in range(0, len(owners), IN_BATCH):
                     total += conn.execute(
                         select(func.count()).where(
-                            kind.owner_col.in_(owners[start:start + IN_BATCH]), visible(kind))
+                            dialect.exactly_in(kind.owner_col, owners[start:start + IN_BATCH]),
+                            visible(kind))
                     ).scalar_one()
         else:
             lock_ids = [r.lock_id for r in requests if r.lock_id is not None]
@@ -1297,7 +1299,8 @@ def _status_items(
                                kinds_held(conn, lock_id)):
         owner = cmap.owner_value(kind, subject)
         joined = snapshots.outerjoin(
-            kind.table, and_(kind.id_col == snapshot_item_as_id(kind), kind.owner_col == owner)
+            kind.table, and_(kind.id_col == snapshot_item_as_id(kind),
+                             for_connection(conn).exactly(kind.owner_col, owner))
         )
         rows = conn.execute(
             select(snapshots.c.item_id, original_col(kind), snapshots.c.state,

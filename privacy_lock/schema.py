@@ -17,6 +17,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from privacy_lock.errors import NotInitializedError
@@ -27,27 +28,38 @@ metadata = MetaData()
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
+
+
+def ExactString(length: int) -> String:  # noqa: N802 - reads as the type it is
+    """A text column of the tool's, compared byte for byte on every database: on MySQL/MariaDB
+    ``utf8mb4_bin`` whatever the database's default collation, so that comparing it with a
+    site column of any utf8mb4 collation is allowed (the ``_bin`` side wins) and exact."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 # Timestamps are stored as ISO-8601 UTC text ("2026-11-28T08:32:29.123456Z"): exact on every
 # dialect (no silent loss of microseconds on MySQL DATETIME), sortable as text, and hashed into
 # the audit chain exactly as stored.
-Timestamp = String(32)
+Timestamp = ExactString(32)
 
 locks = Table(
     "privacy_lock_locks",
     metadata,
     Column("lock_id", BigId, primary_key=True, autoincrement=True),
-    Column("subject", String(191), nullable=False, comment="the user (content owner) id, as text"),
+    Column("subject", ExactString(191), nullable=False,
+           comment="the user (content owner) id, as text"),
     # Equal to subject while the lock is active and NULL once reverted: the unique constraint on
     # it is what makes "one active lock per user" hold even for two operators racing.
-    Column("active_subject", String(191), nullable=True),
-    Column("state", String(16), nullable=False, comment=" | ".join(LockState)),
-    Column("operator", String(191), nullable=False),
-    Column("ticket", String(191), nullable=False),
+    Column("active_subject", ExactString(191), nullable=True),
+    Column("state", ExactString(16), nullable=False, comment=" | ".join(LockState)),
+    Column("operator", ExactString(191), nullable=False),
+    Column("ticket", ExactString(191), nullable=False),
     Column("reason", Text, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Column("reverted_at", Timestamp, nullable=True),
-    Column("reverted_by", String(191), nullable=True),
+    Column("reverted_by", ExactString(191), nullable=True),
     # What the lock was taken under, per kind: the table, the id / owner / visibility columns,
     # the owner-only value and its type (JSON). Revert and status use it, never today's config;
     # sealed in the trail by the lock's events (seal.py). NULL on locks made before it existed.
@@ -61,13 +73,13 @@ snapshots = Table(
     metadata,
     Column("snapshot_id", BigId, primary_key=True, autoincrement=True),
     Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
-    Column("kind", String(64), nullable=False),
-    Column("item_id", String(191), nullable=False, comment="the content row's id, as text"),
+    Column("kind", ExactString(64), nullable=False),
+    Column("item_id", ExactString(191), nullable=False, comment="the content row's id, as text"),
     # The original visibility, in the column matching the content column's type; both NULL means
     # the original was NULL ("site default"). Which one applies is fixed by the content map.
     Column("original_text", Text, nullable=True),
     Column("original_int", BigInteger, nullable=True),
-    Column("state", String(16), nullable=False, comment=" | ".join(SnapshotState)),
+    Column("state", ExactString(16), nullable=False, comment=" | ".join(SnapshotState)),
     Column("snapshotted_at", Timestamp, nullable=False),
     Column("resolved_at", Timestamp, nullable=True),
     UniqueConstraint("lock_id", "kind", "item_id", name="uq_privacy_lock_snapshots_item"),
@@ -79,21 +91,21 @@ audit_events = Table(
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False, comment="chain position"),
     Column("occurred_at", Timestamp, nullable=False),
-    Column("action", String(32), nullable=False),
-    Column("subject", String(191), nullable=True),
+    Column("action", ExactString(32), nullable=False),
+    Column("subject", ExactString(191), nullable=True),
     Column("lock_id", BigInteger, nullable=True),
-    Column("operator", String(191), nullable=True),
-    Column("os_user", String(191), nullable=True),
-    Column("host", String(191), nullable=True),
-    Column("ticket", String(191), nullable=True),
+    Column("operator", ExactString(191), nullable=True),
+    Column("os_user", ExactString(191), nullable=True),
+    Column("host", ExactString(191), nullable=True),
+    Column("ticket", ExactString(191), nullable=True),
     Column("reason", Text, nullable=True),
     Column("details", Text, nullable=False, comment="JSON: counts and other facts"),
-    Column("tool_version", String(32), nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("tool_version", ExactString(32), nullable=False),
+    Column("prev_hash", ExactString(64), nullable=False),
+    Column("hash", ExactString(64), nullable=False),
     # With an audit key (anchors.py): "KEYID:HMAC-SHA256(key, event hash)", so that database
     # access alone cannot recompute the chain. NULL on events written without a key.
-    Column("mac", String(96), nullable=True, comment="key id : HMAC of hash"),
+    Column("mac", ExactString(96), nullable=True, comment="key id : HMAC of hash"),
     Index("ix_privacy_lock_audit_subject", "subject"),
     Index("ix_privacy_lock_audit_lock", "lock_id", "seq"),
     Index("ix_privacy_lock_audit_occurred_at", "occurred_at"),
@@ -106,7 +118,7 @@ audit_head = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("hash", ExactString(64), nullable=False),
 )
 
 # A revert waiting for a second operator's approval ([policy] revert_requires_approval).
@@ -115,27 +127,28 @@ revert_requests = Table(
     metadata,
     Column("request_id", BigId, primary_key=True, autoincrement=True),
     Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
-    Column("subject", String(191), nullable=False, comment="the user (content owner) id, as text"),
-    Column("state", String(16), nullable=False, comment=" | ".join(RequestState)),
+    Column("subject", ExactString(191), nullable=False,
+           comment="the user (content owner) id, as text"),
+    Column("state", ExactString(16), nullable=False, comment=" | ".join(RequestState)),
     # Equal to lock_id until the request is done, NULL after: the unique constraint on it keeps
     # one open request per lock even when two operators ask at once.
     Column("open_lock_id", BigInteger, nullable=True),
-    Column("requested_by", String(191), nullable=False),
-    Column("requested_os_user", String(191), nullable=False),
-    Column("requested_host", String(191), nullable=False),
-    Column("ticket", String(191), nullable=False),
+    Column("requested_by", ExactString(191), nullable=False),
+    Column("requested_os_user", ExactString(191), nullable=False),
+    Column("requested_host", ExactString(191), nullable=False),
+    Column("ticket", ExactString(191), nullable=False),
     Column("reason", Text, nullable=False),
     Column("requested_at", Timestamp, nullable=False),
-    Column("approved_by", String(191), nullable=True),
-    Column("approved_os_user", String(191), nullable=True),
-    Column("approved_host", String(191), nullable=True),
+    Column("approved_by", ExactString(191), nullable=True),
+    Column("approved_os_user", ExactString(191), nullable=True),
+    Column("approved_host", ExactString(191), nullable=True),
     Column("approved_at", Timestamp, nullable=True),
     # The database login each side used (PostgreSQL current_user, MariaDB CURRENT_USER());
     # NULL on SQLite, which has no logins, and on requests made before these columns existed.
-    Column("requested_db_user", String(191), nullable=True),
-    Column("approved_db_user", String(191), nullable=True),
+    Column("requested_db_user", ExactString(191), nullable=True),
+    Column("approved_db_user", ExactString(191), nullable=True),
     Column("finished_at", Timestamp, nullable=True),
-    Column("outcome", String(16), nullable=True,
+    Column("outcome", ExactString(16), nullable=True,
            comment=f"{Status.REVERTED} | {Status.NOT_LOCKED}"),
     UniqueConstraint("open_lock_id", name="uq_privacy_lock_revert_requests_open_lock"),
     Index("ix_privacy_lock_revert_requests_state", "state", "request_id"),
@@ -148,9 +161,9 @@ revert_requests = Table(
 policy = Table(
     "privacy_lock_policy",
     metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(64), nullable=False),
-    Column("set_by", String(191), nullable=False),
+    Column("name", ExactString(64), primary_key=True),
+    Column("value", ExactString(64), nullable=False),
+    Column("set_by", ExactString(191), nullable=False),
     Column("set_at", Timestamp, nullable=False),
 )
 

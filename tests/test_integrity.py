@@ -1,0 +1,182 @@
+"""What revert depends on is bound to the lock and sealed in the trail (issue 13, items 1, 3, 6).
+
+Each attack is done the way an operator with database access (or a careless colleague editing
+the config) would do it, on every dialect; each test asserts what the database holds after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from conftest import SERVER_URLS, required, server_problem
+from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from privacy_lock.schema import audit_events, locks, snapshots
+from sns import IDENTITY, build_sns
+
+
+@pytest.fixture
+def sns(db_url, tmp_path):
+    return build_sns(db_url, tmp_path)
+
+
+def _execute(sns, statement, params=None):
+    with sns.engine.begin() as conn:
+        return conn.execute(statement, params or {}).rowcount
+
+
+def test_an_edited_original_makes_revert_refuse_and_changes_nothing(sns):
+    user = sns.users[0]
+    sns.apply(user)
+    hidden = sns.items_of(user)
+    snap = next(s for s in sns.snapshot_rows() if s["original_text"] not in (None, "public"))
+    # An operator with database access turns a friends-only original into public.
+    assert _execute(sns, update(snapshots).where(
+        snapshots.c.snapshot_id == snap["snapshot_id"]).values(original_text="public")) == 1
+    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
+    assert "refusing to revert, nothing was changed" in out.stderr
+    assert f"lock {snap['lock_id']}" in out.stderr
+    assert sns.items_of(user) == hidden  # nothing was restored
+    assert all(row["state"] == "active" for row in sns.lock_rows())
+    assert all(s["state"] == "locked" for s in sns.snapshot_rows())
+
+
+def test_a_snapshot_row_added_by_hand_makes_revert_refuse(sns):
+    user, other = sns.users[0], sns.users[1]
+    sns.apply(user)
+    lock_id = sns.lock_rows()[0]["lock_id"]
+    # Smuggle another user's public diary into the lock, with a "public" original.
+    item = next(i for (k, i), v in sns.items_of(other, "diary").items() if v == sns.public)
+    _execute(sns, insert(snapshots).values(
+        lock_id=lock_id, kind="diary", item_id=str(item), original_text="public",
+        state="locked", snapshotted_at="2026-01-01T00:00:00.000000Z"))
+    before = sns.everything()
+    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
+    assert "sealed by no event" in out.stderr
+    assert sns.everything() == before
+
+
+def test_an_edited_lock_binding_makes_revert_refuse(sns):
+    user = sns.users[0]
+    sns.apply(user)
+    row = sns.lock_rows()[0]
+    bindings = json.loads(row["binding"])
+    # Point the diary binding at the photos table: a diary's original would land in a photo.
+    bindings["diary"].update(table="photos", owner="owner_id", visibility="scope")
+    _execute(sns, update(locks).where(locks.c.lock_id == row["lock_id"])
+             .values(binding=json.dumps(bindings)))
+    before = sns.everything()
+    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
+    assert "content binding was edited" in out.stderr
+    assert sns.everything() == before
+
+
+def test_each_lock_records_its_binding_and_seals_it(sns):
+    user = sns.users[0]
+    sns.apply(user)
+    row = sns.lock_rows()[0]
+    assert json.loads(row["binding"]) == {
+        "diary": {"table": "diaries", "schema": None, "id": "id", "owner": "user_id",
+                  "visibility": "visibility", "private": sns.private, "value_kind": "text"},
+        "photo": {"table": "photos", "schema": None, "id": "id", "owner": "owner_id",
+                  "visibility": "scope", "private": sns.private, "value_kind": "text"},
+    }
+    with sns.engine.connect() as conn:
+        details = [json.loads(d) for d in conn.execute(
+            select(audit_events.c.details).where(audit_events.c.action.in_(("lock", "apply")))
+        ).scalars()]
+    assert "lock" in details[0]["sealed"]
+    assert details[1]["sealed"]["snapshots"] == len(sns.snapshot_rows())
+
+
+@pytest.mark.parametrize("vis_style", ["text", "code"])
+def test_a_changed_private_value_in_the_config_never_strands_an_item(db_url, tmp_path,
+                                                                      vis_style):
+    sns = build_sns(db_url, tmp_path, vis_style=vis_style)
+    user = sns.users[0]
+    before = sns.items_of(user)
+    sns.apply(user)
+    config = sns.config_path.read_text(encoding="utf-8")
+    changed = (config.replace('private = "self"', 'private = "friends"') if vis_style == "text"
+               else config.replace("private = 9", "private = 1"))
+    assert changed != config
+    sns.config_path.write_text(changed, encoding="utf-8")
+    # extending the lock under the other mapping is refused, and changes nothing
+    out = sns.run("apply", str(user), *IDENTITY, expect=1)
+    assert "was taken with diary = diaries" in out.stderr
+    assert "revert lock" in out.stderr
+    # revert uses the lock's own record: every item back exactly, no "conflict"
+    out = sns.run("revert", "--user", str(user), *IDENTITY, "--format", "json")
+    kinds = json.loads(out.stdout)[0]["kinds"]
+    assert all(k["conflicts"] == 0 for k in kinds.values())
+    assert sns.items_of(user) == before
+
+
+def test_revert_refuses_when_the_live_schema_no_longer_matches_the_lock(sns, dialect):
+    user = sns.users[0]
+    sns.apply(user)
+    hidden = sns.items_of(user)
+    rename = "ALTER TABLE photos RENAME COLUMN scope TO audience"
+    _execute(sns, text(rename))
+    sns.config_path.write_text(sns.config_path.read_text(encoding="utf-8").replace(
+        'visibility = "scope"', 'visibility = "audience"'), encoding="utf-8")
+    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=2)
+    assert "photos.scope no longer exists; nothing was changed" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 2  # the database line and the error
+    assert set(sns.items_of(user, "diary").items()) <= set(hidden.items())
+    assert all(v == sns.private for v in sns.items_of(user, "diary").values())
+    assert sns.lock_rows()[0]["state"] == "active"
+
+
+# --- MariaDB/MySQL: exact owners whatever the collation ----------------------------------------
+
+
+@pytest.fixture(params=["utf8mb4_unicode_ci", "utf8mb4_general_ci", "utf8mb4_bin"])
+def mysql_collated_url(request):
+    problem = server_problem("mysql")
+    if problem:
+        if "mysql" in required():
+            pytest.fail(problem)
+        pytest.skip(problem)
+    name = f"pl_t_{int(time.time())}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(SERVER_URLS["mysql"], poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 "
+                          f"COLLATE {request.param}"))
+    try:
+        yield make_url(SERVER_URLS["mysql"]).set(database=name).render_as_string(
+            hide_password=False), request.param
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+def test_mysql_owners_match_exactly_whatever_the_collation(mysql_collated_url, tmp_path):
+    url, collation = mysql_collated_url
+    sns = build_sns(url, tmp_path, id_style="uuid")
+    with sns.engine.begin() as conn:
+        # The site's columns in a collation other than the tool tables' (as on a real site).
+        for table, column in (("diaries", "user_id"), ("photos", "owner_id")):
+            conn.execute(text(f"ALTER TABLE {table} MODIFY {column} VARCHAR(36) CHARACTER SET "
+                              "utf8mb4 COLLATE utf8mb4_general_ci NOT NULL"))
+        # Look-alike owners: another case, and a trailing space (PAD SPACE collations).
+        conn.execute(text("INSERT INTO diaries (id, user_id, visibility, title) VALUES "
+                          "('look-1', 'U-ALICE', 'public', 't'), "
+                          "('look-2', 'u-alice ', 'public', 't')"))
+    user = sns.users[0]
+    assert user == "u-alice"
+    before = sns.items_of(user)
+    sns.apply(user)
+    assert sns.vis("diary", "look-1") == "public" and sns.vis("diary", "look-2") == "public"
+    assert {s["item_id"] for s in sns.snapshot_rows()}.isdisjoint({"look-1", "look-2"})
+    sns.apply(*sns.users)  # a shared chunk too
+    assert sns.vis("diary", "look-1") == "public" and sns.vis("diary", "look-2") == "public"
+    sns.run("revert", "--user", str(user), *IDENTITY)
+    assert sns.items_of(user) == before
+    assert len(sns.lock_rows()) == 3, collation  # no empty lock left by a failed apply

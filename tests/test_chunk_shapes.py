@@ -18,6 +18,7 @@ from helpers import (
     events,
     requests_for,
     run_engine,
+    stop_after,
 )
 from privacy_lock import engine as core
 from privacy_lock.dialects import for_connection
@@ -26,6 +27,7 @@ from privacy_lock.errors import StaleChunk
 from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events, snapshots
+from privacy_lock.vocabulary import utc_now
 from sns import IDENTITY, build_sns, tool_session
 
 STYLES = [("int", "text"), ("uuid", "code")]
@@ -51,8 +53,8 @@ def test_small_chunks_walk_everything_once(sns):
 def test_bigger_users_go_one_by_one_and_the_outcomes_keep_file_order(db_url, tmp_path):
     sns = build_sns(db_url, tmp_path)
     u1, u2, u3 = sns.users
-    for _ in range(30):
-        sns.add_item("diary", u2, sns.public)
+    with sns.engine.begin() as conn:  # 30 more public diaries: 39 visible
+        conn.execute(insert(sns.tables["diary"]), [{"user_id": u2, "visibility": sns.public}] * 30)
     before = sns.everything()
     path = tmp_path / "req.csv"
     path.write_text(f"user_id\n{u1}\n{u3}\n{u2}\n", encoding="utf-8")
@@ -143,6 +145,23 @@ def test_one_user_per_chunk_keeps_every_transaction_inside_one_user(db_url, tmp_
         (a, str(u)) for u in sns.users for a in ("lock", "apply")]
 
 
+def test_ctrl_c_between_chunks_interrupts_the_request_in_flight_and_starts_no_other(sns):
+    # Ctrl-C stops a run between two chunks: what is committed stays, the request in flight
+    # says "interrupted" (re-run to finish), the ones after it "not-started".
+    u1, u2, u3 = sns.users
+    others = {u: sns.items_of(u) for u in (u2, u3)}
+    result = run_engine(sns, "apply", requests_for(u1, u2, u3), stop_after(2))
+    assert result.interrupted
+    assert [o.status for o in result.outcomes] == ["interrupted", "not-started", "not-started"]
+    [lock] = sns.lock_rows()
+    assert lock["subject"] == str(u1) and lock["state"] == "active"
+    assert len(sns.snapshot_rows()) == 6  # its first two chunks of 3, each with its snapshots
+    hidden = [k for k, v in sns.items_of(u1).items() if v == sns.private]
+    assert len(hidden) == 6 + 6  # the 6 already private, and those 6
+    assert [a for a, _s, _d in events(sns)] == ["lock", "hide", "hide"]
+    assert {u: sns.items_of(u) for u in (u2, u3)} == others
+
+
 def test_a_fresh_lock_that_holds_a_snapshot_after_all_keeps_its_original(sns):
     # A run that opened the lock inserts snapshots without ON CONFLICT on PostgreSQL; if the
     # lock does hold one of the items (another apply of the user ran meanwhile), the chunk
@@ -165,7 +184,7 @@ def test_a_fresh_lock_that_holds_a_snapshot_after_all_keeps_its_original(sns):
         with engine.connect() as conn, conn.begin():
             hid = for_connection(conn).hide_range(
                 conn, kind, outcome.lock_id, cmap.owner_value(kind, str(user)), None, 1000,
-                fresh=True)
+                now=utc_now(), fresh=True)
     finally:
         engine.dispose()
     assert (hid.hidden, hid.snapshotted) == (1, 0)

@@ -54,7 +54,9 @@ def test_an_edit_the_site_commits_while_a_chunk_waits_is_what_gets_snapshotted(
     assert all(d["chunk_shared_by"] == shape.shared_by(3) for _a, _s, d in events(sns, "apply"))
 
 
-@pytest.mark.parametrize("edit", ["visibility", "title"])
+@pytest.mark.parametrize(("shape", "edit"), [
+    (SHAPES["shared"], "visibility"), (SHAPES["alone"], "title"),
+    (SHAPES["ranged"], "visibility"), (SHAPES["ranged"], "title")], ids=str)
 def test_an_edit_the_site_commits_while_a_revert_waits_stands(db_url, dialect, tmp_path, shape,
                                                               edit):
     # The site holds a hidden item (its edit not yet committed) when the revert reaches it.
@@ -95,7 +97,7 @@ def _busy_shape(shape: Shape) -> Shape:
 
 def test_site_edits_during_apply_are_never_lost(db_url, tmp_path, shape):
     sns = shape.prepare(build_sns(db_url, tmp_path, items_per_value=2))
-    users = [*sns.users, *add_users(sns, 5)]  # several chunks of each shape
+    users = [*sns.users, *add_users(sns, 3)]  # several chunks of each shape
     initial = {key: v for u in users for key, v in sns.items_of(u).items()}
     result, writer = run_while_the_site_writes(sns, _busy_shape(shape), "apply", users, seed=1)
     assert {o.status for o in result.outcomes} == {"locked"}
@@ -109,7 +111,7 @@ def test_site_edits_during_apply_are_never_lost(db_url, tmp_path, shape):
 
 def test_site_edits_during_revert_are_never_undone(db_url, tmp_path, shape):
     sns = shape.prepare(build_sns(db_url, tmp_path, items_per_value=2))
-    users = [*sns.users, *add_users(sns, 5)]
+    users = [*sns.users, *add_users(sns, 3)]
     initial = {key: v for u in users for key, v in sns.items_of(u).items()}
     sns.apply(*users)
     snapped = {(s["kind"], s["item_id"]): sns.original_of(s) for s in sns.snapshot_rows()}

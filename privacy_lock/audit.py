@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from privacy_lock import __version__
+from privacy_lock.anchors import UNKEYED_APPEND, Checkpoint, TrailChecks, key_of
 from privacy_lock.db import insert_rows, reading
 from privacy_lock.dialects import for_connection
 from privacy_lock.errors import NotInitializedError, UsageError
@@ -128,7 +129,18 @@ def append_events(conn: Connection, specs: Sequence[EventSpec]) -> list[dict[str
         raise NotInitializedError(
             "the audit head row is missing: run `privacy-lock init` (and `audit verify`)"
         )
-    seq, prev_hash, now = head.seq, head.hash, utc_now()
+    seq, prev_hash = head.seq, head.hash
+    key, last = key_of(conn), None
+    if seq:
+        last = conn.execute(select(audit_events.c.occurred_at, audit_events.c.mac)
+                            .where(audit_events.c.seq == seq)).first()
+    if key is None and last is not None and last.mac is not None:
+        raise UsageError(UNKEYED_APPEND)
+    # The time is taken under the head lock and never before the head event's: two operators
+    # (whose clocks may differ a little) cannot make time go backwards, which verify forbids.
+    now = utc_now()
+    if last is not None and last.occurred_at > now:
+        now = last.occurred_at
     events = []
     for spec in specs:
         actor = spec.actor
@@ -149,6 +161,7 @@ def append_events(conn: Connection, specs: Sequence[EventSpec]) -> list[dict[str
             "prev_hash": prev_hash,
         }
         event["hash"] = prev_hash = event_hash(event)
+        event["mac"] = key.event_mac(prev_hash) if key else None
         events.append(event)
     if not events:
         return events
@@ -197,6 +210,16 @@ class VerifyResult:
     broken_seq: int | None = None
     kind: str | None = None
     expect_head_seq: int | None = None
+    # The key and checkpoints (anchors.py): the key's id when one was given; events with a
+    # MAC (checked when keyed), unkeyed ones before the first keyed, ones under another key;
+    # checkpoints that held; what could not be checked.
+    key_id: str | None = None
+    keyed: int = 0
+    unkeyed: int = 0
+    other_key: int = 0
+    first_keyed: int | None = None
+    checkpoints: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -207,7 +230,10 @@ class VerifyResult:
             "ok": self.ok, "total": self.total, "valid": self.valid,
             "head_seq": self.head_seq, "head_hash": self.head_hash, "head_time": self.head_time,
             "problem": self.problem, "broken_seq": self.broken_seq, "kind": self.kind,
-            "expect_head_seq": self.expect_head_seq,
+            "expect_head_seq": self.expect_head_seq, "key_id": self.key_id,
+            "keyed": self.keyed, "unkeyed": self.unkeyed, "other_key": self.other_key,
+            "first_keyed": self.first_keyed, "checkpoints": self.checkpoints,
+            "notes": list(self.notes),
         }
 
 
@@ -227,7 +253,8 @@ def normalize_head(value: str | None) -> str | None:
 
 
 def verify_chain(
-    conn: Connection, expect_head: str | None = None, batch: int = 5000
+    conn: Connection, expect_head: str | None = None, batch: int = 5000,
+    checkpoints: Sequence[Checkpoint] = (),
 ) -> VerifyResult:
     """Recompute every event's hash in order and name the first event that does not fit.
 
@@ -236,10 +263,13 @@ def verify_chain(
     look like tampering, and takes no locks a writer would wait for (on SQLite a writer's
     commit waits until the check ends).
     ``expect_head`` is a head hash published earlier: the chain must still contain it.
+    Also (anchors.py): no event is dated before the one before it; with the connection's audit
+    key, every MAC; every checkpoint still holds.
     """
     expect_head = normalize_head(expect_head)
+    checks = TrailChecks(key_of(conn), checkpoints)
     if conn.in_transaction():  # the caller chose the transaction (and its isolation)
-        return _verify(conn, expect_head, batch)
+        return _with_checks(_verify(conn, expect_head, batch, checks), checks)
     previous_level = None
     isolation = for_connection(conn).snapshot_isolation
     if isolation is not None:
@@ -247,13 +277,22 @@ def verify_chain(
         conn.execution_options(isolation_level=isolation)
     try:
         with reading(conn):
-            return _verify(conn, expect_head, batch)
+            return _with_checks(_verify(conn, expect_head, batch, checks), checks)
     finally:
         if previous_level is not None:
             conn.execution_options(isolation_level=previous_level)
 
 
-def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResult:
+def _with_checks(result: VerifyResult, checks: TrailChecks) -> VerifyResult:
+    """The result with what the key and checkpoint checks counted."""
+    return replace(result, key_id=checks.key.key_id if checks.key else None,
+                   keyed=checks.keyed, unkeyed=checks.unkeyed, other_key=checks.other_key,
+                   first_keyed=checks.first_keyed, checkpoints=checks.checkpoints_held,
+                   notes=tuple(checks.notes))
+
+
+def _verify(conn: Connection, expect_head: str | None, batch: int,
+            checks: TrailChecks) -> VerifyResult:
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
     total = conn.execute(select(func.count()).select_from(audit_events)).scalar_one()
     if head is None:
@@ -270,6 +309,10 @@ def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResu
             valid = seq - 1
             good = dict(recent).get(valid, GENESIS_HASH) if valid < expected - 1 else prev_hash
             return VerifyResult(total, valid, good, valid, None, problem, seq, kind)
+        found = checks.check(event)
+        if found:
+            return VerifyResult(total, expected - 1, prev_hash, expected - 1, last_time,
+                                found[1], event["seq"], found[0])
         if expect_head and event["hash"] == expect_head:
             expect_seq = event["seq"]
         prev_hash, last_time = event["hash"], event["occurred_at"]
@@ -290,6 +333,9 @@ def _verify(conn: Connection, expect_head: str | None, batch: int) -> VerifyResu
         return replace(intact, problem=(
             f"the head row's hash does not match event {last}: the head row was edited"),
             broken_seq=last, kind="head")
+    found = checks.finish(last)
+    if found:
+        return replace(intact, problem=found[1], broken_seq=last + 1, kind=found[0])
     if expect_head and expect_seq is None:
         return replace(intact, problem=(
             f"the published head {expect_head} is not in the chain: events were removed from "

@@ -9,12 +9,13 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from privacy_lock import __version__, service
-from privacy_lock.audit import ACTIONS
+from privacy_lock.anchors import KEY_ENV, MIN_KEY_BYTES
+from privacy_lock.audit import ACTIONS, VerifyResult
 from privacy_lock.errors import EXPECTED, FailuresReported, OutputError, error_text, exit_code
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
@@ -35,6 +36,7 @@ class App:
     config: str | None
     database_url: str | None
     debug: bool
+    audit_key_file: str | None = None
     _target: Target | None = field(default=None, repr=False)
 
     @property
@@ -42,7 +44,8 @@ class App:
         """Settings loaded on first use (``demo`` and ``sql`` need none), with the database
         announced on stderr when the command first connects."""
         if self._target is None:
-            self._target = Target.load(self.config, self.database_url, note=note)
+            self._target = Target.load(self.config, self.database_url, note=note,
+                                       audit_key_file=self.audit_key_file)
         return self._target
 
 
@@ -129,11 +132,17 @@ def batch_options(func: Any) -> Any:
     help="SQLAlchemy URL of the target database [env: PRIVACY_LOCK_DATABASE_URL; "
     "default: the config's, else sqlite:///privacy-lock.db].",
 )
+@click.option(
+    "--audit-key-file", type=click.Path(), envvar=KEY_ENV,
+    help=f"Key (>= {MIN_KEY_BYTES} bytes, kept off the database server) that MACs every audit "
+    f"event and checkpoint [env: {KEY_ENV}; default: the config's [audit] key_file].",
+)
 @click.option("--debug", is_flag=True,
               help="Also show the traceback of an error (the exit code stays the same).")
 @click.version_option(__version__, prog_name="privacy-lock")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, database_url: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, config: str | None, database_url: str | None,
+        audit_key_file: str | None, debug: bool) -> None:
     """Hide a person's diaries and photos (owner only), exactly reversibly, with an audit trail.
 
     \b
@@ -143,7 +152,7 @@ def cli(ctx: click.Context, config: str | None, database_url: str | None, debug:
       privacy-lock status 42
       privacy-lock revert --user 42 --operator alice --ticket T-2 --reason "came back"
     """
-    ctx.obj = App(config, database_url, debug)
+    ctx.obj = App(config, database_url, debug, audit_key_file)
 
 
 @cli.command()
@@ -425,32 +434,91 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--expect-head", metavar="HASH",
               help="A head hash published earlier; it must still be in the chain.")
+@click.option("--checkpoints", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="A file of `audit checkpoint` lines; the trail must hold every one.")
 @click.pass_obj
-def audit_verify(app: App, expect_head: str | None) -> None:
+def audit_verify(app: App, expect_head: str | None, checkpoints: Path | None) -> None:
     """Recompute the audit chain and name the first event that was edited, removed or inserted.
 
     Prints "N/N events valid" and the head hash to publish (e.g. in the monthly compliance
-    record); exits 1 when the chain is broken or no longer contains --expect-head.
+    record); exits 1 when the chain is broken, an event's time goes backwards, a MAC does not
+    match the audit key, or a published head or checkpoint no longer holds.
 
     \b
     Example:
       privacy-lock audit verify
       privacy-lock audit verify --expect-head 3f7a...
+      privacy-lock --audit-key-file /etc/privacy-lock/audit.key audit verify \\
+          --checkpoints checkpoints.txt
     """
-    result = service.audit_verify(app.target, expect_head)
-    if result.ok:
-        click.echo(f"{result.valid}/{result.total} events valid")
-        when = f", {result.head_time}" if result.head_time else ""
-        click.echo(f"head: {result.head_hash} (event {result.head_seq}{when})")
-        if result.expect_head_seq is not None:
-            click.echo(f"published head found at event {result.expect_head_seq}: nothing "
-                       "before it was changed or removed")
-        return
+    result = service.audit_verify(app.target, expect_head, checkpoints)
+    if not result.ok:
+        show_broken(result)
+    click.echo(f"{result.valid}/{result.total} events valid")
+    when = f", {result.head_time}" if result.head_time else ""
+    click.echo(f"head: {result.head_hash} (event {result.head_seq}{when})")
+    for line in anchor_lines(result, checkpoints):
+        click.echo(line)
+    if result.expect_head_seq is not None:
+        click.echo(f"published head found at event {result.expect_head_seq}: nothing "
+                   "before it was changed or removed")
+
+
+def show_broken(result: VerifyResult) -> NoReturn:
+    """Say where the trail is broken (a ``VerifyResult``) and exit 1."""
     click.echo(f"privacy-lock: BROKEN: {result.problem}", err=True)
     click.echo(f"{result.valid}/{result.total} events valid before the first broken one"
                + (f" (event {result.broken_seq})" if result.broken_seq else ""))
     click.echo(f"last intact head: {result.head_hash} (event {result.head_seq})")
     raise FailuresReported("the audit chain is broken")
+
+
+def anchor_lines(result: VerifyResult, checkpoints: Path | None = None) -> list[str]:
+    """What an intact ``VerifyResult`` says about MACs and checkpoints (nothing on a trail
+    that never had a key, checked without checkpoints)."""
+    lines = []
+    before = (f"; {result.unkeyed} unkeyed event(s) before them (written before the key "
+              "was introduced)" if result.unkeyed else "")
+    if result.key_id and result.keyed:
+        lines.append(f"MACs: {result.keyed} event(s) keyed and valid (key id {result.key_id}, "
+                     f"from event {result.first_keyed}){before}")
+    elif result.keyed:
+        lines.append(f"checked hashes only: {result.keyed} event(s) carry MACs (from event "
+                     f"{result.first_keyed}); checking them needs the key (--audit-key-file, "
+                     f"{KEY_ENV} or [audit] key_file)")
+    if result.other_key:
+        lines.append(f"{result.other_key} event(s) carry MACs under an earlier key: not "
+                     "checked")
+    if checkpoints is not None:
+        lines.append(f"checkpoints: {result.checkpoints} in {checkpoints} hold")
+    lines += [f"note: {text}" for text in result.notes]
+    return lines
+
+
+@audit.command("checkpoint")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Append the line to this file (created if missing) instead of printing it.")
+@click.pass_obj
+def audit_checkpoint(app: App, output: Path | None) -> None:
+    """Verify the trail and print a checkpoint of its head, for auditors to keep elsewhere.
+
+    One line with the head's event number, hash and time (and, with an audit key, the line's
+    own MAC). Keep the lines outside the database (a WORM store, the review's minutes); later,
+    `audit verify --checkpoints FILE` shows the trail still holds every one. A broken trail
+    gets no checkpoint (exit 1).
+
+    \b
+    Example:
+      privacy-lock audit checkpoint
+      privacy-lock audit checkpoint --output /mnt/worm/privacy-lock-checkpoints.txt
+    """
+    result = service.audit_checkpoint(app.target, output)
+    if result.line is None:
+        show_broken(result.verify)
+    if result.output:
+        note(f"checkpoint of event {result.verify.head_seq} appended to {result.output}")
+    else:
+        click.echo(result.line)
 
 
 @audit.command("report")

@@ -28,7 +28,7 @@ _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "table": str, "id": str, "owner": str, "visibility": str, "private": (str, int),
 }
-_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy"}
+_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit"}
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
@@ -74,12 +74,17 @@ class Settings:
     # Never share a transaction between users (batches then go user by user): for engines
     # that shard by owner id, where a transaction over several owners spans shards.
     one_user_per_chunk: bool = False
+    # The audit key ([audit] key_file, relative to the config file; anchors.py reads it when a
+    # command connects): every event is then MACed with it.
+    audit_key_file: Path | None = None
 
 
-def load_settings(config_option: str | None, url_option: str | None) -> Settings:
-    """Read the config file (if any) and resolve the database URL.
+def load_settings(config_option: str | None, url_option: str | None,
+                  key_file_option: str | None = None) -> Settings:
+    """Read the config file (if any) and resolve the database URL and the audit key file.
 
-    ``config_option`` and ``url_option`` already include their environment variables (Click).
+    ``config_option``, ``url_option`` and ``key_file_option`` already include their
+    environment variables (Click).
     Without an explicit config, ``./privacy-lock.toml`` is used when it exists.
     """
     path: Path | None
@@ -92,8 +97,9 @@ def load_settings(config_option: str | None, url_option: str | None) -> Settings
     data = _read_toml(path) if path else {}
     settings = _parse(data, path)
     url = url_option or settings.database_url or DEFAULT_DATABASE_URL
+    key_file = Path(key_file_option) if key_file_option else settings.audit_key_file
     return Settings(url, path, settings.content, settings.accounts, settings.policy,
-                    settings.one_user_per_chunk)
+                    settings.one_user_per_chunk, key_file)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -153,7 +159,15 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     for key, expected in _POLICY_KEYS.items():
         if key in policy_section and not isinstance(policy_section[key], expected):
             raise ConfigError(f"{where}: policy.{key} must be true or false")
-    return Settings(url, path, content, accounts, Policy(**policy_section), one_user_per_chunk)
+    policy = Policy(**policy_section)
+    audit = _section(data, "audit", where)
+    _reject_unknown(audit, {"key_file"}, where, "key", "audit")
+    key_file = None
+    if "key_file" in audit:
+        key_file = Path(_required_str(audit, "key_file", where, "audit")).expanduser()
+        if path is not None and not key_file.is_absolute():
+            key_file = path.parent / key_file
+    return Settings(url, path, content, accounts, policy, one_user_per_chunk, key_file)
 
 
 def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:

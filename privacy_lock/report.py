@@ -27,9 +27,11 @@ from privacy_lock.vocabulary import TIME_FORMAT, LockState
 # Active locks are grouped by days since they were applied: (label, lowest age in days).
 AGE_BUCKETS = (("0-6 days", 0), ("7-29 days", 7), ("30-89 days", 30), ("90-364 days", 90),
                ("365+ days", 365))
-# Event columns: every stored field (csv/json carry enough to re-check each event's hash).
+# Event columns: every stored field (csv/json carry enough to re-check each event's hash, and
+# with the audit key its MAC).
 EVENT_COLUMNS = ["seq", "time", "occurred_at", "action", "user", "lock", "operator", "os_user",
-                 "host", "ticket", "reason", "details", "tool_version", "prev_hash", "hash"]
+                 "host", "ticket", "reason", "details", "tool_version", "prev_hash", "hash",
+                 "mac"]
 EVENT_TABLE_COLUMNS = ["seq", "time", "action", "user", "lock", "operator", "ticket", "reason",
                        "details"]
 COUNT_COLUMNS = ["day", "action", "operator", "events"]
@@ -149,6 +151,7 @@ def event_row(event: dict[str, Any], zone: tzinfo) -> dict[str, Any]:
         "tool_version": event["tool_version"],
         "prev_hash": event["prev_hash"],
         "hash": event["hash"],
+        "mac": event.get("mac"),
     }
 
 

@@ -27,7 +27,23 @@ from sqlalchemy import Connection, Engine
 
 from privacy_lock import approvals, output
 from privacy_lock import report as reporting
-from privacy_lock.audit import Actor, EventFilters, VerifyResult, record_views, verify_chain
+from privacy_lock.anchors import (
+    KEY_OPTION,
+    AuditKey,
+    append_line,
+    checkpoint_line,
+    load_key,
+    read_checkpoints,
+    require_key_if_keyed,
+)
+from privacy_lock.audit import (
+    Actor,
+    EventFilters,
+    VerifyResult,
+    record_views,
+    utc_now,
+    verify_chain,
+)
 from privacy_lock.config import (
     ContentMap,
     Settings,
@@ -71,12 +87,20 @@ class Target:
         self.settings = settings
         self.note = note
         self._engine: Engine | None = None
+        self._audit_key: AuditKey | None = None
 
     @classmethod
     def load(cls, config: str | None = None, database_url: str | None = None,
-             note: Note = ignore) -> Target:
+             note: Note = ignore, audit_key_file: str | None = None) -> Target:
         """Settings resolved as the CLI does: option, environment, config file, default."""
-        return cls(load_settings(config, database_url), note)
+        return cls(load_settings(config, database_url, audit_key_file), note)
+
+    @property
+    def audit_key(self) -> AuditKey | None:
+        """The audit key, read on first use (a usage error when its file is unfit)."""
+        if self._audit_key is None and self.settings.audit_key_file is not None:
+            self._audit_key = load_key(self.settings.audit_key_file)
+        return self._audit_key
 
     @property
     def url(self) -> str:
@@ -100,14 +124,19 @@ class Target:
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
         """One connection for the whole command; work on it is done in short transactions.
-        Driver errors leave it as one-line DatabaseErrors naming the database."""
+        Driver errors leave it as one-line DatabaseErrors naming the database. The audit key
+        (checked before connecting) travels with the connection to every append and verify."""
+        key = self.audit_key
         with translate_errors(self.settings.database_url), self.engine.connect() as conn:
+            if key is not None:
+                conn.execution_options(**{KEY_OPTION: key})
             yield conn
 
     def content_map(self, conn: Connection) -> ContentMap:
         """The content map checked against the live schema, after checking the tool's tables."""
         with reading(conn):
             require_tool_tables(conn)
+            require_key_if_keyed(conn)  # refuse before any change, not at the first append
             return bind_content_map(conn, self.settings)
 
     @staticmethod
@@ -507,11 +536,38 @@ def requests(target: Target, *, state: str = "open", tz: str = "UTC") -> list[di
         return approvals.list_requests(conn, state, zone)
 
 
-def audit_verify(target: Target, expect_head: str | None = None) -> VerifyResult:
-    """Recompute the audit chain (and find a head published earlier)."""
+def audit_verify(target: Target, expect_head: str | None = None,
+                 checkpoints: Path | None = None) -> VerifyResult:
+    """Recompute the audit chain (and find a head published earlier); with the target's audit
+    key, check every MAC; check the trail against every line of a ``checkpoints`` file."""
+    published = read_checkpoints(checkpoints) if checkpoints else []
     with target.connect() as conn:
         target.require_tables(conn)
-        return verify_chain(conn, expect_head)
+        return verify_chain(conn, expect_head, checkpoints=published)
+
+
+@dataclass
+class CheckpointResult:
+    verify: VerifyResult  # the trail checked first: a broken one gets no checkpoint
+    line: str | None  # the checkpoint line (None when the trail is broken)
+    output: Path | None = None  # the file it was appended to
+
+
+def audit_checkpoint(target: Target, output_path: Path | None = None) -> CheckpointResult:
+    """Verify the trail and give the checkpoint line of its head (keyed with the target's
+    audit key), appended to ``output_path`` when given; nothing when the trail is broken."""
+    if output_path:
+        output.check_writable(output_path)
+    with target.connect() as conn:
+        target.require_tables(conn)
+        result = verify_chain(conn)
+    if not result.ok:
+        return CheckpointResult(result, None)
+    line = checkpoint_line(result.head_seq, result.head_hash, result.head_time, utc_now(),
+                           result.first_keyed, target.audit_key)
+    if output_path:
+        append_line(output_path, line)
+    return CheckpointResult(result, line, output_path)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from privacy_lock.db import DEFAULT_DATABASE_URL
 from privacy_lock.errors import ConfigError, UsageError
-from privacy_lock.schema import locks
+from privacy_lock.schema import TOOL_TABLES, locks
 
 DEFAULT_CONFIG_FILE = "privacy-lock.toml"
 _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -317,25 +317,39 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
             "sections, or run `privacy-lock demo` to try the tool"
         )
     meta = MetaData()
+    inspector = inspect(conn)
+    views = _view_names(inspector)
     kinds: dict[str, BoundKind] = {}
     for spec in settings.content.values():
         prefix = f"content.{spec.name}"
+        _refuse_tool_table(spec.table, f"{prefix}.table")
         table = _reflect(conn, meta, spec.table, f"{prefix}.table")
+        if spec.table.casefold() in views:
+            raise ConfigError(
+                f"{prefix}.table: {spec.table} is a view, not a table; map the table it reads "
+                "(a view has no key that makes each item's id unique)"
+            )
         id_col = _column(table, spec.id, f"{prefix}.id")
         owner_col = _column(table, spec.owner, f"{prefix}.owner")
         vis_col = _column(table, spec.visibility, f"{prefix}.visibility")
+        _refuse_shared_columns(spec, prefix)
+        _require_unique_id(inspector, spec, prefix)
+        _refuse_visibility_in_primary_key(inspector, spec, prefix)
         value_kind = _value_kind(vis_col)
         if value_kind is None:
             raise ConfigError(
                 f"{prefix}.visibility: column {spec.table}.{spec.visibility} has type "
                 f"{vis_col.type}; privacy-lock supports string and integer visibility columns"
             )
-        if (value_kind == "int") != isinstance(spec.private, int):
+        named_type = getattr(vis_col.type, "name", None)
+        if isinstance(vis_col.type, sqltypes.Enum) and named_type:
+            # A type of its own (PostgreSQL CREATE TYPE ... AS ENUM): apply could hide items,
+            # but revert writes the stored original back as text, which such a column refuses.
             raise ConfigError(
-                f"{prefix}.private = {spec.private!r} does not fit column "
-                f"{spec.table}.{spec.visibility} ({vis_col.type}): use "
-                f"{'an integer' if value_kind == 'int' else 'a quoted string'}"
+                f"{prefix}.visibility: column {spec.table}.{spec.visibility} has the enumerated "
+                f"type {named_type}; privacy-lock supports string and integer visibility columns"
             )
+        _check_private_fits(spec, vis_col, value_kind, prefix)
         for col, key in ((id_col, "id"), (owner_col, "owner")):
             if _value_kind(col) is None and not isinstance(col.type, sqltypes.Uuid):
                 raise ConfigError(
@@ -343,6 +357,7 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
                     "ids must be integers or strings (UUIDs)"
                 )
         kinds[spec.name] = BoundKind(spec, table, id_col, owner_col, vis_col, value_kind)
+    _refuse_overlapping_kinds(list(settings.content.values()))
 
     accounts_table = accounts_id = None
     if settings.accounts:
@@ -367,6 +382,168 @@ def missing_owner_indexes(conn: Connection, cmap: ContentMap) -> list[str]:
                 f"CREATE INDEX ix_{table}_{owner}_{key} ON {table} ({owner}, {key});"
             )
     return suggestions
+
+
+# --- content maps that would destroy data -----------------------------------------------------
+# Each check refuses a map the database itself would accept and that would overwrite or strand
+# originals (README "What a content map may not do" lists them). They run before anything does.
+
+# The tool's own tables all carry this prefix, reserved to the tool: a kind on one of them
+# would overwrite stored originals, locks or the audit trail.
+TOOL_TABLE_PREFIX = "privacy_lock_"
+
+
+def _refuse_tool_table(name: str, key: str) -> None:
+    """Compared as databases fold names: ignoring case (SQLite, and MySQL/MariaDB on many
+    systems) and on the last part of a schema-qualified or quoted name."""
+    bare = name.rsplit(".", 1)[-1].strip('"`[] ').casefold()
+    if bare.startswith(TOOL_TABLE_PREFIX) or bare in {t.casefold() for t in TOOL_TABLES}:
+        raise ConfigError(
+            f"{key}: {name} is one of privacy-lock's own tables ({TOOL_TABLE_PREFIX}*); "
+            "a content kind must be one of the site's tables"
+        )
+
+
+def _view_names(inspector: Any) -> set[str]:
+    names = set(inspector.get_view_names())
+    try:
+        names |= set(inspector.get_materialized_view_names())
+    except NotImplementedError:  # only PostgreSQL has materialized views
+        pass
+    return {n.casefold() for n in names}
+
+
+def _refuse_shared_columns(spec: ContentKind, prefix: str) -> None:
+    """id, owner and visibility are three different columns: hiding writes the visibility
+    column, so on the id or owner column it would overwrite what identifies or owns an item."""
+    where = f"column {spec.table}.{spec.visibility}"
+    if spec.visibility == spec.id:
+        raise ConfigError(
+            f"{prefix}.visibility: {where} is also the id column; hiding would overwrite "
+            "every item's id"
+        )
+    if spec.visibility == spec.owner:
+        raise ConfigError(
+            f"{prefix}.visibility: {where} is also the owner column; hiding would overwrite "
+            "who owns each item"
+        )
+    if spec.owner == spec.id:
+        raise ConfigError(
+            f"{prefix}.owner: column {spec.table}.{spec.owner} is also the id column; the "
+            "owner must be a column of its own"
+        )
+
+
+def _require_unique_id(inspector: Any, spec: ContentKind, prefix: str) -> None:
+    """The id column alone is the primary key or has a unique constraint or a (non-partial)
+    unique index: apply and revert find each item by it, so a duplicate would hide several
+    rows under one snapshot. A composite key does not make one of its columns unique."""
+    column = spec.id
+    pk = inspector.get_pk_constraint(spec.table).get("constrained_columns") or []
+    if pk == [column]:
+        return
+    if any(uc["column_names"] == [column] for uc in inspector.get_unique_constraints(spec.table)):
+        return
+    for ix in inspector.get_indexes(spec.table):
+        partial = any(k.endswith("_where") and v is not None
+                      for k, v in (ix.get("dialect_options") or {}).items())
+        if ix.get("unique") and ix["column_names"] == [column] and not partial:
+            return
+    has = f"primary key ({', '.join(pk)})" if pk else "no primary key"
+    raise ConfigError(
+        f"{prefix}.id: column {spec.table}.{column} is not unique on its own ({spec.table} has "
+        f"{has} and no unique constraint or index on ({column}) alone); each item must be "
+        "found by its id"
+    )
+
+
+def _refuse_visibility_in_primary_key(inspector: Any, spec: ContentKind, prefix: str) -> None:
+    """Hiding would rewrite a key: rows of other tables pointing at it follow (ON UPDATE
+    CASCADE) or block it, and revert could no longer find the item."""
+    pk = inspector.get_pk_constraint(spec.table).get("constrained_columns") or []
+    if spec.visibility in pk:
+        raise ConfigError(
+            f"{prefix}.visibility: column {spec.table}.{spec.visibility} is part of the primary "
+            f"key of {spec.table} ({', '.join(pk)}); hiding would change each item's key"
+        )
+
+
+def _check_private_fits(
+    spec: ContentKind, vis_col: Column, value_kind: str, prefix: str
+) -> None:
+    """The owner-only value is stored exactly as given: of the column's type, within its
+    length, range or enumerated values. A value the database truncates, clamps or blanks
+    (MySQL outside strict mode) would no longer equal ``private``, and revert would leave every
+    item hidden as a "conflict"."""
+    private = spec.private
+    where = f"column {spec.table}.{spec.visibility} ({vis_col.type})"
+    if isinstance(private, bool) or (value_kind == "int") != isinstance(private, int):
+        raise ConfigError(
+            f"{prefix}.private = {private!r} does not fit {where}: use "
+            f"{'an integer' if value_kind == 'int' else 'a quoted string'}"
+        )
+    if isinstance(private, int):
+        low, high = _integer_range(vis_col)
+        if not low <= private <= high:
+            raise ConfigError(
+                f"{prefix}.private = {private} is out of range for {where}: {low}..{high}"
+            )
+        return
+    enums = vis_col.type.enums if isinstance(vis_col.type, sqltypes.Enum) else None
+    if enums and private not in enums:
+        raise ConfigError(
+            f"{prefix}.private = {private!r} is not one of the values of {where}: "
+            f"{', '.join(enums)}"
+        )
+    length = getattr(vis_col.type, "length", None)
+    if length is not None and len(private) > length:
+        raise ConfigError(
+            f"{prefix}.private = {private!r} is {len(private)} characters, longer than "
+            f"{where} holds ({length})"
+        )
+
+
+def _integer_range(col: Column) -> tuple[int, int]:
+    """The integers ``col``'s declared type holds (MySQL's TINYINT and MEDIUMINT included,
+    unsigned or not); SQLite, which stores any integer, is held to the same declaration so a
+    map accepted there is accepted on the production database."""
+    if isinstance(col.type, sqltypes.BigInteger):
+        bits = 64
+    elif isinstance(col.type, sqltypes.SmallInteger):
+        bits = 16
+    else:
+        bits = {"TINYINT": 8, "MEDIUMINT": 24}.get(type(col.type).__name__, 32)
+    if getattr(col.type, "unsigned", False):
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _refuse_overlapping_kinds(specs: list[ContentKind]) -> None:
+    """No column is written by two kinds, and no kind writes a column another kind reads as an
+    id or owner: one item would be snapshotted twice (the second snapshot keeps the first's
+    owner-only value as the "original"), or hiding one kind would change another's items.
+    Tables are compared ignoring case, as SQLite and MySQL/MariaDB compare them."""
+    seen: dict[tuple[str, str], ContentKind] = {}
+    for spec in specs:
+        key = (spec.table.casefold(), spec.visibility)
+        first = seen.setdefault(key, spec)
+        if first is not spec:
+            raise ConfigError(
+                f"content.{spec.name}.visibility: column {spec.table}.{spec.visibility} is "
+                f"already the visibility column of content.{first.name}; one column can belong "
+                "to one kind only"
+            )
+    for spec in specs:
+        for other in specs:
+            if other is spec or other.table.casefold() != spec.table.casefold():
+                continue
+            for role, column in (("id", other.id), ("owner", other.owner)):
+                if column == spec.visibility:
+                    raise ConfigError(
+                        f"content.{spec.name}.visibility: column {spec.table}.{column} is the "
+                        f"{role} column of content.{other.name}; hiding {spec.name} items "
+                        f"would rewrite {other.name} {role}s"
+                    )
 
 
 def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:

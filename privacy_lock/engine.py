@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import cached_property, partial
 from typing import Any
 
@@ -80,6 +81,7 @@ from privacy_lock.requests import Request
 from privacy_lock.schema import locks, snapshots
 from privacy_lock.vocabulary import (
     RESOLVED,
+    TIME_FORMAT,
     UNFINISHED,
     LockState,
     Mode,
@@ -205,6 +207,19 @@ class Context:
     mode: Mode
     pacer: Pacer
     dialect: Dialect
+
+    last_time: str = ""
+
+    def chunk_time(self) -> str:
+        """The time a chunk stamps on what it writes: the clock, or one microsecond after the
+        last chunk's when the clock has not moved (a coarse or frozen clock). The seal of a
+        chunk's snapshots names them by lock and this time, so it must not repeat."""
+        now = utc_now()
+        if now <= self.last_time:
+            later = datetime.strptime(self.last_time, TIME_FORMAT) + timedelta(microseconds=1)
+            now = later.strftime(TIME_FORMAT)
+        self.last_time = now
+        return now
 
     @cached_property
     def resolver(self) -> binding.Resolver:
@@ -689,7 +704,7 @@ def run_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
 
 
 def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
-    conn, cmap, now = ctx.conn, ctx.cmap, utc_now()
+    conn, cmap, now = ctx.conn, ctx.cmap, ctx.chunk_time()
     works = chunk.works
     # 1. lock rows, in lock id order; the missing ones opened, each with its binding
     held = locked_lock_rows(conn, [w.subject for w in works], ctx.dialect)

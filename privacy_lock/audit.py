@@ -30,6 +30,7 @@ from privacy_lock.db import insert_rows, reading
 from privacy_lock.dialects import for_connection
 from privacy_lock.errors import NotInitializedError, UsageError
 from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
+from privacy_lock.seal import check_seals
 from privacy_lock.vocabulary import utc_now as utc_now  # re-exported (others import it here)
 
 # The fields an event's hash covers, in this order.
@@ -220,6 +221,9 @@ class VerifyResult:
     first_keyed: int | None = None
     checkpoints: int = 0
     notes: tuple[str, ...] = ()
+    # The seals (seal.py): sealed rows recomputed, and locks made before seals existed.
+    seals: int = 0
+    unsealed_locks: int = 0
 
     @property
     def ok(self) -> bool:
@@ -269,7 +273,7 @@ def verify_chain(
     expect_head = normalize_head(expect_head)
     checks = TrailChecks(key_of(conn), checkpoints)
     if conn.in_transaction():  # the caller chose the transaction (and its isolation)
-        return _with_checks(_verify(conn, expect_head, batch, checks), checks)
+        return _with_seals(conn, _with_checks(_verify(conn, expect_head, batch, checks), checks))
     previous_level = None
     isolation = for_connection(conn).snapshot_isolation
     if isolation is not None:
@@ -277,10 +281,26 @@ def verify_chain(
         conn.execution_options(isolation_level=isolation)
     try:
         with reading(conn):
-            return _with_checks(_verify(conn, expect_head, batch, checks), checks)
+            return _with_seals(conn, _with_checks(_verify(conn, expect_head, batch, checks),
+                                                  checks))
     finally:
         if previous_level is not None:
             conn.execution_options(isolation_level=previous_level)
+
+
+def _with_seals(conn: Connection, result: VerifyResult) -> VerifyResult:
+    """An intact chain's result with its seals recomputed from the lock and snapshot tables
+    (seal.py): a stored original, a lock or a snapshot row that no longer matches what its
+    event sealed breaks the trail as surely as an edited event."""
+    if not result.ok:
+        return result
+    check = check_seals(conn)
+    result = replace(result, seals=check.checked, unsealed_locks=check.legacy_locks)
+    if check.ok:
+        return result
+    more = f" (and {len(check.problems) - 1} more)" if len(check.problems) > 1 else ""
+    return replace(result, problem=f"sealed rows were changed: {check.problems[0]}{more}",
+                   kind="sealed")
 
 
 def _with_checks(result: VerifyResult, checks: TrailChecks) -> VerifyResult:

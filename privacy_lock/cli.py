@@ -467,6 +467,11 @@ def audit_verify(app: App, expect_head: str | None, checkpoints: Path | None) ->
 def show_broken(result: VerifyResult) -> NoReturn:
     """Say where the trail is broken (a ``VerifyResult``) and exit 1."""
     click.echo(f"privacy-lock: BROKEN: {result.problem}", err=True)
+    if result.kind == "sealed":
+        click.echo(f"{result.valid}/{result.total} events valid, but the rows they sealed "
+                   "were changed since")
+        click.echo(f"head: {result.head_hash} (event {result.head_seq})")
+        raise FailuresReported("sealed rows were changed")
     click.echo(f"{result.valid}/{result.total} events valid before the first broken one"
                + (f" (event {result.broken_seq})" if result.broken_seq else ""))
     click.echo(f"last intact head: {result.head_hash} (event {result.head_seq})")
@@ -491,6 +496,10 @@ def anchor_lines(result: VerifyResult, checkpoints: Path | None = None) -> list[
                      "checked")
     if checkpoints is not None:
         lines.append(f"checkpoints: {result.checkpoints} in {checkpoints} hold")
+    if result.seals:
+        lines.append(f"seals: {result.seals} sealed lock and snapshot records match the tables"
+                     + (f" ({result.unsealed_locks} older locks carry no seals)"
+                        if result.unsealed_locks else ""))
     lines += [f"note: {text}" for text in result.notes]
     return lines
 

@@ -38,6 +38,8 @@ def test_an_edited_original_makes_revert_refuse_and_changes_nothing(sns):
     # An operator with database access turns a friends-only original into public.
     assert _execute(sns, update(snapshots).where(
         snapshots.c.snapshot_id == snap["snapshot_id"]).values(original_text="public")) == 1
+    verified = sns.run("audit", "verify", expect=1)
+    assert "BROKEN: sealed rows were changed: the snapshots of lock" in verified.stderr
     out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
     assert "refusing to revert, nothing was changed" in out.stderr
     assert f"lock {snap['lock_id']}" in out.stderr
@@ -56,6 +58,7 @@ def test_a_snapshot_row_added_by_hand_makes_revert_refuse(sns):
         lock_id=lock_id, kind="diary", item_id=str(item), original_text="public",
         state="locked", snapshotted_at="2026-01-01T00:00:00.000000Z"))
     before = sns.everything()
+    assert "sealed by no event" in sns.run("audit", "verify", expect=1).stderr
     out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
     assert "sealed by no event" in out.stderr
     assert sns.everything() == before
@@ -71,9 +74,17 @@ def test_an_edited_lock_binding_makes_revert_refuse(sns):
     _execute(sns, update(locks).where(locks.c.lock_id == row["lock_id"])
              .values(binding=json.dumps(bindings)))
     before = sns.everything()
+    assert "content binding was edited" in sns.run("audit", "verify", expect=1).stderr
     out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
     assert "content binding was edited" in out.stderr
     assert sns.everything() == before
+
+
+def test_editing_who_took_a_lock_is_caught_by_verify(sns):
+    sns.apply(sns.users[0])
+    assert "seals: 2 sealed" in sns.run("audit", "verify").stdout
+    _execute(sns, update(locks).values(operator="mallory", ticket="SUP-0"))
+    assert "lock 1 no longer matches what event" in sns.run("audit", "verify", expect=1).stderr
 
 
 def test_each_lock_records_its_binding_and_seals_it(sns):

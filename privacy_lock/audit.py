@@ -13,9 +13,10 @@ the chain still contains it (``audit verify --expect-head HASH``). See docs/AUDI
 from __future__ import annotations
 
 import functools
-import getpass
 import hashlib
 import json
+import os
+import pwd
 import socket
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,7 +52,10 @@ ACTIONS = {
     "viewed": "status or a dry run showed the user's content ([policy] audit_reads)",
     "revert-requested": "a revert was asked for and waits for a second operator",
     "revert-approved": "a second operator approved a revert request (the revert follows)",
-    "revert-refused": "an approval was refused (the approver is the requester)",
+    "revert-refused": "an approval was refused (the approver is the requester, or under "
+                      "approval = distinct-accounts shares the requester's OS account or "
+                      "database login)",
+    "policy-changed": "a rule of the stored policy was changed (`privacy-lock policy set`)",
 }
 
 
@@ -73,11 +77,16 @@ class Actor:
 
 @functools.cache
 def _os_user_and_host() -> tuple[str, str]:
-    """Who runs this process, and where (asked once: a batch makes an actor per request)."""
+    """Who runs this process, and where (asked once: a batch makes an actor per request).
+
+    The account is the process's real uid looked up in the password database, never $LOGNAME
+    or $USER (``getpass.getuser()`` reads those first, so ``LOGNAME=bob`` would pass as bob);
+    a uid without a passwd entry (a container) is recorded as ``uid:N``."""
+    uid = os.getuid()
     try:
-        os_user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (e.g. a container); record that plainly
-        os_user = "unknown"
+        os_user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        os_user = f"uid:{uid}"
     return os_user, socket.gethostname()
 
 

@@ -49,8 +49,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.elements import ColumnElement
 
+from privacy_lock.config import Policy
 from privacy_lock.db import create_tool_engine
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE
+from privacy_lock.policy import seed_policy
 from privacy_lock.schema import create_tool_tables, locks, snapshots
 from privacy_lock.schema import metadata as tool_metadata
 
@@ -188,6 +190,12 @@ class Dataset:
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
 
 
+# The benchmark times revert itself, not the wait for a second operator's approval: its
+# databases store the policy its config states, as `init` would.
+BENCH_POLICY = Policy(revert_requires_approval=False,
+                      given=frozenset({"revert_requires_approval"}))
+
+
 # --- scratch database --------------------------------------------------------------------------
 
 
@@ -317,6 +325,7 @@ def build(url: str, workdir: Path, sizes: Sizes) -> Dataset:
             index.create(conn)
         conn.execute(delete(digits_table))
         create_tool_tables(conn)
+        seed_policy(conn, BENCH_POLICY)
     analyze(ds)
     return ds
 
@@ -356,6 +365,7 @@ def reset(ds: Dataset) -> None:
                          .values({spec.visibility: table.c.pristine}))
         tool_metadata.drop_all(conn)
         create_tool_tables(conn)
+        seed_policy(conn, BENCH_POLICY)
     if ds.dialect == "postgresql":
         analyze(ds)  # VACUUM: each contender starts without the dead rows of the one before
 

@@ -5,23 +5,32 @@ default) one operator cannot do it alone. A request moves pending -> approved ->
 
 - ``request_revert`` records it (one open request per lock, enforced by a unique column) and the
   ``revert-requested`` event, and changes no content.
-- ``approve_requests`` refuses an approver whose stated operator name is the requester's (the
-  refusal is audited as ``revert-refused`` and nothing else changes); otherwise it records
+- ``approve_requests`` refuses an approver who is the requester (the refusal is audited as
+  ``revert-refused`` and nothing else changes); otherwise it records
   ``revert-approved`` and marks the request approved, runs the ordinary chunked revert (all
   the requests approved at once as one batch, where small locks share chunks), then marks the
   request done. A run interrupted after the approval is resumed by running ``approve`` again
   (the request is still approved, not done).
 
-Names are compared ignoring case and spacing ("Alice" and "alice " are one person). The OS user
-and host of both sides are recorded beside the names; the same OS account approving under another
-name is allowed (shared support desks exist) but flagged in the event and on screen.
+Who is the requester: names are compared as :func:`operator_keys` makes them (Unicode
+compatibility forms, case, spacing, punctuation, invisible characters and look-alike letters
+ignored: ``ａｌｉｃｅ``, ``аlice`` with a Cyrillic a and ``al ice`` are all ``alice``). The OS
+account (from the real uid) and host of both sides, and on PostgreSQL and MariaDB their database
+logins, are recorded beside the names. Under the stored policy's ``approval = distinct-names``
+(the default; policy.py) the same OS account approving under another name is allowed (shared
+support desks exist) but flagged in the event and on screen; under ``distinct-accounts`` it is
+refused, and so is the same database login.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
+from importlib import resources
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
@@ -30,9 +39,11 @@ from sqlalchemy.exc import IntegrityError
 from privacy_lock.audit import Actor, EventSpec, append_event, append_events
 from privacy_lock.config import ContentMap
 from privacy_lock.db import insert_rows, reading
+from privacy_lock.dialects import for_connection
 from privacy_lock.engine import Outcome, active_lock_ids, run_batch
 from privacy_lock.errors import UsageError
 from privacy_lock.pacing import Pacer
+from privacy_lock.policy import read_policy
 from privacy_lock.report import from_stored, now_utc, show_time
 from privacy_lock.requests import Request
 from privacy_lock.schema import locks, revert_requests
@@ -63,10 +74,87 @@ class RequestOutcome:
 
 
 def same_operator(first: str | None, second: str | None) -> bool:
-    """Whether two stated operator names name the same person (case and spacing ignored)."""
-    def norm(name: str | None) -> str:
-        return " ".join((name or "").split()).casefold()
-    return norm(first) == norm(second)
+    """Whether two stated operator names name the same person: the one comparison of names
+    the two-person rule makes (see :func:`operator_keys`)."""
+    return bool(operator_keys(first) & operator_keys(second))
+
+
+def operator_keys(name: str | None) -> frozenset[str]:
+    """A name as the two-person rule compares it; two names are one person when they share
+    a key.
+
+    Compatibility forms are folded (NFKD: full width ``ａ`` is ``a``), case is folded, and
+    whitespace, punctuation, control, format (zero-width) and other default-ignorable
+    characters are dropped; each character becomes its prototype in Unicode's confusables
+    data (the TR39 skeleton: Cyrillic ``а`` is ``a``, ``0`` is ``o``). Case folding and the
+    skeleton do not commute (``I`` looks like ``l``, but folds to ``i``; Greek ``Β`` looks like
+    ``B`` but folds to ``β``), so there are two keys, case folded before and after the
+    skeleton. Two different people may share a key (``rn`` and ``m`` look alike); that refuses
+    an approval, never allows one."""
+    return frozenset({_key(name or "", fold_first=True), _key(name or "", fold_first=False)})
+
+
+def _key(text: str, fold_first: bool) -> str:
+    for _ in range(2):  # again, for prototypes that decompose or fold further
+        text = unicodedata.normalize("NFKD", text)
+        text = _skeleton(_visible(text.casefold() if fold_first else text)).casefold()
+    return _visible(text)
+
+
+# Default-ignorable code points that are not in category C (DerivedCoreProperties.txt): they
+# show nothing, so a name may carry them unseen.
+_IGNORABLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0, *range(0x180B, 0x1810),
+     *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def _visible(text: str) -> str:
+    """Without separators and spaces (Z), punctuation (P), control/format/unassigned (C) and
+    the other default-ignorable characters."""
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "ZPC"
+                   and not ch.isspace() and ord(ch) not in _IGNORABLE)
+
+
+def _skeleton(text: str) -> str:
+    prototypes = _prototypes()
+    return "".join(prototypes.get(ch, ch) for ch in text)
+
+
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Character -> its prototype, from Unicode's confusables.txt as the confusable-homoglyphs
+    package ships it (read from the package itself: its loader also honours the
+    CONFUSABLE_DATA environment variable, which would let an operator swap the table).
+
+    That file links each confusable pair both ways, so the direction is recovered: a character
+    linked to a sequence, or to a character linked to several, maps to it (confusables.txt maps
+    single characters only, and never maps a prototype); a pair linked only to each other maps
+    both to the smaller. Bidirectional marks the file keeps around right-to-left characters are
+    dropped."""
+    raw = json.loads(resources.files("confusable_homoglyphs").joinpath("confusables.json")
+                     .read_text(encoding="utf-8"))
+    links: dict[str, list[str]] = {}
+    for key, entries in raw.items():
+        key = _unmarked(key)
+        if key:
+            links.setdefault(key, []).extend(c for e in entries if (c := _unmarked(e["c"])))
+    mapping: dict[str, str] = {}
+    for key, targets in links.items():
+        if len(key) != 1 or len(set(targets)) != 1:
+            continue
+        target = targets[0]
+        if len(target) > 1 or len(set(links.get(target, []))) > 1:
+            mapping[key] = target
+        elif target != key:  # a pair: either may be the prototype, one of them stands for both
+            mapping[max(key, target)] = min(key, target)
+    for _ in range(3):  # a sequence's characters are prototypes, or a pair's other half
+        mapping = {key: "".join(mapping.get(ch, ch) for ch in target)
+                   for key, target in mapping.items()}
+    return mapping
+
+
+def _unmarked(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
 def _open_request(conn: Connection, lock_id: int) -> Any:
@@ -92,17 +180,20 @@ def request_revert(conn: Connection, lock_id: int, actor: Actor) -> RequestOutco
                 if existing is not None:
                     return RequestOutcome(existing.request_id, lock_id, lock.subject,
                                           Status.ALREADY_REQUESTED, existing.requested_by)
+                login = for_connection(conn).current_login(conn)
                 inserted = conn.execute(insert(revert_requests).values(
                     lock_id=lock_id, subject=lock.subject, state=RequestState.PENDING,
                     open_lock_id=lock_id,
                     requested_by=actor.operator, requested_os_user=actor.os_user,
-                    requested_host=actor.host, ticket=actor.ticket or "",
-                    reason=actor.reason or "", requested_at=utc_now(),
+                    requested_host=actor.host, requested_db_user=login,
+                    ticket=actor.ticket or "", reason=actor.reason or "",
+                    requested_at=utc_now(),
                 )).inserted_primary_key
                 assert inserted is not None  # a single-row INSERT always has one
                 request_id = inserted[0]
                 append_event(conn, "revert-requested", actor, subject=lock.subject,
-                             lock_id=lock_id, details={"request_id": int(request_id)})
+                             lock_id=lock_id, details={"request_id": int(request_id),
+                                                       "db_user": login})
                 return RequestOutcome(int(request_id), lock_id, lock.subject,
                                       Status.PENDING_APPROVAL, actor.operator)
         except IntegrityError:
@@ -116,6 +207,8 @@ def request_reverts(
     """File a revert request for each request's lock (by lock id, or the user's active lock),
     :data:`APPROVE_IN_ONE` requests per transaction, in order; a part that races another
     operator filing for the same lock is filed again one request at a time."""
+    for request in requests:
+        check_operator_name(request.operator, request.line)
     subject_at = {position: cmap.normalize_user(r.user_id or "")
                   for position, r in enumerate(requests) if r.lock_id is None}
     with reading(conn):
@@ -160,6 +253,7 @@ def _file_requests(
                     conn.execute(select(revert_requests).where(
                         revert_requests.c.open_lock_id.in_(lock_ids)))}
     now, new_rows, asked_by = utc_now(), [], {}
+    login = for_connection(conn).current_login(conn)
     for _position, lock_id, actor in part:
         lock = lock_rows[lock_id]
         if (lock.state == LockState.ACTIVE and lock_id not in open_request
@@ -169,6 +263,7 @@ def _file_requests(
                 "lock_id": lock_id, "subject": lock.subject, "state": RequestState.PENDING,
                 "open_lock_id": lock_id, "requested_by": actor.operator,
                 "requested_os_user": actor.os_user, "requested_host": actor.host,
+                "requested_db_user": login,
                 "ticket": actor.ticket or "", "reason": actor.reason or "",
                 "requested_at": now})
     if new_rows:
@@ -178,7 +273,7 @@ def _file_requests(
             .where(revert_requests.c.open_lock_id.in_(list(asked_by)))).all())
         append_events(conn, [
             EventSpec("revert-requested", actor, lock_rows[lock_id].subject, lock_id,
-                      {"request_id": int(new_ids[lock_id])})
+                      {"request_id": int(new_ids[lock_id]), "db_user": login})
             for lock_id, actor in asked_by.items()])
     outcomes, reported = [], set()
     for _position, lock_id, actor in part:
@@ -238,20 +333,24 @@ class Approved:
 
 
 def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Actor) -> Approved:
-    """Approve the requests, or refuse them all when the approver filed any of them.
+    """Approve the requests, or refuse them all when the approver may not approve any of them.
 
     Everything that can refuse the command is decided before the first approval: unknown or
-    finished requests are a usage error; requests the approver filed are refused with a
-    ``revert-refused`` event each and a usage error, and none of the others is approved or
-    run. The approvals (``revert-approved``, the request marked approved) commit in
-    transactions of :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs the reverts.
+    finished requests are a usage error; requests the approver filed (or, under the stored
+    policy's ``approval = distinct-accounts``, filed from the approver's OS account or database
+    login) are refused with a ``revert-refused`` event each and a usage error, and none of the
+    others is approved or run. The approvals (``revert-approved``, the request marked approved)
+    commit in transactions of :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs them.
     """
+    check_operator_name(approver.operator)
     ids = list(dict.fromkeys(request_ids))
     with reading(conn):
         found = {row.request_id: row for part in _parts(ids) for row in conn.execute(
             select(revert_requests).where(revert_requests.c.request_id.in_(part)))}
+        distinct_accounts = read_policy(conn).distinct_accounts
+        login = for_connection(conn).current_login(conn)
     _check_approvable(ids, found)
-    _refuse_own_requests(conn, ids, found, approver)
+    _refuse_requests(conn, ids, found, approver, login, distinct_accounts)
     approved = Approved(approver, [], [])
     for part in _parts(ids, APPROVE_IN_ONE):
         with conn.begin():
@@ -276,6 +375,8 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                                                 "requested_by": req.requested_by,
                                                 "requested_os_user": req.requested_os_user,
                                                 "requested_host": req.requested_host,
+                                                "requested_db_user": req.requested_db_user,
+                                                "db_user": login,
                                                 "same_os_account": same_account}))
                 approved.runnable.append((req, req.state == RequestState.APPROVED,
                                           same_account))
@@ -285,41 +386,75 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                     .where(revert_requests.c.request_id.in_(approving))
                     .values(state=RequestState.APPROVED, approved_by=approver.operator,
                             approved_os_user=approver.os_user, approved_host=approver.host,
-                            approved_at=utc_now())
+                            approved_db_user=login, approved_at=utc_now())
                 )
             append_events(conn, events)
     return approved
 
 
-def _refuse_own_requests(
-    conn: Connection, ids: list[int], found: dict[int, Any], approver: Actor
+def check_operator_name(name: str | None, line: int = 0) -> None:
+    """A usage error for a name with no letter or digit left once compared (``...``, a
+    zero-width space): it could not be told from another such name."""
+    if not any(operator_keys(name)):
+        where = f"line {line}: " if line else ""
+        raise UsageError(f"{where}operator name {name!r} has no letter or digit: give your "
+                         "name, it is how the two-person rule tells operators apart")
+
+
+def refusal(req: Any, approver: Actor, login: str | None, distinct_accounts: bool) -> str | None:
+    """Why ``approver`` (connected as database ``login``) may not approve request ``req``, as
+    "filed by ..." text, or None. The requester is the approver when the names compare equal
+    (:func:`same_operator`); under ``distinct-accounts`` also when the OS account (user@host)
+    or the database login is the requester's."""
+    if same_operator(req.requested_by, approver.operator):
+        return f"filed by {req.requested_by}"
+    if not distinct_accounts:
+        return None
+    if (req.requested_os_user, req.requested_host) == (approver.os_user, approver.host):
+        return f"filed from your OS account ({req.requested_os_user}@{req.requested_host})"
+    if req.requested_db_user is not None and req.requested_db_user == login:
+        return f"filed with your database login ({login})"
+    return None
+
+
+def _refuse_requests(
+    conn: Connection, ids: list[int], found: dict[int, Any], approver: Actor,
+    login: str | None, distinct_accounts: bool,
 ) -> None:
-    """When the approver filed any of the requests (names compared as :func:`same_operator`):
-    record one ``revert-refused`` event per such request and raise a usage error naming them;
-    no request is approved and no content changes. The requester of a request never changes,
-    so what was read before is what holds."""
-    own = [found[i] for i in ids if same_operator(found[i].requested_by, approver.operator)]
-    if not own:
+    """When the approver may not approve any of the requests (:func:`refusal`): record one
+    ``revert-refused`` event per such request and raise a usage error naming them; no request
+    is approved and no content changes. Who filed a request never changes, so what was read
+    before is what holds."""
+    refused = [(found[i], why) for i in ids
+               if (why := refusal(found[i], approver, login, distinct_accounts))]
+    if not refused:
         return
     with conn.begin():
         append_events(conn, [
             EventSpec("revert-refused", replace(approver, ticket=req.ticket), req.subject,
                       req.lock_id, {"request_id": req.request_id,
                                     "requested_by": req.requested_by,
-                                    "why": "the approver is the requester"})
-            for req in own])
-    by_requester: dict[str, list[int]] = {}  # requester as filed -> request ids refused
-    for req in own:
-        by_requester.setdefault(req.requested_by, []).append(req.request_id)
+                                    "requested_os_user": req.requested_os_user,
+                                    "requested_host": req.requested_host,
+                                    "requested_db_user": req.requested_db_user,
+                                    "db_user": login,
+                                    "why": "the approver is the requester"
+                                    if why.startswith("filed by") else
+                                    f"approval = distinct-accounts: {why}"})
+            for req, why in refused])
+    by_why: dict[str, list[int]] = {}  # why -> request ids refused
+    for req, why in refused:
+        by_why.setdefault(why, []).append(req.request_id)
     others = ""  # when other requests were named too, none of them ran either: say so
-    if len(own) < len(ids):
-        others = f": approve the others without {'them' if len(own) > 1 else 'it'}"
+    if len(refused) < len(ids):
+        others = f": approve the others without {'them' if len(refused) > 1 else 'it'}"
     raise UsageError("; ".join(
-        (f"request {refused[0]} was" if len(refused) == 1 else
-         f"requests {_some(refused)} were")
-        + f" filed by {requester}: a revert needs a second operator's approval (refused; "
-        f"nothing was changed{others})"
-        for requester, refused in by_requester.items()))
+        (f"request {ids_[0]} was" if len(ids_) == 1 else f"requests {_some(ids_)} were")
+        + f" {why}: a revert needs a second operator's approval"
+        + ("" if why.startswith("filed by") else
+           ", from another OS account and database login (policy approval = distinct-accounts)")
+        + f" (refused; nothing was changed{others})"
+        for why, ids_ in by_why.items()))
 
 
 def run_approved(

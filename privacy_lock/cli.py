@@ -167,8 +167,11 @@ def init(app: App) -> None:
     result = service.init(app.target)
     if result.created:
         click.echo(f"created: {', '.join(result.created)}")
-    else:
+    elif not result.policy_seeded:
         click.echo("all privacy-lock tables already exist; nothing to do")
+    if result.policy_seeded:
+        click.echo(f"policy stored: {', '.join(result.policy_seeded)} (see `privacy-lock "
+                   "policy show`)")
     if result.index_suggestions:
         note("note: these content tables have no (owner, id) index; each chunk would scan "
              "the table. Ask a DBA to review and create:")
@@ -718,6 +721,56 @@ def requests_command(app: App, state: str, tz_name: str, fmt: str) -> None:
     columns = ["request", "lock", "user", "state", "age_days", "requested_by",
                "requested_from", "ticket", "reason", "requested_at", "approved_by"]
     click.echo(render(rows, fmt, columns=columns))
+
+
+@cli.group("policy")
+def policy_group() -> None:
+    """The rules stored in the database (the two-person rule), not in your config."""
+
+
+@policy_group.command("show")
+@format_option
+@click.pass_obj
+def policy_show(app: App, fmt: str) -> None:
+    """Show the stored policy: each rule, its value, who set it and when.
+
+    A rule that was never stored has its secure default. The config's [policy] is shown
+    beside it: it is only read by `init`, to seed rules not stored yet.
+
+    \b
+    Example:
+      privacy-lock policy show
+    """
+    rows = service.policy_show(app.target)
+    click.echo(render(rows, fmt, columns=["rule", "value", "source", "set_by", "set_at",
+                                          "config"]))
+
+
+@policy_group.command("set")
+@click.argument("rule")
+@click.argument("value")
+@identity_options
+@click.pass_obj
+def policy_set(app: App, rule: str, value: str, operator: str | None, ticket: str | None,
+               reason: str | None) -> None:
+    """Change a stored rule (audited as policy-changed, in the same transaction).
+
+    Rules: revert_requires_approval (true | false) and approval (distinct-names |
+    distinct-accounts: the approver must also use another OS account and database login).
+    The tool's least-privilege role can only read the policy: run this with the tables'
+    owner's login, as init is (docs/DBA.md).
+
+    \b
+    Example:
+      privacy-lock policy set approval distinct-accounts --operator carol \\
+          --ticket SEC-12 --reason "approvers have their own logins now"
+    """
+    change = service.policy_set(app.target, rule, value, Identity(operator, ticket, reason))
+    if change.changed:
+        click.echo(f"policy {change.rule}: {change.previous} -> {change.value} "
+                   "(recorded as policy-changed)")
+    else:
+        click.echo(f"policy {change.rule} is already {change.value}; nothing was changed")
 
 
 @cli.command("sql")

@@ -58,8 +58,10 @@ class Policy:
 
     # status and dry runs of a named user write a "viewed" audit event (access logging)
     audit_reads: bool = False
-    # revert only files a request; a second operator runs it with `approve` (see approvals.py)
+    # revert only files a request; a second operator runs it with `approve` (see approvals.py).
+    # Only `init` reads it, to seed the database's stored policy (policy.py), which rules after.
     revert_requires_approval: bool = True
+    given: frozenset[str] = frozenset()  # the keys the config file set (the others: defaults)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     for key, expected in _POLICY_KEYS.items():
         if key in policy_section and not isinstance(policy_section[key], expected):
             raise ConfigError(f"{where}: policy.{key} must be true or false")
-    policy = Policy(**policy_section)
+    policy = Policy(**policy_section, given=frozenset(policy_section))
     audit = _section(data, "audit", where)
     _reject_unknown(audit, {"key_file"}, where, "key", "audit")
     key_file = None

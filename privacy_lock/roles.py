@@ -6,6 +6,9 @@ What the tool needs and why, and nothing else:
 - the audit head row: SELECT and UPDATE (every append moves it forward; on PostgreSQL a trigger
   refuses any other change);
 - locks, snapshots and revert requests: SELECT, INSERT and UPDATE (states change; no DELETE);
+- the stored policy (the two-person rule): SELECT only. Changing it (``privacy-lock policy
+  set``, audited) takes the tables' owner's login, as ``init`` does: an operator working
+  through this role cannot switch the rule off, through the tool or by hand;
 - each mapped content table: SELECT on the id, owner and visibility columns and UPDATE on the
   visibility column only (``SELECT ... FOR UPDATE`` needs UPDATE on one column, which this is);
 - the accounts table, if configured: SELECT on its id column;
@@ -25,7 +28,14 @@ from sqlalchemy.dialects import mysql, postgresql
 
 from privacy_lock.config import Accounts, ContentKind
 from privacy_lock.errors import UsageError
-from privacy_lock.schema import audit_events, audit_head, locks, revert_requests, snapshots
+from privacy_lock.schema import (
+    audit_events,
+    audit_head,
+    locks,
+    policy,
+    revert_requests,
+    snapshots,
+)
 
 PSQL_ROLE = ':"tool_role"'  # a psql variable: psql -v tool_role=NAME -f sql/roles-postgresql.sql
 
@@ -35,6 +45,7 @@ TOOL_TABLE_PRIVILEGES = (
     (locks.name, "SELECT, INSERT, UPDATE", "lock state changes; never deleted"),
     (snapshots.name, "SELECT, INSERT, UPDATE", "item outcome changes; never deleted"),
     (revert_requests.name, "SELECT, INSERT, UPDATE", "request state changes; never deleted"),
+    (policy.name, "SELECT", "read only: `policy set` runs as the tables' owner"),
 )
 # PostgreSQL: the BIGSERIAL sequences behind the tool tables' ids (nextval needs USAGE).
 PG_SEQUENCES = (

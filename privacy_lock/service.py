@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -63,6 +63,15 @@ from privacy_lock.engine import (
 )
 from privacy_lock.errors import OutputError, UsageError
 from privacy_lock.pacing import Pacer
+from privacy_lock.policy import (
+    PolicyChange,
+    check_rule,
+    ignored_config,
+    policy_rows,
+    read_policy,
+    seed_policy,
+    set_rule,
+)
 from privacy_lock.progress import RunStats
 from privacy_lock.render import render, report_text
 from privacy_lock.requests import Request, load_requests
@@ -300,19 +309,22 @@ class _TrackedRun:
 class InitResult:
     created: list[str]  # the tool's tables created now (none: they all existed)
     index_suggestions: list[str]  # CREATE INDEX statements a DBA should review
+    policy_seeded: list[str] = field(default_factory=list)  # "rule = value"
 
 
 def init(target: Target) -> InitResult:
-    """Create the tool's own tables (idempotent); suggest the content tables' missing
-    (owner, id) indexes."""
+    """Create the tool's own tables (idempotent) and store the policy rules not stored yet
+    (from the config's [policy], else the defaults; audited); suggest the content tables'
+    missing (owner, id) indexes."""
     target.open_engine(create=True)
     with target.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
+        seeded = seed_policy(conn, target.settings.policy)
     suggestions: list[str] = []
     if target.settings.content:
         with target.connect() as conn, reading(conn):
             suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
-    return InitResult(created, suggestions)
+    return InitResult(created, suggestions, seeded)
 
 
 @dataclass
@@ -382,6 +394,11 @@ def _run_requests(
     policy = target.settings.policy
     with target.connect() as conn:
         cmap = target.content_map(conn)
+        with reading(conn):  # the two-person rule is the database's, never the config's
+            rules = read_policy(conn)
+        if mode == "revert" and not dry_run:
+            for line in ignored_config(rules, policy):
+                target.note(line)
         if from_file:
             # Each batch of existence checks is a short read of its own (no long snapshot).
             batch = load_requests(
@@ -393,7 +410,7 @@ def _run_requests(
             )
         else:
             batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run)
-        if mode == "revert" and not dry_run and policy.revert_requires_approval:
+        if mode == "revert" and not dry_run and rules.revert_requires_approval:
             filed = FiledRequests(approvals.request_reverts(conn, cmap, batch))
             if output_path:
                 rows = [o.as_dict() for o in filed.outcomes]
@@ -603,6 +620,26 @@ def audit_report(
         output.write_text(output_path, result.text)
         result.output = output_path
     return result
+
+
+def policy_show(target: Target) -> list[dict[str, Any]]:
+    """The stored policy: each rule's value, whether it is stored or the default, who set it
+    and when, and what the config says of it (ignored when it differs)."""
+    with target.connect() as conn:
+        target.require_tables(conn)
+        with reading(conn):
+            rules = read_policy(conn)
+    return policy_rows(rules, target.settings.policy)
+
+
+def policy_set(target: Target, rule: str, value: str, identity: Identity) -> PolicyChange:
+    """Change one stored rule, audited as ``policy-changed`` in the same transaction (needs
+    --operator, --ticket and --reason; the tool's own role may only read the policy)."""
+    actor = identity.actor()
+    check_rule(rule, value)  # a typo is a usage error before connecting
+    with target.connect() as conn:
+        target.require_tables(conn)
+        return set_rule(conn, rule, value, actor)
 
 
 def sql(dialect: str, role: str | None = None, settings: Settings | None = None) -> str:

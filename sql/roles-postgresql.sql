@@ -22,6 +22,8 @@ REVOKE ALL ON privacy_lock_snapshots FROM :"tool_role";
 GRANT SELECT, INSERT, UPDATE ON privacy_lock_snapshots TO :"tool_role";  -- item outcome changes; never deleted
 REVOKE ALL ON privacy_lock_revert_requests FROM :"tool_role";
 GRANT SELECT, INSERT, UPDATE ON privacy_lock_revert_requests TO :"tool_role";  -- request state changes; never deleted
+REVOKE ALL ON privacy_lock_policy FROM :"tool_role";
+GRANT SELECT ON privacy_lock_policy TO :"tool_role";  -- read only: `policy set` runs as the tables' owner
 GRANT USAGE ON SEQUENCE privacy_lock_locks_lock_id_seq, privacy_lock_snapshots_snapshot_id_seq, privacy_lock_revert_requests_request_id_seq TO :"tool_role";
 
 -- The mapped content: read id/owner/visibility, change visibility only.

@@ -27,8 +27,9 @@ def set_policy(sns, **policy: bool) -> None:
 
 @pytest.fixture
 def sns(db_url, tmp_path):
-    sns = build_sns(db_url, tmp_path)
-    set_policy(sns)  # no [policy] section: the defaults apply
+    sns = build_sns(db_url, tmp_path, init=False)
+    set_policy(sns)  # no [policy] section: init stores the defaults
+    sns.run("init")
     return sns
 
 
@@ -124,7 +125,7 @@ def test_dry_run_needs_no_approval_and_policy_off_reverts_at_once(sns):
     plan = json.loads(sns.run("revert", "--user", str(user), "--dry-run",
                               "--format", "json").stdout)
     assert plan[0]["status"] == "would-revert" and request_rows(sns) == []
-    set_policy(sns, revert_requires_approval=False)
+    sns.run("policy", "set", "revert_requires_approval", "false", *as_("dba")[:-1])
     sns.run("revert", "--user", str(user), *as_("alice"))
     assert sns.everything() == before and request_rows(sns) == []
 

@@ -71,9 +71,8 @@ def test_a_read_only_output_directory_is_refused_before_anything_changes(sns, tm
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_revert_requests_and_audit_report_check_their_output_first(sns, tmp_path):
     sns.run("apply", str(sns.users[0]), *IDENTITY)
-    text = sns.config_path.read_text(encoding="utf-8")  # the two-person rule: revert files
-    sns.config_path.write_text(text.replace("revert_requires_approval = false",
-                                            "revert_requires_approval = true"), "utf-8")
+    # the two-person rule (the database's policy): revert files a request
+    sns.run("policy", "set", "revert_requires_approval", "true", *IDENTITY)
     missing = str(tmp_path / "nowhere" / "out.csv")
     audit_before = sns.audit_count()
     one_error(sns.run("revert", "--user", str(sns.users[0]), *IDENTITY, "--output", missing,

@@ -104,9 +104,11 @@ def test_postgresql_role_can_apply_and_revert_but_not_touch_the_trail(pg_url, tm
         assert owner.everything() == before
         # two-person revert through the role too
         run_as(owner, role_url, "apply", str(user), *IDENTITY)
-        config = owner.config_path.read_text(encoding="utf-8")
-        owner.config_path.write_text(config.replace("revert_requires_approval = false",
-                                                    "revert_requires_approval = true"), "utf-8")
+        # the policy is the database's: the role may only read it, the owner changes it
+        run_as(owner, role_url, "policy", "set", "revert_requires_approval", "true", *IDENTITY,
+               expect=1)
+        run_as(owner, role_url, "policy", "show")
+        run_as(owner, pg_url, "policy", "set", "revert_requires_approval", "true", *IDENTITY)
         run_as(owner, role_url, "revert", "--user", str(user), *IDENTITY)
         run_as(owner, role_url, "requests")
         run_as(owner, role_url, "approve", "1", "--operator", "second")
@@ -117,7 +119,9 @@ def test_postgresql_role_can_apply_and_revert_but_not_touch_the_trail(pg_url, tm
         # and it cannot edit the trail, disable its guard, or touch anything else
         for statement in ("UPDATE privacy_lock_audit SET reason = 'x'",
                           "DELETE FROM privacy_lock_audit", "TRUNCATE privacy_lock_audit",
-                          "DELETE FROM privacy_lock_locks", "DELETE FROM privacy_lock_snapshots"):
+                          "DELETE FROM privacy_lock_locks", "DELETE FROM privacy_lock_snapshots",
+                          "UPDATE privacy_lock_policy SET value = 'false'",
+                          "INSERT INTO privacy_lock_policy VALUES ('x', 'y', 'z', 'w')"):
             assert "permission denied" in refused(as_role, statement), statement
         assert "must be owner" in refused(
             as_role, "ALTER TABLE privacy_lock_audit DISABLE TRIGGER USER")

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from privacy_lock import seal
 from privacy_lock.audit import Actor, EventSpec, append_event, append_events
 from privacy_lock.config import ContentMap
 from privacy_lock.db import insert_rows, reading
@@ -181,19 +182,13 @@ def request_revert(conn: Connection, lock_id: int, actor: Actor) -> RequestOutco
                     return RequestOutcome(existing.request_id, lock_id, lock.subject,
                                           Status.ALREADY_REQUESTED, existing.requested_by)
                 login = for_connection(conn).current_login(conn)
+                row = _request_row(lock, actor, login, utc_now())
                 inserted = conn.execute(insert(revert_requests).values(
-                    lock_id=lock_id, subject=lock.subject, state=RequestState.PENDING,
-                    open_lock_id=lock_id,
-                    requested_by=actor.operator, requested_os_user=actor.os_user,
-                    requested_host=actor.host, requested_db_user=login,
-                    ticket=actor.ticket or "", reason=actor.reason or "",
-                    requested_at=utc_now(),
-                )).inserted_primary_key
+                    **row)).inserted_primary_key
                 assert inserted is not None  # a single-row INSERT always has one
                 request_id = inserted[0]
                 append_event(conn, "revert-requested", actor, subject=lock.subject,
-                             lock_id=lock_id, details={"request_id": int(request_id),
-                                                       "db_user": login})
+                             lock_id=lock_id, details=_filed(row, int(request_id)))
                 return RequestOutcome(int(request_id), lock_id, lock.subject,
                                       Status.PENDING_APPROVAL, actor.operator)
         except IntegrityError:
@@ -259,21 +254,16 @@ def _file_requests(
         if (lock.state == LockState.ACTIVE and lock_id not in open_request
                 and lock_id not in asked_by):
             asked_by[lock_id] = actor
-            new_rows.append({
-                "lock_id": lock_id, "subject": lock.subject, "state": RequestState.PENDING,
-                "open_lock_id": lock_id, "requested_by": actor.operator,
-                "requested_os_user": actor.os_user, "requested_host": actor.host,
-                "requested_db_user": login,
-                "ticket": actor.ticket or "", "reason": actor.reason or "",
-                "requested_at": now})
+            new_rows.append(_request_row(lock, actor, login, now))
     if new_rows:
         insert_rows(conn, revert_requests, new_rows)
         new_ids = dict(conn.execute(
             select(revert_requests.c.open_lock_id, revert_requests.c.request_id)
             .where(revert_requests.c.open_lock_id.in_(list(asked_by)))).all())
+        row_of = {row["lock_id"]: row for row in new_rows}
         append_events(conn, [
             EventSpec("revert-requested", actor, lock_rows[lock_id].subject, lock_id,
-                      {"request_id": int(new_ids[lock_id]), "db_user": login})
+                      _filed(row_of[lock_id], int(new_ids[lock_id])))
             for lock_id, actor in asked_by.items()])
     outcomes, reported = [], set()
     for _position, lock_id, actor in part:
@@ -332,6 +322,22 @@ class Approved:
                 for req, _resumed, _same in self.runnable]
 
 
+def _request_row(lock: Any, actor: Actor, login: str | None, now: str) -> dict[str, Any]:
+    """The revert request row filed for ``lock`` by ``actor``."""
+    return {"lock_id": lock.lock_id, "subject": lock.subject, "state": RequestState.PENDING,
+            "open_lock_id": lock.lock_id, "requested_by": actor.operator,
+            "requested_os_user": actor.os_user, "requested_host": actor.host,
+            "requested_db_user": login, "ticket": actor.ticket or "",
+            "reason": actor.reason or "", "requested_at": now}
+
+
+def _filed(row: dict[str, Any], request_id: int) -> dict[str, Any]:
+    """The ``revert-requested`` event's details: the request, sealed as filed (seal.py)."""
+    return {"request_id": request_id, "db_user": row["requested_db_user"],
+            "sealed": {"request": seal.fields_digest({**row, "request_id": request_id},
+                                                     seal.REQUEST_FIELDS)}}
+
+
 def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Actor) -> Approved:
     """Approve the requests, or refuse them all when the approver may not approve any of them.
 
@@ -350,6 +356,9 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
         distinct_accounts = read_policy(conn).distinct_accounts
         login = for_connection(conn).current_login(conn)
     _check_approvable(ids, found)
+    with reading(conn):  # who asked must still be who the trail says asked, and the rest
+        seal.check_sealed(conn, sorted({int(row.lock_id) for row in found.values()}),
+                          "approve")
     _refuse_requests(conn, ids, found, approver, login, distinct_accounts)
     approved = Approved(approver, [], [])
     for part in _parts(ids, APPROVE_IN_ONE):
@@ -358,6 +367,7 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                 select(revert_requests).where(revert_requests.c.request_id.in_(part))
                 .order_by(revert_requests.c.request_id).with_for_update())}
             events, approving = [], []
+            approved_at = utc_now()
             for request_id in part:
                 req = rows[request_id]
                 same_account = (req.requested_os_user, req.requested_host) == (
@@ -368,6 +378,10 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                     continue
                 if req.state == RequestState.PENDING:
                     approving.append(request_id)
+                    as_approved = {**req._asdict(), "approved_by": approver.operator,
+                                   "approved_os_user": approver.os_user,
+                                   "approved_host": approver.host, "approved_db_user": login,
+                                   "approved_at": approved_at}
                     events.append(EventSpec("revert-approved", replace(approver,
                                                                        ticket=req.ticket),
                                             req.subject, req.lock_id, {
@@ -377,7 +391,9 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                                                 "requested_host": req.requested_host,
                                                 "requested_db_user": req.requested_db_user,
                                                 "db_user": login,
-                                                "same_os_account": same_account}))
+                                                "same_os_account": same_account,
+                                                "sealed": {"approval": seal.fields_digest(
+                                                    as_approved, seal.APPROVAL_FIELDS)}}))
                 approved.runnable.append((req, req.state == RequestState.APPROVED,
                                           same_account))
             if approving:
@@ -386,7 +402,7 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                     .where(revert_requests.c.request_id.in_(approving))
                     .values(state=RequestState.APPROVED, approved_by=approver.operator,
                             approved_os_user=approver.os_user, approved_host=approver.host,
-                            approved_db_user=login, approved_at=utc_now())
+                            approved_db_user=login, approved_at=approved_at)
                 )
             append_events(conn, events)
     return approved

@@ -72,7 +72,6 @@ from privacy_lock.errors import (
     LockTimeoutError,
     PrivacyLockError,
     StaleChunk,
-    TamperedError,
     UsageError,
     error_text,
 )
@@ -458,13 +457,7 @@ def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
             for lock_id, recorded in rows:
                 if recorded is not None:
                     ctx.resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
-            check = seal.check_seals(conn, [int(lock_id) for lock_id, _r in rows])
-        if not check.ok:
-            raise TamperedError(
-                f"refusing to revert, nothing was changed: {check.problems[0]}"
-                + (f" (and {len(check.problems) - 1} more problems)"
-                   if len(check.problems) > 1 else "")
-                + "; run `privacy-lock audit verify`")
+            seal.check_sealed(conn, [int(lock_id) for lock_id, _r in rows], "revert")
 
 
 class _Run:

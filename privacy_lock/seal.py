@@ -11,8 +11,9 @@ transaction wrote them:
 - ``apply`` / ``hide`` (the transaction's snapshots of one lock): ``{"snapshots": N, "at": T,
   "digest": DIGEST}`` over the (kind, item, original) rows that transaction wrote, which all
   carry ``snapshotted_at = T``;
-- ``revert-requested`` / ``revert-approved``: ``{"request": DIGEST}`` of the request row's
-  fields as that event left them.
+- ``revert-requested``: ``{"request": DIGEST}`` of the request row's fields as filed;
+  ``revert-approved``: ``{"approval": DIGEST}`` of those and the approver's, as approved (who
+  asked and who approved is what the two-person rule rests on).
 
 ``audit verify`` recomputes every seal from the tables; revert and approve recompute the seals
 of the locks they are about to restore, and refuse (nothing changed) when one does not match.
@@ -30,15 +31,16 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from privacy_lock.schema import audit_events, locks, snapshots
+from privacy_lock.errors import TamperedError
+from privacy_lock.schema import audit_events, locks, revert_requests, snapshots
 
 SnapshotRow = tuple[str, str, str | None, int | None]  # kind, item id, original text / int
 
 LOCK_FIELDS = ("lock_id", "subject", "operator", "ticket", "reason", "created_at", "binding")
 REQUEST_FIELDS = ("request_id", "lock_id", "subject", "requested_by", "requested_os_user",
-                  "requested_host", "ticket", "reason", "requested_at")
+                  "requested_host", "requested_db_user", "ticket", "reason", "requested_at")
 APPROVAL_FIELDS = (*REQUEST_FIELDS, "approved_by", "approved_os_user", "approved_host",
-                   "approved_at")
+                   "approved_db_user", "approved_at")
 
 
 def _digest(payload: Any) -> str:
@@ -88,7 +90,7 @@ class SealCheck:
         return not self.problems
 
 
-SEALING_ACTIONS = ("lock", "apply", "hide")
+SEALING_ACTIONS = ("lock", "apply", "hide", "revert-requested", "revert-approved")
 LOCKS_PER_READ = 500
 
 
@@ -106,9 +108,23 @@ def check_seals(conn: Connection, lock_ids: Sequence[int] | None = None) -> Seal
     return check
 
 
+def check_sealed(conn: Connection, lock_ids: Sequence[int], command: str) -> None:
+    """Refuse ``command`` (revert, approve) before it changes anything when what it depends on
+    for ``lock_ids`` (their locks, snapshots and revert requests) no longer matches the seals:
+    :class:`TamperedError`, naming the first problem."""
+    check = check_seals(conn, lock_ids)
+    if not check.ok:
+        more = (f" (and {len(check.problems) - 1} more problems)"
+                if len(check.problems) > 1 else "")
+        raise TamperedError(f"refusing to {command}, nothing was changed: {check.problems[0]}"
+                            f"{more}; run `privacy-lock audit verify`")
+
+
 def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None:
     expected_lock: dict[int, tuple[int, str]] = {}  # lock -> (seq, digest), the latest
     expected_rows: dict[tuple[int, str], tuple[int, int, str]] = {}  # (lock, at) -> seq, n, d
+    # request -> (seq, digest) of its filing, and of its approval
+    expected_request: dict[str, dict[int, tuple[int, str]]] = {"request": {}, "approval": {}}
     for seq, lock_id, details in conn.execute(
         select(audit_events.c.seq, audit_events.c.lock_id, audit_events.c.details)
         .where(audit_events.c.lock_id.in_(lock_ids),
@@ -121,6 +137,11 @@ def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None
         if "digest" in sealed:
             expected_rows[int(lock_id), sealed["at"]] = (
                 int(seq), int(sealed["snapshots"]), sealed["digest"])
+        for what in ("request", "approval"):
+            if what in sealed:
+                expected_request[what][int(json.loads(details)["request_id"])] = (
+                    int(seq), sealed[what])
+    _check_requests(conn, expected_request, check)
     sealed_locks = set(expected_lock)
     check.legacy_locks += len(set(lock_ids) - sealed_locks)
     for row in conn.execute(select(*[locks.c[f] for f in LOCK_FIELDS])
@@ -155,6 +176,28 @@ def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None
                 f"the snapshots of lock {lock_id} written at {at} no longer match what event "
                 f"{seq} sealed ({count} rows then, {len(rows)} now; a stored original, item or "
                 "kind was edited, added or removed)")
+
+
+def _check_requests(
+    conn: Connection, expected: dict[str, dict[int, tuple[int, str]]], check: SealCheck
+) -> None:
+    """Each sealed request row against its filing's and its approval's seals."""
+    ids = sorted(set(expected["request"]) | set(expected["approval"]))
+    rows = {int(row["request_id"]): dict(row) for row in conn.execute(
+        select(revert_requests).where(revert_requests.c.request_id.in_(ids))).mappings()}
+    for what, fields in (("request", REQUEST_FIELDS), ("approval", APPROVAL_FIELDS)):
+        for request_id, (seq, digest) in sorted(expected[what].items()):
+            check.checked += 1
+            row = rows.get(request_id)
+            if row is None:
+                check.problems.append(f"revert request {request_id}, sealed by event {seq}, "
+                                      "is gone")
+            elif fields_digest(row, fields) != digest:
+                who = "who asked, from where, ticket or reason" if what == "request" else (
+                    "who asked or who approved, from where, or when")
+                check.problems.append(
+                    f"revert request {request_id} no longer matches what event {seq} sealed "
+                    f"({who} was edited)")
 
 
 def _sealed(details: str | None) -> dict[str, Any]:

@@ -191,3 +191,37 @@ def test_mysql_owners_match_exactly_whatever_the_collation(mysql_collated_url, t
     sns.run("revert", "--user", str(user), *IDENTITY)
     assert sns.items_of(user) == before
     assert len(sns.lock_rows()) == 3, collation  # no empty lock left by a failed apply
+
+
+def _requested_by_alice(sns):
+    """User 0 locked, the two-person rule on, and a revert of it filed by alice (request 1)."""
+    user = sns.users[0]
+    sns.apply(user)
+    sns.run("policy", "set", "revert_requires_approval", "true", *IDENTITY)
+    sns.run("revert", "--user", str(user), "--operator", "alice", "--ticket", "T-2",
+            "--reason", "back")
+    return user
+
+
+def test_a_rewritten_requester_cannot_let_alice_approve_her_own_revert(sns):
+    user = _requested_by_alice(sns)
+    hidden = sns.items_of(user)
+    with sns.engine.begin() as conn:
+        conn.execute(text("UPDATE privacy_lock_revert_requests SET requested_by = 'bob'"))
+    out = sns.run("approve", "1", "--operator", "alice", expect=1)
+    assert "refusing to approve, nothing was changed: revert request 1 no longer matches" in (
+        out.stderr)
+    assert sns.items_of(user) == hidden and sns.lock_rows()[0]["state"] == "active"
+    with sns.engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM privacy_lock_revert_requests")).scalar() == (
+            "pending")
+    assert "revert request 1 no longer matches" in sns.run("audit", "verify", expect=1).stderr
+
+
+def test_a_rewritten_approver_is_caught_by_verify(sns):
+    _requested_by_alice(sns)
+    sns.run("approve", "1", "--operator", "bob")
+    assert "events valid" in sns.run("audit", "verify").stdout
+    with sns.engine.begin() as conn:
+        conn.execute(text("UPDATE privacy_lock_revert_requests SET approved_by = 'carol'"))
+    assert "who asked or who approved" in sns.run("audit", "verify", expect=1).stderr

@@ -5,7 +5,10 @@ What the tool needs and why, and nothing else:
 - the audit trail: SELECT and INSERT only (events are appended, never changed);
 - the audit head row: SELECT and UPDATE (every append moves it forward; on PostgreSQL a trigger
   refuses any other change);
-- locks, snapshots and revert requests: SELECT, INSERT and UPDATE (states change; no DELETE);
+- locks, snapshots and revert requests: SELECT, INSERT, and UPDATE of the columns whose value
+  changes (state, outcome, approval; a lock's bindings when it gains a kind) — never a stored
+  original, who took a lock or who asked for a revert — and no DELETE (the seals in the trail
+  catch what an account with more rights changes: seal.py);
 - the stored policy (the two-person rule): SELECT only. Changing it (``privacy-lock policy
   set``, audited) takes the tables' owner's login, as ``init`` does: an operator working
   through this role cannot switch the rule off, through the tool or by hand;
@@ -42,9 +45,13 @@ PSQL_ROLE = ':"tool_role"'  # a psql variable: psql -v tool_role=NAME -f sql/rol
 TOOL_TABLE_PRIVILEGES = (
     (audit_events.name, "SELECT, INSERT", "append-only: never UPDATE, DELETE or TRUNCATE"),
     (audit_head.name, "SELECT, UPDATE", "moves forward one event per append"),
-    (locks.name, "SELECT, INSERT, UPDATE", "lock state changes; never deleted"),
-    (snapshots.name, "SELECT, INSERT, UPDATE", "item outcome changes; never deleted"),
-    (revert_requests.name, "SELECT, INSERT, UPDATE", "request state changes; never deleted"),
+    (locks.name, "SELECT, INSERT, UPDATE (active_subject, state, updated_at, reverted_at, "
+     "reverted_by, binding)", "state changes; who took it, why and when never change"),
+    (snapshots.name, "SELECT, INSERT, UPDATE (state, resolved_at)",
+     "outcome changes; a stored original never changes"),
+    (revert_requests.name, "SELECT, INSERT, UPDATE (state, open_lock_id, approved_by, "
+     "approved_os_user, approved_host, approved_db_user, approved_at, finished_at, outcome)",
+     "approval and outcome; who asked never changes"),
     (policy.name, "SELECT", "read only: `policy set` runs as the tables' owner"),
 )
 # PostgreSQL: the BIGSERIAL sequences behind the tool tables' ids (nextval needs USAGE).

@@ -17,11 +17,11 @@ GRANT SELECT, INSERT ON privacy_lock_audit TO :"tool_role";  -- append-only: nev
 REVOKE ALL ON privacy_lock_audit_head FROM :"tool_role";
 GRANT SELECT, UPDATE ON privacy_lock_audit_head TO :"tool_role";  -- moves forward one event per append
 REVOKE ALL ON privacy_lock_locks FROM :"tool_role";
-GRANT SELECT, INSERT, UPDATE ON privacy_lock_locks TO :"tool_role";  -- lock state changes; never deleted
+GRANT SELECT, INSERT, UPDATE (active_subject, state, updated_at, reverted_at, reverted_by, binding) ON privacy_lock_locks TO :"tool_role";  -- state changes; who took it, why and when never change
 REVOKE ALL ON privacy_lock_snapshots FROM :"tool_role";
-GRANT SELECT, INSERT, UPDATE ON privacy_lock_snapshots TO :"tool_role";  -- item outcome changes; never deleted
+GRANT SELECT, INSERT, UPDATE (state, resolved_at) ON privacy_lock_snapshots TO :"tool_role";  -- outcome changes; a stored original never changes
 REVOKE ALL ON privacy_lock_revert_requests FROM :"tool_role";
-GRANT SELECT, INSERT, UPDATE ON privacy_lock_revert_requests TO :"tool_role";  -- request state changes; never deleted
+GRANT SELECT, INSERT, UPDATE (state, open_lock_id, approved_by, approved_os_user, approved_host, approved_db_user, approved_at, finished_at, outcome) ON privacy_lock_revert_requests TO :"tool_role";  -- approval and outcome; who asked never changes
 REVOKE ALL ON privacy_lock_policy FROM :"tool_role";
 GRANT SELECT ON privacy_lock_policy TO :"tool_role";  -- read only: `policy set` runs as the tables' owner
 GRANT USAGE ON SEQUENCE privacy_lock_locks_lock_id_seq, privacy_lock_snapshots_snapshot_id_seq, privacy_lock_revert_requests_request_id_seq TO :"tool_role";

@@ -500,7 +500,8 @@ def anchor_lines(result: VerifyResult, checkpoints: Path | None = None) -> list[
     if checkpoints is not None:
         lines.append(f"checkpoints: {result.checkpoints} in {checkpoints} hold")
     if result.seals:
-        lines.append(f"seals: {result.seals} sealed lock and snapshot records match the tables"
+        lines.append(f"seals: {result.seals} sealed records (locks, snapshots, requests) "
+                     "match the tables"
                      + (f" ({result.unsealed_locks} older locks carry no seals)"
                         if result.unsealed_locks else ""))
     lines += [f"note: {text}" for text in result.notes]

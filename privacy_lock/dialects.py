@@ -584,9 +584,7 @@ class SqliteDialect(_SetBasedRestore):
         CONFLICT DO NOTHING``): NOT EXISTS probed the index twice per item (1000-row chunk:
         5.5 ms against 3.9 ms)."""
         source = _snapshot_source(kind, lock_id, now, source_from).where(*these_rows)
-        return _written(conn, sqlite_insert(snapshots).from_select(_target(kind), source)
-                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]),
-                        kind, now)
+        return _written(conn, _skipping_held(sqlite_insert, kind, source), kind, now)
 
     def hide_range(
         self, conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any,
@@ -692,9 +690,7 @@ class PostgresqlDialect(_SetBasedRestore):
                                     kind, now)
             except IntegrityError:
                 pass
-        return _written(conn, pg_insert(snapshots).from_select(_target(kind), source)
-                        .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]),
-                        kind, now)
+        return _written(conn, _skipping_held(pg_insert, kind, source), kind, now)
 
     def hide_range(
         self, conn: Connection, kind: BoundKind, lock_id: int, owner: Any, after: Any,
@@ -921,6 +917,13 @@ def _snapshot_source(kind: BoundKind, lock_id: Any, now: str, source_from: Any) 
         kind.vis_col,
     )
     return source.select_from(source_from) if source_from is not None else source
+
+
+def _skipping_held(dialect_insert: Any, kind: BoundKind, source: Any) -> Any:
+    """``INSERT ... SELECT`` of snapshots that skips an item its lock holds already, in the
+    unique (lock_id, kind, item_id) index's own probe (SQLite and PostgreSQL)."""
+    return (dialect_insert(snapshots).from_select(_target(kind), source)
+            .on_conflict_do_nothing(index_elements=["lock_id", "kind", "item_id"]))
 
 
 def _written(conn: Connection, statement: Any, kind: BoundKind, now: str) -> list[Any]:

@@ -30,6 +30,16 @@ def _execute(sns, statement, params=None):
         return conn.execute(statement, params or {}).rowcount
 
 
+def _verify_and_revert_refuse(sns, user, why: str) -> None:
+    """audit verify names ``why``; revert of ``user`` refuses with it and changes nothing."""
+    before = sns.everything()
+    assert why in sns.run("audit", "verify", expect=1).stderr
+    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
+    assert "refusing to revert, nothing was changed" in out.stderr and why in out.stderr
+    assert sns.everything() == before
+    assert all(row["state"] == "active" for row in sns.lock_rows())
+
+
 def test_an_edited_original_makes_revert_refuse_and_changes_nothing(sns):
     user = sns.users[0]
     sns.apply(user)
@@ -57,11 +67,7 @@ def test_a_snapshot_row_added_by_hand_makes_revert_refuse(sns):
     _execute(sns, insert(snapshots).values(
         lock_id=lock_id, kind="diary", item_id=str(item), original_text="public",
         state="locked", snapshotted_at="2026-01-01T00:00:00.000000Z"))
-    before = sns.everything()
-    assert "sealed by no event" in sns.run("audit", "verify", expect=1).stderr
-    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
-    assert "sealed by no event" in out.stderr
-    assert sns.everything() == before
+    _verify_and_revert_refuse(sns, user, "sealed by no event")
 
 
 def test_an_edited_lock_binding_makes_revert_refuse(sns):
@@ -73,11 +79,7 @@ def test_an_edited_lock_binding_makes_revert_refuse(sns):
     bindings["diary"].update(table="photos", owner="owner_id", visibility="scope")
     _execute(sns, update(locks).where(locks.c.lock_id == row["lock_id"])
              .values(binding=json.dumps(bindings)))
-    before = sns.everything()
-    assert "content binding was edited" in sns.run("audit", "verify", expect=1).stderr
-    out = sns.run("revert", "--user", str(user), *IDENTITY, expect=1)
-    assert "content binding was edited" in out.stderr
-    assert sns.everything() == before
+    _verify_and_revert_refuse(sns, user, "content binding was edited")
 
 
 def test_editing_who_took_a_lock_is_caught_by_verify(sns):

@@ -535,11 +535,9 @@ class _Run:
         fits, else as ranged slices and a closing chunk. ``replan``: plan it again first (a
         shared chunk failed, or it waited behind the same user's first request)."""
         self.ctx.pacer.check_stop()
-        self.in_flight = work.request
-        try:
-            self.finish(self._alone(work, replan or work.alone))
-        finally:
-            self.in_flight = None
+        self.in_flight = work.request  # Ctrl-C (Interrupted) leaves it set: see stopped()
+        self.finish(self._alone(work, replan or work.alone))
+        self.in_flight = None
 
     def _alone(self, work: Work, replan: bool) -> Outcome:
         for attempt in range(OPEN_ATTEMPTS):

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, insert, select, text, update
+from sqlalchemy import create_engine, delete, event, insert, select, text, update
 from sqlalchemy.pool import NullPool
 
 from privacy_lock.engine import BatchResult, run_batch
 from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
-from privacy_lock.schema import audit_events
+from privacy_lock.schema import audit_events, audit_head
 from sns import IDENTITY, Sns, tool_session
 
 
@@ -358,3 +358,39 @@ def wait_until_blocked(sns: Sns, dialect: str, seconds: float = 10.0) -> None:
                 pytest.fail("the tool never waited for the site's row")
             time.sleep(0.15)  # InnoDB refreshes innodb_trx only when unread for 0.1 s
             conn.rollback()
+
+
+# --- the audit trail as an operator with database access sees it ---------------------------
+
+
+def trail_rows(sns) -> list[dict]:
+    """Every audit event as a row, in chain order."""
+    with sns.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(audit_events).order_by(audit_events.c.seq)).mappings()]
+
+
+def head_of(sns) -> tuple[int, str]:
+    with sns.engine.connect() as conn:
+        row = conn.execute(select(audit_head)).one()
+    return row.seq, row.hash
+
+
+def tamper(sns, *statements) -> None:
+    """Run statements against the trail as the owner; on PostgreSQL with the append-only
+    triggers disabled for the duration (they would refuse every one of these)."""
+    postgres = sns.engine.dialect.name == "postgresql"
+    with sns.engine.begin() as conn:
+        if postgres:
+            for table in ("privacy_lock_audit", "privacy_lock_audit_head"):
+                conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        for statement in statements:
+            conn.execute(statement)
+        if postgres:
+            for table in ("privacy_lock_audit", "privacy_lock_audit_head"):
+                conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+
+
+def restore_trail(sns, saved: list[dict], saved_head: tuple[int, str]) -> None:
+    tamper(sns, delete(audit_events), insert(audit_events).values(saved),
+           update(audit_head).values(seq=saved_head[0], hash=saved_head[1]))

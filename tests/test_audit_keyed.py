@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, insert, text, update
-from test_audit_verify import events, head, restore, tamper
 
+from helpers import head_of, restore_trail, tamper, trail_rows
 from privacy_lock.anchors import load_key, parse_checkpoint
 from privacy_lock.audit import event_hash
 from privacy_lock.errors import UsageError
@@ -43,11 +43,11 @@ class Trail:
         u0, u1 = (str(u) for u in self.sns.users[:2])
         self.run("apply", u0, "--operator", "alice", "--ticket", "T-1", *IDENTITY)
         self.run("apply", u1, "--operator", "bob", "--ticket", "T-2", *IDENTITY)
-        self.backup = events(self.sns), head(self.sns)
+        self.backup = trail_rows(self.sns), head_of(self.sns)
         self.run("audit", "checkpoint", "--output", str(self.checkpoints))
         self.run("revert", "--user", u0, "--operator", "carol", "--ticket", "T-3", *IDENTITY)
         self.run("audit", "checkpoint", "--output", str(self.checkpoints))
-        self.saved, self.head = events(self.sns), head(self.sns)
+        self.saved, self.head = trail_rows(self.sns), head_of(self.sns)
         # the first event this test's commands wrote (init may write events of its own)
         self.first = next(e["seq"] for e in self.saved if e["action"] == "lock")
 
@@ -178,7 +178,7 @@ def test_every_tampering_in_the_threat_model_table(db_url, tmp_path):
                 words = WORDS.get((name, column))
                 if words and result.exit_code:
                     assert words in result.stderr, (name, column, result.stderr)
-            restore(trail.sns, trail.saved, trail.head)
+            restore_trail(trail.sns, trail.saved, trail.head)
             assert trail.verify().exit_code == 0, name
     table = {name: tuple(seen[name, col] for col in range(3)) for name in EXPECTED}
     assert table == EXPECTED
@@ -198,7 +198,7 @@ def test_keyed_appends_verify_and_the_unkeyed_ones_before_them_are_counted(db_ur
     unkeyed = sns.audit_count()
     sns.run("--audit-key-file", str(key), "apply", u1, "--operator", "bob", "--ticket", "T-2",
             *IDENTITY)
-    trail = events(sns)
+    trail = trail_rows(sns)
     assert all(e["mac"] is None for e in trail[:unkeyed])
     assert all(e["mac"] and len(e["mac"]) == 81 for e in trail[unkeyed:])
     out = sns.run("--audit-key-file", str(key), "audit", "verify").stdout
@@ -279,7 +279,7 @@ def test_time_never_goes_backwards_between_operators(db_url, tmp_path, monkeypat
     sns.run("apply", str(sns.users[0]), "--operator", "alice", "--ticket", "T-1", *IDENTITY)
     monkeypatch.undo()
     sns.run("apply", str(sns.users[1]), "--operator", "bob", "--ticket", "T-2", *IDENTITY)
-    trail = events(sns)
+    trail = trail_rows(sns)
     assert trail[-1]["occurred_at"] == ahead and trail[-1]["operator"] == "bob"
     assert sns.run("audit", "verify").exit_code == 0
 
@@ -337,7 +337,7 @@ def test_bad_key_files_are_refused_before_anything_changes(tmp_path, monkeypatch
     assert "keyed and valid" in sns.run("audit", "verify").stdout
     assert "holds" in sns.run("--audit-key-file", str(tmp_path / "short.key"), "audit",
                               "verify", expect=2).stderr
-    assert events(sns)[-1]["mac"].startswith(load_key(good).key_id + ":")
+    assert trail_rows(sns)[-1]["mac"].startswith(load_key(good).key_id + ":")
 
 
 @pytest.mark.parametrize("line, words", [

@@ -1,9 +1,10 @@
 """The tool's Python API in a process of its own: ``python -m bench.worker SPEC.json``.
 
-It does what the CLI does for several USER arguments (validate the users, then run them as one
-batch on one connection, where small users share chunks) and prints a JSON report: seconds,
-items, number of transactions, the longest one, and the largest chunk. Transactions are timed
-with SQLAlchemy engine events from here, so the product carries no timing code.
+It does what the CLI does for several USER arguments, through the service layer (validate the
+users, then run them as one batch on one connection, where small users share chunks) and prints
+a JSON report: seconds, items, number of transactions, the longest one, and the largest
+chunk. Transactions are timed with SQLAlchemy engine events from here, so the product carries
+no timing code.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 
-from privacy_lock.config import bind_content_map, load_settings
-from privacy_lock.db import create_tool_engine
-from privacy_lock.engine import check_users, run_batch
+from privacy_lock import service
 from privacy_lock.pacing import Pacer
-from privacy_lock.requests import Request
 
 
 class TransactionTimer:
@@ -98,36 +96,30 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Apply or revert ``spec["subjects"]`` through the API; return the report."""
-    settings = load_settings(spec["config"], spec["url"])
-    engine = create_tool_engine(settings.database_url)
-    chunk_items: dict[int, int] = {}
-
-    def on_chunk(_user: str, _kind: str, items: int) -> None:
-        # Called for each user and kind of a committed chunk; several users may share one.
-        chunk_items[pacer.chunks] = chunk_items.get(pacer.chunks, 0) + items
-
-    pacer = Pacer(spec["chunk_size"], on_chunk=on_chunk)
-    with engine.connect() as conn:
-        with conn.begin():
-            cmap = bind_content_map(conn, settings)
-        timer = TransactionTimer(engine)
-        started = time.perf_counter()
-        subjects = check_users(conn, cmap, spec["subjects"])
-        validated = time.perf_counter()
-        # Revert by user, as support does: the batch finds each user's active lock.
-        requests = [_request(user_id=s) for s in subjects]
-        result = run_batch(conn, cmap, spec["operation"], requests, pacer)
-        failed = [o for o in result.outcomes if o.failed]
-        if failed:
-            raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0].error}")
-        counted = "changed" if spec["operation"] == "apply" else "restored"
-        items = sum(getattr(c, counted) for o in result.outcomes for c in o.kinds.values())
-        finished = time.perf_counter()
-    engine.dispose()
+    """Apply or revert ``spec["subjects"]`` through the service layer (as the CLI does, minus
+    the CLI); return the report."""
+    target = service.Target.load(spec["config"], spec["url"])
+    pacer = Pacer(spec["chunk_size"])
+    watcher = ChunkWatcher(pacer)
+    timer = TransactionTimer(target.engine)
+    started = time.perf_counter()
+    # Revert by user, as support does: the batch finds each user's active lock.
+    command = service.apply if spec["operation"] == "apply" else service.revert
+    result = command(target, users=spec["subjects"], identity=IDENTITY, pacer=pacer,
+                     progress=lambda _total, _requests: watcher)
+    finished = time.perf_counter()
+    target.dispose()
+    if not isinstance(result, service.RunResult):
+        raise SystemExit("revert filed requests for a second operator: the bench's database "
+                         "must store revert_requires_approval = false")
+    failed = [o for o in result.outcomes if o.failed]
+    if failed:
+        raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0].error}")
+    counted = "changed" if spec["operation"] == "apply" else "restored"
+    items = sum(getattr(c, counted) for o in result.outcomes for c in o.kinds.values())
     return {
         "seconds": finished - started,
-        "validate_seconds": validated - started,
+        "validate_seconds": watcher.started_at - started if watcher.started_at else 0.0,
         "items": items,
         "transactions": timer.count,
         "writing_transactions": timer.writing_count,
@@ -135,14 +127,36 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "longest_writing_txn_ms": timer.longest_writing * 1000,
         "longest_txn_commit_ms": timer.longest_commit * 1000,
         "longest_writing_txn_commit_ms": timer.longest_writing_commit * 1000,
-        "max_chunk_items": max(chunk_items.values(), default=0),
+        "max_chunk_items": max(watcher.chunk_items.values(), default=0),
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def _request(user_id: str) -> Request:
-    return Request(line=0, user_id=user_id, lock_id=None, ticket="BENCH-1", reason="benchmark",
-                   operator="bench", kinds=())
+IDENTITY = service.Identity("bench", "BENCH-1", "benchmark")
+
+
+class ChunkWatcher:
+    """The progress watcher the service feeds: here it only counts the items of each committed
+    chunk (several users may share one) and notes when the run began (validation done)."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self.chunk_items: dict[int, int] = {}
+        self.started_at: float | None = None
+
+    def note(self, _message: str) -> None:
+        pass
+
+    def item_done(self, _user: str, _kind: str, items: int) -> None:
+        if self.started_at is None:
+            self.started_at = time.perf_counter()
+        self.chunk_items[self.pacer.chunks] = self.chunk_items.get(self.pacer.chunks, 0) + items
+
+    def user_done(self, _user: str, _status: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def main() -> None:

@@ -187,15 +187,53 @@ class Dialect:
     def _in(self, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
         return col.in_(keys)
 
+    # Exact comparisons. A site's text ids may have a case-insensitive or PAD SPACE collation
+    # (MariaDB's default ones, SQLite's NOCASE, a PostgreSQL nondeterministic collation), where
+    # 'alice' = 'Alice' = 'alice ': apply would hide Alice's posts and revert publish them. So
+    # every comparison of a site's owner or item id keeps the indexed comparison and adds one
+    # in the column's exact form (a byte comparison); groups and CASE mappings use that form.
+
+    def exact_form(self, col: Any) -> Any:
+        """``col`` (or any text expression) in a form compared byte for byte; None when the
+        plain comparison is exact already (integers, UUIDs; here: no text collation known)."""
+        return None
+
+    def exact_value(self, value: Any) -> Any:
+        """A Python value as :meth:`exact_form` of a column compares it."""
+        return value
+
     def exactly(self, col: Any, value: Any) -> ColumnElement[bool]:
         """``col = value``, compared exactly: ``'alice'`` never matches ``'Alice'`` or
         ``'alice '``, whatever the column's collation (owner and item ids)."""
-        return col == value
+        exact = self.exact_form(col) if isinstance(col.type, String) else None
+        if exact is None:
+            return col == value
+        bound = value if isinstance(value, ColumnElement) else literal(value, col.type)
+        return and_(col == bound, exact == self.exact_form(bound))
 
     def exactly_in(self, col: Any, values: Sequence[Any], bounded: bool = False
                    ) -> ColumnElement[bool]:
         """:meth:`in_keys`, compared exactly (see :meth:`exactly`)."""
-        return self.in_keys(col, values, bounded)
+        exact = self.exact_form(col) if isinstance(col.type, String) else None
+        if exact is None:
+            return self.in_keys(col, values, bounded)
+        return and_(self.in_keys(col, values, bounded),
+                    exact.in_([self.exact_value(v) for v in values]))
+
+    def group_exactly(self, col: Any) -> tuple[Any, Any]:
+        """(what to select, what to group by) to group rows by ``col``'s exact value and read
+        that value back."""
+        exact = self.exact_form(col) if isinstance(col.type, String) else None
+        return (col, col) if exact is None else (exact, exact)
+
+    def by_owner(self, col: Any, mapping: dict[Any, int]) -> Any:
+        """SQL: the lock id of each row's owner, from ``mapping`` (owner -> lock id), with
+        the owner compared exactly."""
+        exact = self.exact_form(col) if isinstance(col.type, String) else None
+        return case({(v if exact is None else self.exact_value(v)):
+                     literal(lock_id, snapshots.c.lock_id.type)
+                     for v, lock_id in mapping.items()},
+                    value=col if exact is None else exact)
 
     def plan_for_actual_keys(self, conn: Connection) -> None:
         """Make the rest of this transaction plan for its actual owner and keys (PostgreSQL)."""
@@ -319,12 +357,8 @@ class Dialect:
         if rows:
             these_rows = (self.exactly_in(kind.owner_col, owners),
                           self.exactly_in(kind.id_col, [row[0] for row in rows]), visible(kind))
-            lock_of_owner = case(
-                {owner: literal(lid, snapshots.c.lock_id.type)
-                 for owner, lid in owner_lock.items()},
-                value=kind.owner_col,
-            )
-            written = self.insert_snapshots_from(conn, kind, lock_of_owner, these_rows, now)
+            written = self.insert_snapshots_from(
+                conn, kind, self.by_owner(kind.owner_col, owner_lock), these_rows, now)
             conn.execute(update(kind.table).where(*these_rows)
                          .values({kind.vis_col.name: kind.private}))
         return Counter(owner for _id, owner in rows), written
@@ -438,9 +472,8 @@ class Dialect:
             to_restore = set(by_state[RESTORED])
             restored_items = [bind_value(kind.id_col, row.item_id) for row in rows
                               if row.snapshot_id in to_restore]
-            lock_of_owner = case({owner: literal(lock_id, snapshots.c.lock_id.type)
-                                  for lock_id, owner in owner_of_lock.items()},
-                                 value=kind.owner_col)
+            lock_of_owner = self.by_owner(
+                kind.owner_col, {owner: lock_id for lock_id, owner in owner_of_lock.items()})
             original = (
                 select(original_col(kind))
                 .where(snapshots.c.lock_id == lock_of_owner, snapshots.c.kind == kind.name,
@@ -493,7 +526,8 @@ class _SetBasedRestore(Dialect):
             query = query.add_columns(
                 func.count(kind.id_col), func.count(case((kind.vis_col == kind.private, 1)))
             ).select_from(chunk.outerjoin(
-                kind.table, and_(kind.id_col == chunk_item, kind.owner_col == owner)))
+                kind.table, and_(kind.id_col == chunk_item,
+                                 self.exactly(kind.owner_col, owner))))
         found = conn.execute(query).one()
         total, last = found[0], found[1]
         if not total:
@@ -505,7 +539,8 @@ class _SetBasedRestore(Dialect):
         )
         # The item of a snapshot. The id range, redundant with the join, keeps every plan to
         # the chunk's slice of the (owner, id) index instead of all of a heavy user's items.
-        its_item = and_(kind.id_col == snapshot_item_as_id(kind), kind.owner_col == owner)
+        its_item = and_(kind.id_col == snapshot_item_as_id(kind),
+                        self.exactly(kind.owner_col, owner))
         if integer_ids:
             its_item = and_(its_item, kind.id_col.between(found[2], found[3]))
         if self.one_writer:
@@ -566,6 +601,10 @@ class SqliteDialect(_SetBasedRestore):
     name = "sqlite"
     one_writer = True
 
+    def exact_form(self, col: Any) -> Any:
+        """``x COLLATE BINARY`` (a column may be declared ``COLLATE NOCASE``)."""
+        return col.collate("BINARY")
+
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """SQLite has no row locks: its wait is the busy timeout (:meth:`before_transaction`)."""
 
@@ -596,7 +635,7 @@ class SqliteDialect(_SetBasedRestore):
         seen, last = conn.execute(select(func.count(), func.max(chunk.c[0]))).one()
         if not seen:
             return RangeHidden(0, [], None, 0)
-        these_rows: tuple[Any, ...] = (kind.owner_col == owner, kind.id_col <= last,
+        these_rows: tuple[Any, ...] = (self.exactly(kind.owner_col, owner), kind.id_col <= last,
                                        visible(kind))
         if after is not None:
             these_rows += (kind.id_col > after,)
@@ -610,14 +649,16 @@ class SqliteDialect(_SetBasedRestore):
         """One writer: the owners' visible rows are exactly ``owner IN (...) AND visible``:
         count them, snapshot them, hide them, with no key lists. Each row finds its owner's
         lock by the lock's subject (no CASE over the owners built for every chunk)."""
-        these_rows = (kind.owner_col.in_(list(owner_lock)), visible(kind))
+        these_rows = (self.exactly_in(kind.owner_col, list(owner_lock)), visible(kind))
+        owner, group = self.group_exactly(kind.owner_col)
         per_owner: Counter[Any] = Counter({owner: int(n) for owner, n in conn.execute(
-            select(kind.owner_col, func.count()).where(*these_rows).group_by(kind.owner_col)
+            select(owner, func.count()).where(*these_rows).group_by(group)
         ).all()})
         written: list[Any] = []
         if per_owner and sum(per_owner.values()) <= room:
             its_lock = and_(self.in_keys(locks.c.lock_id, list(owner_lock.values())),
-                            kind.owner_col == stored_as(kind.owner_col, locks.c.subject))
+                            self.exactly(kind.owner_col,
+                                         stored_as(kind.owner_col, locks.c.subject)))
             written = self.insert_snapshots_from(conn, kind, locks.c.lock_id, these_rows, now,
                                                  source_from=kind.table.join(locks, its_lock))
             conn.execute(update(kind.table).where(*these_rows)
@@ -631,6 +672,10 @@ class PostgresqlDialect(_SetBasedRestore):
 
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ"
+
+    def exact_form(self, col: Any) -> Any:
+        """``x COLLATE "C"`` (a column may have a nondeterministic ICU collation)."""
+        return col.collate("C")
 
     def _in(self, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
         """One array parameter (``= ANY``) instead of a thousand: a 1000-key statement takes
@@ -706,7 +751,7 @@ class PostgresqlDialect(_SetBasedRestore):
             return RangeHidden(0, [], None, 0)
         # A generic plan uses only the owner as index condition and checks a 1000-key list
         # against every item of a heavy user: the key range keeps it to the chunk.
-        these_rows = (kind.owner_col == owner, kind.id_col.between(ids[0], ids[-1]),
+        these_rows = (self.exactly(kind.owner_col, owner), kind.id_col.between(ids[0], ids[-1]),
                       self.in_keys(kind.id_col, ids), visible(kind))
         hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
         return RangeHidden(hidden, written, ids[-1], len(ids))
@@ -731,9 +776,7 @@ class PostgresqlDialect(_SetBasedRestore):
         seen = (
             select(kind.id_col.label("id"), kind.owner_col.label("owner"),
                    kind.vis_col.label("vis"))
-            .where(kind.owner_col == any_(bindparam("owners", owners,
-                                                     type_=ARRAY(kind.owner_col.type))),
-                   visible(kind))
+            .where(self.exactly_in(kind.owner_col, owners), visible(kind))
             .cte("seen")
         )
         hidden = (
@@ -757,7 +800,7 @@ class PostgresqlDialect(_SetBasedRestore):
             select(lock_of.c.lock_id, literal(kind.name, snapshots.c.kind.type), id_text,
                    literal(PENDING, snapshots.c.state.type),
                    literal(now, snapshots.c.snapshotted_at.type), hidden.c.vis)
-            .select_from(hidden.join(lock_of, lock_of.c.owner == hidden.c.owner)),
+            .select_from(hidden.join(lock_of, self.exactly(hidden.c.owner, lock_of.c.owner))),
         )
         if not all_new:
             snapshotted = snapshotted.on_conflict_do_nothing(
@@ -841,27 +884,19 @@ class MysqlDialect(Dialect):
                 converted.append(f"{name} converted to utf8mb4_bin")
         return converted
 
-    def exactly(self, col: Any, value: Any) -> ColumnElement[bool]:
-        """A site's text ids usually have a case-insensitive, PAD SPACE collation, where
-        ``'alice' = 'Alice' = 'alice '``: the index finds the candidates by the collation and
-        a byte comparison keeps exactly the one (apply would hide Alice's posts, and revert
-        publish them)."""
-        if not isinstance(col.type, String):
-            return col == value
-        bound = value if isinstance(value, ColumnElement) else literal(value, col.type)
-        return and_(col == bound, cast(col, BINARY()) == cast(bound, BINARY()))
+    def exact_form(self, col: Any) -> Any:
+        """Bytes: ``CAST(x AS BINARY)`` (also trailing spaces count)."""
+        return cast(col, BINARY())
 
-    def exactly_in(self, col: Any, values: Sequence[Any], bounded: bool = False
-                   ) -> ColumnElement[bool]:
-        if not isinstance(col.type, String):
-            return self.in_keys(col, values, bounded)
-        exact = [str(v).encode("utf-8") for v in values]
-        return and_(col.in_(values), cast(col, BINARY()).in_(exact))
+    def exact_value(self, value: Any) -> Any:
+        return str(value).encode("utf-8")
 
-    def current_login(self, conn: Connection) -> str | None:
-        # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
-        # not USER(), which is the name the client merely asked for.
-        return str(conn.exec_driver_sql("SELECT CURRENT_USER()").scalar_one())
+    def group_exactly(self, col: Any) -> tuple[Any, Any]:
+        """Grouped by the bytes; every value of a group is the same, so MIN reads it back as
+        text (the bytes would come back as bytes)."""
+        if not isinstance(col.type, String):
+            return col, col
+        return func.min(col), cast(col, BINARY())
 
 
 _REGISTRY: dict[str, Dialect] = {}
@@ -948,7 +983,7 @@ def _whole_lock_snapshots(
     its_item = and_(
         kind.id_col == snapshot_item_as_id(kind),
         locks.c.lock_id == snapshots.c.lock_id,
-        kind.owner_col == stored_as(kind.owner_col, locks.c.subject),
+        dialect.exactly(kind.owner_col, stored_as(kind.owner_col, locks.c.subject)),
     )
     return ours, its_item
 

@@ -274,10 +274,11 @@ def _plan_apply(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
             continue
         n_visible = func.sum(case((visible(kind), 1), else_=0))
         n_private = func.sum(case((kind.vis_col == kind.private, 1), else_=0))
+        owner, group = ctx.dialect.group_exactly(kind.owner_col)
         rows = conn.execute(
-            select(kind.owner_col, n_visible, n_private)
+            select(owner, n_visible, n_private)
             .where(ctx.dialect.exactly_in(kind.owner_col, list(owners)))
-            .group_by(kind.owner_col)
+            .group_by(group)
         ).all()
         for owner, n_vis, n_priv in rows:
             found = owners.get(owner)
@@ -432,9 +433,8 @@ def run_batch(
 
 
 def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
-    """Before a revert changes anything: every lock it names must still be bound as it records
-    (else :class:`UsageError`, exit 2) and what it restores must still be what the trail sealed
-    (else :class:`TamperedError`, exit 1). Short reads, a thousand locks at a time."""
+    """Before a revert changes anything: :func:`preflight` of every lock it names (by id, or
+    the user's active lock)."""
     conn = ctx.conn
     lock_ids = sorted({r.lock_id for r in requests if r.lock_id is not None})
     subjects = []
@@ -447,17 +447,31 @@ def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
     for start in range(0, len(subjects), IN_BATCH):
         with reading(conn):
             lock_ids += active_lock_ids(conn, subjects[start:start + IN_BATCH]).values()
-    lock_ids = sorted(set(lock_ids))
-    for start in range(0, len(lock_ids), IN_BATCH):
-        part = lock_ids[start:start + IN_BATCH]
+    preflight(conn, ctx.cmap, lock_ids, "revert", ctx.resolver)
+
+
+def preflight(
+    conn: Connection, cmap: ContentMap, lock_ids: Iterable[int], command: str,
+    resolver: binding.Resolver | None = None,
+) -> set[int]:
+    """Refuse ``command`` before it changes anything unless every active lock among
+    ``lock_ids`` is still bound as it records (else :class:`UsageError`, exit 2) and what it
+    restores is still what the trail sealed (else :class:`TamperedError`, exit 1). Short reads,
+    a thousand locks at a time; returns the active locks checked."""
+    resolver = resolver or binding.Resolver(conn, cmap)
+    ids, active = sorted(set(lock_ids)), set[int]()
+    for start in range(0, len(ids), IN_BATCH):
+        part = ids[start:start + IN_BATCH]
         with reading(conn):
             rows = conn.execute(
                 select(locks.c.lock_id, locks.c.binding)
                 .where(locks.c.lock_id.in_(part), locks.c.state == LockState.ACTIVE)).all()
             for lock_id, recorded in rows:
                 if recorded is not None:
-                    ctx.resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
-            seal.check_sealed(conn, [int(lock_id) for lock_id, _r in rows], "revert")
+                    resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
+            seal.check_sealed(conn, [int(lock_id) for lock_id, _r in rows], command)
+        active.update(int(lock_id) for lock_id, _r in rows)
+    return active
 
 
 class _Run:

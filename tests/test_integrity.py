@@ -11,11 +11,13 @@ import time
 import uuid
 
 import pytest
+from click.testing import CliRunner
 from conftest import SERVER_URLS, required, server_problem
 from sqlalchemy import create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from privacy_lock.cli import cli
 from privacy_lock.schema import audit_events, locks, snapshots
 from sns import IDENTITY, build_sns
 
@@ -227,3 +229,91 @@ def test_a_rewritten_approver_is_caught_by_verify(sns):
     with sns.engine.begin() as conn:
         conn.execute(text("UPDATE privacy_lock_revert_requests SET approved_by = 'carol'"))
     assert "who asked or who approved" in sns.run("audit", "verify", expect=1).stderr
+
+
+LOOKALIKE_CONFIG = """[accounts]
+table = "users"
+id = "id"
+
+[content.diary]
+table = "diaries"
+id = "id"
+owner = "user_id"
+visibility = "visibility"
+private = "self"
+
+[policy]
+revert_requires_approval = false
+"""
+
+
+def _lookalike_site(db_url, dialect):
+    """Two people, 'alice' and 'ALICE', whose ids are equal under the owner column's
+    case-insensitive collation (SQLite NOCASE, a PostgreSQL nondeterministic ICU collation,
+    MariaDB's default utf8mb4_general_ci); the accounts table tells them apart."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    owner_type = {
+        "sqlite": "VARCHAR(36) COLLATE NOCASE",
+        "postgresql": "VARCHAR(36) COLLATE ci",
+        "mysql": "VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
+    }[dialect]
+    id_type = ("VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" if dialect == "mysql"
+               else "VARCHAR(36)")
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.execute(text("CREATE COLLATION ci (provider = icu, "
+                              "locale = 'und-u-ks-level2', deterministic = false)"))
+        conn.execute(text(f"CREATE TABLE users (id {id_type} PRIMARY KEY)"))
+        conn.execute(text(f"CREATE TABLE diaries (id INTEGER PRIMARY KEY, user_id {owner_type} "
+                          "NOT NULL, visibility VARCHAR(16))"))
+        conn.execute(text("CREATE INDEX ix_diaries_owner ON diaries (user_id, id)"))
+        conn.execute(text("INSERT INTO users (id) VALUES ('alice'), ('ALICE')"))
+        conn.execute(text("INSERT INTO diaries (id, user_id, visibility) VALUES "
+                          "(1, 'alice', 'public'), (2, 'alice', 'friends'), "
+                          "(3, 'ALICE', 'friends'), (4, 'ALICE', 'public')"))
+    return engine
+
+
+def test_lookalike_owners_stay_two_people_in_every_command(db_url, dialect, tmp_path):
+    engine = _lookalike_site(db_url, dialect)
+    config = tmp_path / "privacy-lock.toml"
+    config.write_text(LOOKALIKE_CONFIG, encoding="utf-8")
+
+    def run(*args, expect=0):
+        result = CliRunner().invoke(cli, ["--config", str(config), "--database-url", db_url,
+                                          *args], catch_exceptions=False)
+        assert result.exit_code == expect, result.output
+        return result
+
+    def rows():
+        with engine.connect() as conn:
+            return dict(conn.execute(text("SELECT id, visibility FROM diaries")).all())
+
+    def snapshots_by_lock():
+        with engine.connect() as conn:
+            return sorted(conn.execute(text(
+                "SELECT l.subject, s.item_id, s.original_text FROM privacy_lock_snapshots s "
+                "JOIN privacy_lock_locks l ON l.lock_id = s.lock_id")).all())
+
+    before = rows()
+    run("init")
+    dry = json.loads(run("apply", "alice", "ALICE", "--dry-run", "--format", "json").stdout)
+    assert [(r["user"], r["kinds"]["diary"]["changed"]) for r in dry] == [("alice", 2),
+                                                                          ("ALICE", 2)]
+    run("apply", "alice", "ALICE", *IDENTITY)  # one shared chunk
+    assert snapshots_by_lock() == [("ALICE", "3", "friends"), ("ALICE", "4", "public"),
+                                   ("alice", "1", "public"), ("alice", "2", "friends")]
+    run("revert", "--user", "alice", "--user", "ALICE", *IDENTITY)
+    assert rows() == before
+    # one at a time, in slices: alice's run never touches ALICE's items
+    run("apply", "alice", *IDENTITY, "--chunk-size", "1")
+    assert rows() == {**before, 1: "self", 2: "self"}
+    status = json.loads(run("status", "ALICE", "--format", "json").stdout)
+    assert status[0]["kinds"][0]["visible"] == 2 and status[0]["lock"]["state"] == "reverted"
+    run("apply", "ALICE", *IDENTITY)
+    run("revert", "--user", "ALICE", *IDENTITY, "--chunk-size", "1")
+    assert rows() == {**before, 1: "self", 2: "self"}
+    run("revert", "--user", "alice", *IDENTITY)
+    assert rows() == before
+    assert "events valid" in run("audit", "verify").stdout
+    engine.dispose()

@@ -9,8 +9,12 @@ default) one operator cannot do it alone. A request moves pending -> approved ->
   ``revert-refused`` and nothing else changes); otherwise it records
   ``revert-approved`` and marks the request approved, runs the ordinary chunked revert (all
   the requests approved at once as one batch, where small locks share chunks), then marks the
-  request done. A run interrupted after the approval is resumed by running ``approve`` again
-  (the request is still approved, not done).
+  request done. A run interrupted after the approval is resumed by its approver running
+  ``approve`` again (the request is still approved, not done); anyone else is refused, so
+  that whoever closes the lock is the operator the trail shows approving it. Two runs of the
+  same approver at once both work through the lock (each chunk holds the lock row and restores
+  only what is still pending); the one that finds the lock closed by this approval records the
+  request ``reverted``, as the lock is.
 
 Who is the requester: names are compared as :func:`operator_keys` makes them (Unicode
 compatibility forms, case, spacing, punctuation, invisible characters and look-alike letters
@@ -41,7 +45,7 @@ from privacy_lock.audit import Actor, EventSpec, append_event, append_events
 from privacy_lock.config import ContentMap
 from privacy_lock.db import insert_rows, reading
 from privacy_lock.dialects import for_connection
-from privacy_lock.engine import Outcome, active_lock_ids, run_batch
+from privacy_lock.engine import Outcome, active_lock_ids, preflight, run_batch
 from privacy_lock.errors import UsageError
 from privacy_lock.pacing import Pacer
 from privacy_lock.policy import read_policy
@@ -298,7 +302,7 @@ class ApprovalRun:
     approver finished between our look and our approval (not run again)."""
 
     approved: list[ApprovalOutcome]
-    finished_meanwhile: list[str]  # as in Approved.finished_meanwhile
+    finished_meanwhile: list[str]  # as in Approved.finished_meanwhile (not run)
     interrupted: bool
 
 
@@ -311,7 +315,8 @@ class Approved:
 
     approver: Actor
     runnable: list[tuple[Any, bool, bool]]  # (request row, resumed, same OS account)
-    # one line per request another approver finished between our look and our approval
+    # one line per request another approver finished, or approved, between our look and our
+    # approval (not run: only its approver may run it)
     finished_meanwhile: list[str]
 
     @property
@@ -338,15 +343,20 @@ def _filed(row: dict[str, Any], request_id: int) -> dict[str, Any]:
                                                      seal.REQUEST_FIELDS)}}
 
 
-def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Actor) -> Approved:
+def approve_requests(
+    conn: Connection, cmap: ContentMap, request_ids: Sequence[int], approver: Actor
+) -> Approved:
     """Approve the requests, or refuse them all when the approver may not approve any of them.
 
     Everything that can refuse the command is decided before the first approval: unknown or
-    finished requests are a usage error; requests the approver filed (or, under the stored
-    policy's ``approval = distinct-accounts``, filed from the approver's OS account or database
-    login) are refused with a ``revert-refused`` event each and a usage error, and none of the
-    others is approved or run. The approvals (``revert-approved``, the request marked approved)
-    commit in transactions of :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs them.
+    finished requests are a usage error; so is a lock no longer bound as it records, and one
+    whose seals fail is refused (:func:`privacy_lock.engine.preflight`, what the revert itself
+    would refuse); requests the approver filed (or, under the stored policy's ``approval =
+    distinct-accounts``, filed from the approver's OS account or database login) are refused
+    with a ``revert-refused`` event each and a usage error, and none of the others is approved
+    or run; so are requests another operator approved (only their approver finishes them). The
+    approvals (``revert-approved``, the request marked approved) commit in transactions of
+    :data:`APPROVE_IN_ONE`; :func:`run_approved` then runs them.
     """
     check_operator_name(approver.operator)
     ids = list(dict.fromkeys(request_ids))
@@ -356,10 +366,14 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
         distinct_accounts = read_policy(conn).distinct_accounts
         login = for_connection(conn).current_login(conn)
     _check_approvable(ids, found)
-    with reading(conn):  # who asked must still be who the trail says asked, and the rest
-        seal.check_sealed(conn, sorted({int(row.lock_id) for row in found.values()}),
-                          "approve")
+    # Who asked must still be who the trail says asked, and the rest; and the revert must be
+    # able to run, checked now, not after the approvals are recorded.
+    lock_ids = sorted({int(row.lock_id) for row in found.values()})
+    checked = preflight(conn, cmap, lock_ids, "approve")
+    with reading(conn):  # a closed lock's requests are sealed too
+        seal.check_sealed(conn, [i for i in lock_ids if i not in checked], "approve")
     _refuse_requests(conn, ids, found, approver, login, distinct_accounts)
+    _refuse_others_approvals(ids, found, approver)
     approved = Approved(approver, [], [])
     for part in _parts(ids, APPROVE_IN_ONE):
         with conn.begin():
@@ -375,6 +389,11 @@ def approve_requests(conn: Connection, request_ids: Sequence[int], approver: Act
                 if req.state == RequestState.DONE:  # finished by another approver since we looked
                     approved.finished_meanwhile.append(
                         f"request {request_id} was finished meanwhile by {req.approved_by}")
+                    continue
+                if (req.state == RequestState.APPROVED
+                        and not same_operator(req.approved_by, approver.operator)):
+                    approved.finished_meanwhile.append(  # approved since we looked
+                        f"request {request_id} was approved meanwhile {_by_approver(req)}")
                     continue
                 if req.state == RequestState.PENDING:
                     approving.append(request_id)
@@ -473,6 +492,27 @@ def _refuse_requests(
         for why, ids_ in by_why.items()))
 
 
+def _by_approver(req: Any) -> str:
+    """'by bob at T: bob runs `privacy-lock approve 3` again to finish it'."""
+    return (f"by {req.approved_by} at {req.approved_at}: {req.approved_by} runs "
+            f"`privacy-lock approve {req.request_id}` again to finish it")
+
+
+def _refuse_others_approvals(ids: list[int], found: dict[int, Any], approver: Actor) -> None:
+    """A usage error naming the requests another operator approved (and has not finished): only
+    the operator who approved a request runs its revert, so that the trail's
+    ``revert-approved`` and ``revert`` name the same person. Nothing has changed yet."""
+    theirs = [found[i] for i in ids if found[i].state == RequestState.APPROVED
+              and not same_operator(found[i].approved_by, approver.operator)]
+    if not theirs:
+        return
+    others = ""
+    if len(theirs) < len(ids):
+        others = f": approve the others without {'them' if len(theirs) > 1 else 'it'}"
+    raise UsageError("; ".join(f"request {req.request_id} was approved {_by_approver(req)}"
+                               for req in theirs) + f" (refused; nothing was changed{others})")
+
+
 def run_approved(
     conn: Connection,
     cmap: ContentMap,
@@ -518,11 +558,16 @@ def _check_approvable(ids: list[int], found: dict[int, Any]) -> None:
 
 def _mark_done(conn: Connection, finished: list[tuple[int, Outcome]]) -> dict[int, dict]:
     """Mark done, with its outcome, each request whose revert ran to the end; return every
-    request row as it now is."""
+    request row as it now is. A run that found the lock closed records ``reverted`` when this
+    request's approval closed it (another run of its approver, or an earlier one that stopped
+    before marking it done), as the lock says; ``not-locked`` only when something else did."""
+    closed_by_approval = _closed_by_approval(conn, [
+        request_id for request_id, outcome in finished if outcome.status == Status.NOT_LOCKED])
     by_status: dict[str, list[int]] = {}
     for request_id, outcome in finished:
         if not outcome.failed:
-            by_status.setdefault(outcome.status, []).append(request_id)
+            status = Status.REVERTED if request_id in closed_by_approval else outcome.status
+            by_status.setdefault(status, []).append(request_id)
     now = utc_now()
     for status, request_ids in by_status.items():
         for part in _parts(request_ids, APPROVE_IN_ONE):
@@ -538,6 +583,25 @@ def _mark_done(conn: Connection, finished: list[tuple[int, Outcome]]) -> dict[in
         return {row["request_id"]: dict(row) for part in _parts([i for i, _o in finished])
                 for row in conn.execute(select(revert_requests).where(
                     revert_requests.c.request_id.in_(part))).mappings()}
+
+
+def _closed_by_approval(conn: Connection, request_ids: list[int]) -> set[int]:
+    """Those of the requests whose lock was reverted by their approver after the approval (a
+    reverted lock stays reverted, so a read outside the marking transaction holds)."""
+    closed: set[int] = set()
+    with reading(conn):
+        for part in _parts(request_ids):
+            for request_id, approved_by, approved_at, reverted_by, reverted_at in conn.execute(
+                select(revert_requests.c.request_id, revert_requests.c.approved_by,
+                       revert_requests.c.approved_at, locks.c.reverted_by, locks.c.reverted_at)
+                .join(locks, locks.c.lock_id == revert_requests.c.lock_id)
+                .where(revert_requests.c.request_id.in_(part),
+                       locks.c.state == LockState.REVERTED)
+            ).all():
+                if (approved_at and reverted_at and reverted_at >= approved_at
+                        and same_operator(reverted_by, approved_by)):
+                    closed.add(int(request_id))
+    return closed
 
 
 def _parts(ids: Sequence[T], size: int = 1000) -> list[list[T]]:

@@ -42,9 +42,8 @@ def loads(text: str | None) -> dict[str, Binding] | None:
 
 def describe(name: str, binding: Binding) -> str:
     """One kind's binding in words, for messages."""
-    table = f"{binding['schema']}.{binding['table']}" if binding.get("schema") else binding["table"]
-    return (f"{name} = {table}(id {binding['id']}, owner {binding['owner']}, visibility "
-            f"{binding['visibility']}, private {binding['private']!r})")
+    return (f"{name} = {_table_name(binding)}(id {binding['id']}, owner {binding['owner']}, "
+            f"visibility {binding['visibility']}, private {binding['private']!r})")
 
 
 def extended(
@@ -52,13 +51,22 @@ def extended(
 ) -> str | None:
     """The bindings text a lock must hold to take ``kinds`` now: None when it already holds
     them as they are bound now. A kind the lock holds under another binding is refused: its
-    hidden items were hidden under the other one (revert them first)."""
+    hidden items were hidden under the other one (revert them first). So is a kind whose
+    visibility column the lock holds under another kind name (the kind renamed in the config):
+    its items would be snapshotted a second time, the owner-only value or a later one as the
+    "original", and revert would restore whichever came last."""
     bindings = loads(recorded) or {}
     changed = False
     for kind in kinds:
         now = binding_of(kind)
         before = bindings.get(kind.name)
         if before is None:
+            held = [name for name, b in bindings.items() if _column_of(b) == _column_of(now)]
+            if held:
+                raise UsageError(
+                    f"lock {lock_id} of user {subject} holds the items of {_column_name(now)} "
+                    f"as kind {held[0]!r}; the content map now calls them {kind.name!r}: "
+                    f"revert lock {lock_id} first, or restore the name [content.{held[0]}]")
             bindings[kind.name] = now
             changed = True
         elif before != now:
@@ -67,6 +75,21 @@ def extended(
                 f"the content map now says {describe(kind.name, now)}: revert lock {lock_id} "
                 "first, or restore that mapping")
     return dumps(bindings) if changed or recorded is None else None
+
+
+def _column_of(binding: Binding) -> tuple[str, str, str]:
+    """A binding's visibility column: schema and table ignoring case (as SQLite and MariaDB
+    compare table names, and as the content map's overlap check does), column as reflected."""
+    return ((binding.get("schema") or "").casefold(), binding["table"].casefold(),
+            binding["visibility"])
+
+
+def _table_name(binding: Binding) -> str:
+    return f"{binding['schema']}.{binding['table']}" if binding.get("schema") else binding["table"]
+
+
+def _column_name(binding: Binding) -> str:
+    return f"{_table_name(binding)}.{binding['visibility']}"
 
 
 class Resolver:

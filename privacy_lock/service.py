@@ -483,8 +483,9 @@ def approve(
     """Approve revert requests as a second operator and run them as one batch.
 
     Refused before anything is approved or run (a usage error): no operator, an unknown or
-    finished request, or any request the approver filed (each such refusal is recorded as a
-    ``revert-refused`` event).
+    finished request, a lock no longer bound as it records, a request another operator
+    approved, or any request the approver filed (each such refusal is recorded as a
+    ``revert-refused`` event); a lock whose seals fail, as a :class:`TamperedError`.
     """
     if not (operator and operator.strip()):
         raise UsageError("--operator required: the approval is audited under your name")
@@ -492,8 +493,8 @@ def approve(
     pacer = pacer or Pacer()
     with target.connect() as conn:
         cmap = target.content_map(conn)
-        approved = approvals.approve_requests(conn, request_ids, approver)
-        if not approved.runnable:  # every one was finished by someone else since we looked
+        approved = approvals.approve_requests(conn, cmap, request_ids, approver)
+        if not approved.runnable:  # each was finished or approved by another since we looked
             raise UsageError("; ".join(approved.finished_meanwhile))
         run = _TrackedRun(conn, cmap, "revert", approved.requests, False, pacer, progress,
                           target.note)

@@ -506,7 +506,6 @@ class _SetBasedRestore(Dialect):
         and counted as they are then: missing (gone), changed (conflict), still owner-only (to
         restore). Each count is checked against what the statements matched, so a chunk that
         would not add up changes nothing."""
-        self.plan_for_actual_keys(conn)
         chunk = (
             select(snapshots.c.snapshot_id, snapshots.c.item_id)
             .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
@@ -744,7 +743,6 @@ class PostgresqlDialect(_SetBasedRestore):
         """PostgreSQL locks only the rows a locking read returns (its filter runs before the
         lock), whatever index the plan walks: the walk itself locks. (Walk, snapshot and hide
         as one statement with CTEs was slower at 100,000 items: 5.6-5.8 s against 4.7-5.3.)"""
-        self.plan_for_actual_keys(conn)
         ids = conn.execute(
             _walk(self, kind, owner, after, limit).with_for_update()).scalars().all()
         if not ids:

@@ -702,7 +702,7 @@ class Chunk:
 def run_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
     """The one transaction protocol (see the module docstring), inside the caller's
     transaction (:meth:`Pacer.chunk`): the outcomes of the works it finished."""
-    ctx.dialect.plan_for_actual_keys(ctx.conn)
+    ctx.dialect.plan_for_actual_keys(ctx.conn)  # once per chunk, for every statement in it
     if ctx.mode == "apply":
         return _apply_chunk(ctx, chunk)
     return _revert_chunk(ctx, chunk)

@@ -896,6 +896,11 @@ class MysqlDialect(Dialect):
             return col, col
         return func.min(col), cast(col, BINARY())
 
+    def current_login(self, conn: Connection) -> str | None:
+        # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
+        # not USER(), which is the name the client merely asked for.
+        return str(conn.exec_driver_sql("SELECT CURRENT_USER()").scalar_one())
+
 
 _REGISTRY: dict[str, Dialect] = {}
 

@@ -19,12 +19,29 @@ transaction wrote them:
 of the locks they are about to restore, and refuse (nothing changed) when one does not match.
 A digest is SHA-256 over a canonical JSON text, so it is the same on every database and in
 every Python.
+
+What the seals do not cover is checked against the trail too, without a key: every lock the
+trail names still exists, and every lock row was opened by a ``lock`` event (the tool never
+deletes or inserts one otherwise); every revert request was filed by a ``revert-requested``
+event naming it, and an approved one approved by a ``revert-approved`` event; a reverted lock
+was closed by a ``revert`` event and its snapshots are in the states that event counted; an
+active lock has no ``revert`` event, and its resolved snapshots are exactly those its
+``restore`` events counted (a revert stopped half-way).
+
+Before seals: a lock whose ``lock`` event seals it is sealed from birth (every snapshot group
+must be sealed). One made by an older release is checked from the first event that seals it
+(an apply of a newer release records its binding and seals it): unsealed groups written before
+that event are counted as legacy, later ones must be sealed; one never sealed is counted, not
+checked. Requests filed by an unsealed event are counted. State counts are checked for every
+lock: the ``revert`` and ``restore`` events have counted them in one shape since the first
+release (a ``revert`` event of another shape is counted, not checked).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +49,8 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from privacy_lock.errors import TamperedError
-from privacy_lock.schema import audit_events, locks, revert_requests, snapshots
+from privacy_lock.schema import audit_events, audit_head, locks, revert_requests, snapshots
+from privacy_lock.vocabulary import RESOLVED, LockState, RequestState, SnapshotState
 
 SnapshotRow = tuple[str, str, str | None, int | None]  # kind, item id, original text / int
 
@@ -78,11 +96,14 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class SealCheck:
-    """What recomputing the seals found: how many were checked, the locks made before seals
-    existed (not checkable), and the problems, each naming the row and the event."""
+    """What recomputing the seals found: how many were checked, what was written before seals
+    existed (counted, not checked), and the problems, each naming the row and the event."""
 
     checked: int = 0
-    legacy_locks: int = 0
+    legacy_locks: int = 0  # locks no event ever sealed
+    legacy_groups: int = 0  # unsealed snapshot groups of a lock, written before its first seal
+    legacy_requests: int = 0  # requests filed (or approved) by an event without a seal
+    legacy_reverts: int = 0  # revert events whose counts have no shape this check knows
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -91,20 +112,32 @@ class SealCheck:
 
 
 SEALING_ACTIONS = ("lock", "apply", "hide", "revert-requested", "revert-approved")
+# The events a lock's rows are checked against: what seals them, and what resolves its
+# snapshots and closes it (whose counts are checked without a key).
+LOCK_ACTIONS = (*SEALING_ACTIONS, "restore", "revert")
 LOCKS_PER_READ = 500
+READS = 5  # consistent reads tried while operators keep committing (see check_seals)
+# A revert event's counts per kind, by the snapshot state they count.
+COUNTED_STATES = {"restored": SnapshotState.RESTORED, "conflicts": SnapshotState.CONFLICT,
+                  "gone": SnapshotState.GONE}
 
 
 def check_seals(conn: Connection, lock_ids: Sequence[int] | None = None) -> SealCheck:
-    """Recompute the seals of ``lock_ids`` (every lock when None) from the lock and snapshot
-    tables and compare them with what the trail's events sealed. Read-only; the caller chooses
-    the transaction. Locks made before seals existed (no sealed ``lock`` event) are counted,
-    not checked."""
-    if lock_ids is None:
-        lock_ids = [int(i) for i in conn.execute(
-            select(locks.c.lock_id).order_by(locks.c.lock_id)).scalars()]
-    check = SealCheck()
-    for start in range(0, len(lock_ids), LOCKS_PER_READ):
-        _check_part(conn, list(lock_ids[start:start + LOCKS_PER_READ]), check)
+    """Recompute the seals of ``lock_ids`` (every lock when None: those in the lock table and
+    those the trail names, so a deleted lock is missed) from the lock, snapshot and request
+    tables and compare them with what the trail's events sealed and counted. Read-only; the
+    caller chooses the transaction.
+
+    Under READ COMMITTED each statement sees the commits made before it, so an operator's chunk
+    committed between two of these reads would look like tampering. Every change the tool makes
+    to these tables appends an event in its transaction, which moves the trail's head: when the
+    head moved while problems were found, the check is read again (up to ``READS`` times). In a
+    snapshot (``audit verify``) the head never moves and one read is the answer."""
+    for _attempt in range(READS):
+        head = _head_seq(conn)
+        check = _check_once(conn, lock_ids)
+        if check.ok or _head_seq(conn) == head:
+            return check
     return check
 
 
@@ -120,56 +153,174 @@ def check_sealed(conn: Connection, lock_ids: Sequence[int], command: str) -> Non
                             f"{more}; run `privacy-lock audit verify`")
 
 
+def _head_seq(conn: Connection) -> int | None:
+    return conn.execute(select(audit_head.c.seq)).scalar()
+
+
+def _check_once(conn: Connection, lock_ids: Sequence[int] | None) -> SealCheck:
+    if lock_ids is None:
+        found: set[int] = set()
+        for query in (select(locks.c.lock_id),
+                      select(audit_events.c.lock_id).distinct().where(
+                          audit_events.c.lock_id.is_not(None),
+                          audit_events.c.action.in_(LOCK_ACTIONS)),
+                      select(snapshots.c.lock_id).distinct(),
+                      select(revert_requests.c.lock_id).distinct()):
+            found.update(int(i) for i in conn.execute(query).scalars())
+        lock_ids = sorted(found)
+    check = SealCheck()
+    for start in range(0, len(lock_ids), LOCKS_PER_READ):
+        _check_part(conn, list(lock_ids[start:start + LOCKS_PER_READ]), check)
+    return check
+
+
+@dataclass
+class _Trail:
+    """What the trail says about one lock."""
+
+    opened: tuple[int, bool] | None = None  # its lock event: seq, whether it sealed the row
+    lock_seal: tuple[int, str] | None = None  # the latest seal of the lock row: seq, digest
+    first_seal: tuple[int, str] | None = None  # the first event sealing it: seq, occurred_at
+    groups: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # at -> seq, n, d
+    restores: list[int] = field(default_factory=list)  # restore events' seqs
+    resolved: Counter[tuple[str, str]] = field(default_factory=Counter)  # by them
+    restores_known: bool = True  # every restore event has the shape counted here
+    reverted: tuple[int, Any] | None = None  # the revert event: seq, its kinds
+
+
+@dataclass
+class _Filing:
+    """The events about one revert request: (seq, digest or None when unsealed)."""
+
+    lock_id: int
+    filed: tuple[int, str | None] | None = None
+    approved: tuple[int, str | None] | None = None
+
+
 def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None:
-    expected_lock: dict[int, tuple[int, str]] = {}  # lock -> (seq, digest), the latest
-    expected_rows: dict[tuple[int, str], tuple[int, int, str]] = {}  # (lock, at) -> seq, n, d
-    # request -> (seq, digest) of its filing, and of its approval
-    expected_request: dict[str, dict[int, tuple[int, str]]] = {"request": {}, "approval": {}}
-    for seq, lock_id, details in conn.execute(
-        select(audit_events.c.seq, audit_events.c.lock_id, audit_events.c.details)
-        .where(audit_events.c.lock_id.in_(lock_ids),
-               audit_events.c.action.in_(SEALING_ACTIONS))
+    trails: dict[int, _Trail] = {lock_id: _Trail() for lock_id in lock_ids}
+    filings: dict[int, _Filing] = {}
+    for seq, lock_id, action, at, details in conn.execute(
+        select(audit_events.c.seq, audit_events.c.lock_id, audit_events.c.action,
+               audit_events.c.occurred_at, audit_events.c.details)
+        .where(audit_events.c.lock_id.in_(lock_ids), audit_events.c.action.in_(LOCK_ACTIONS))
         .order_by(audit_events.c.seq)
     ).all():
-        sealed = _sealed(details)
-        if "lock" in sealed:
-            expected_lock[int(lock_id)] = (int(seq), sealed["lock"])
-        if "digest" in sealed:
-            expected_rows[int(lock_id), sealed["at"]] = (
-                int(seq), int(sealed["snapshots"]), sealed["digest"])
-        for what in ("request", "approval"):
-            if what in sealed:
-                expected_request[what][int(json.loads(details)["request_id"])] = (
-                    int(seq), sealed[what])
-    _check_requests(conn, expected_request, check)
-    sealed_locks = set(expected_lock)
-    check.legacy_locks += len(set(lock_ids) - sealed_locks)
-    for row in conn.execute(select(*[locks.c[f] for f in LOCK_FIELDS])
-                            .where(locks.c.lock_id.in_(sorted(sealed_locks)))).mappings():
-        seq, digest = expected_lock.pop(int(row["lock_id"]))
-        check.checked += 1
-        if fields_digest(dict(row), LOCK_FIELDS) != digest:
-            check.problems.append(
-                f"lock {row['lock_id']} no longer matches what event {seq} sealed (its user, "
-                "operator, ticket, reason, time or content binding was edited)")
-    for lock_id, (seq, _digest) in sorted(expected_lock.items()):
-        check.problems.append(f"lock {lock_id}, sealed by event {seq}, is gone")
-    found: dict[tuple[int, str], list[SnapshotRow]] = {}
-    for lock_id, at, kind, item, text, number in conn.execute(
+        _read_event(trails[int(lock_id)], filings, int(seq), int(lock_id), action, at,
+                    _details(details))
+    rows = {int(row["lock_id"]): dict(row) for row in conn.execute(
+        select(locks.c.state, locks.c.active_subject, *[locks.c[f] for f in LOCK_FIELDS])
+        .where(locks.c.lock_id.in_(lock_ids))).mappings()}
+    groups: dict[int, dict[str, list[SnapshotRow]]] = {}
+    states: dict[int, Counter[tuple[str, str]]] = {}
+    for lock_id, at, kind, item, text, number, state in conn.execute(
         select(snapshots.c.lock_id, snapshots.c.snapshotted_at, snapshots.c.kind,
-               snapshots.c.item_id, snapshots.c.original_text, snapshots.c.original_int)
-        .where(snapshots.c.lock_id.in_(sorted(sealed_locks)))
+               snapshots.c.item_id, snapshots.c.original_text, snapshots.c.original_int,
+               snapshots.c.state)
+        .where(snapshots.c.lock_id.in_(lock_ids))
     ).all():
-        found.setdefault((int(lock_id), at), []).append((kind, item, text, number))
-    for key in sorted(set(found) | set(expected_rows)):
-        lock_id, at = key
-        rows = found.get(key, [])
-        if key not in expected_rows:
-            check.problems.append(
-                f"{len(rows)} snapshot row(s) of lock {lock_id} written at {at} are sealed by no "
-                "event (added by hand?)")
+        groups.setdefault(int(lock_id), {}).setdefault(at, []).append((kind, item, text, number))
+        states.setdefault(int(lock_id), Counter())[kind, state] += 1
+    for lock_id in lock_ids:
+        trail, row = trails[lock_id], rows.get(lock_id)
+        if row is None:
+            _check_gone(lock_id, trail, groups.get(lock_id, {}), check)
             continue
-        seq, count, digest = expected_rows[key]
+        if not _check_lock(lock_id, trail, row, check):
+            continue
+        _check_groups(lock_id, trail, groups.get(lock_id, {}), check)
+        _check_state(lock_id, trail, row, states.get(lock_id, Counter()), check)
+    _check_requests(conn, lock_ids, filings, check)
+
+
+def _read_event(trail: _Trail, filings: dict[int, _Filing], seq: int, lock_id: int,
+                action: str, at: str, details: dict[str, Any]) -> None:
+    sealed = details.get("sealed")
+    sealed = sealed if isinstance(sealed, dict) else {}
+    if action == "lock" and trail.opened is None:
+        trail.opened = (seq, "lock" in sealed)
+    if "lock" in sealed:
+        trail.lock_seal = (seq, sealed["lock"])
+    if "digest" in sealed:
+        trail.groups[sealed["at"]] = (seq, int(sealed["snapshots"]), sealed["digest"])
+    if ("lock" in sealed or "digest" in sealed) and trail.first_seal is None:
+        trail.first_seal = (seq, at)
+    if action == "restore":
+        trail.restores.append(seq)
+        if isinstance(details.get("kind"), str):
+            for name, state in COUNTED_STATES.items():
+                trail.resolved[details["kind"], state] += int(details.get(name) or 0)
+        else:
+            trail.restores_known = False
+    elif action == "revert":
+        trail.reverted = (seq, details.get("kinds"))
+    elif action in ("revert-requested", "revert-approved") and "request_id" in details:
+        filing = filings.setdefault(int(details["request_id"]), _Filing(lock_id))
+        what = sealed.get("request" if action == "revert-requested" else "approval")
+        if action == "revert-requested":
+            filing.filed = (seq, what)
+        else:
+            filing.approved = (seq, what)
+
+
+def _check_gone(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRow]],
+                check: SealCheck) -> None:
+    """A lock the trail names (or snapshots name) whose row is gone: the tool never deletes one."""
+    if trail.lock_seal is not None:
+        check.problems.append(f"lock {lock_id}, sealed by event {trail.lock_seal[0]}, is gone")
+    elif trail.opened is not None:
+        check.problems.append(f"lock {lock_id}, opened by event {trail.opened[0]}, is gone")
+    elif groups:
+        check.problems.append(
+            f"{sum(map(len, groups.values()))} snapshot row(s) name lock {lock_id}, which no "
+            "event opened and which does not exist (added by hand?)")
+    for at, (seq, count, _digest) in sorted(trail.groups.items()):
+        check.problems.append(
+            f"the snapshots of lock {lock_id} written at {at} no longer match what event {seq} "
+            f"sealed ({count} rows then, {len(groups.get(at, []))} now; the lock was deleted)")
+
+
+def _check_lock(lock_id: int, trail: _Trail, row: dict[str, Any], check: SealCheck) -> bool:
+    """The lock row against its lock event and latest seal; False when no event opened it."""
+    if trail.opened is None:
+        check.problems.append(f"lock {lock_id} was opened by no event (inserted by hand?)")
+        return False
+    if trail.lock_seal is None:
+        check.legacy_locks += 1
+    else:
+        seq, digest = trail.lock_seal
+        check.checked += 1
+        if fields_digest(row, LOCK_FIELDS) != digest:
+            check.problems.append(
+                f"lock {lock_id} no longer matches what event {seq} sealed (its user, "
+                "operator, ticket, reason, time or content binding was edited)")
+    return True
+
+
+def _check_groups(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRow]],
+                  check: SealCheck) -> None:
+    """Each snapshot group (one transaction's rows, by their time) against the event that
+    sealed it. A lock sealed from its birth (its lock event seals the row) must have every
+    group sealed; a lock made before seals, sealed later by an apply of a newer release,
+    accepts unsealed groups written before that first seal (legacy, counted); a lock never
+    sealed is legacy as a whole (counted by :func:`_check_lock`)."""
+    if trail.first_seal is None:
+        return
+    born_sealed = bool(trail.opened and trail.opened[1])
+    first_seq, first_at = trail.first_seal
+    for at in sorted(set(groups) | set(trail.groups)):
+        rows = groups.get(at, [])
+        if at not in trail.groups:
+            if not born_sealed and at <= first_at:
+                check.legacy_groups += 1
+                continue
+            after = "" if born_sealed else (
+                f", and were written after event {first_seq} first sealed the lock")
+            check.problems.append(
+                f"{len(rows)} snapshot row(s) of lock {lock_id} written at {at} are sealed by "
+                f"no event{after} (added by hand?)")
+            continue
+        seq, count, digest = trail.groups[at]
         check.checked += 1
         if len(rows) != count or snapshot_digest(rows) != digest:
             check.problems.append(
@@ -178,31 +329,130 @@ def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None
                 "kind was edited, added or removed)")
 
 
-def _check_requests(
-    conn: Connection, expected: dict[str, dict[int, tuple[int, str]]], check: SealCheck
-) -> None:
-    """Each sealed request row against its filing's and its approval's seals."""
-    ids = sorted(set(expected["request"]) | set(expected["approval"]))
-    rows = {int(row["request_id"]): dict(row) for row in conn.execute(
-        select(revert_requests).where(revert_requests.c.request_id.in_(ids))).mappings()}
-    for what, fields in (("request", REQUEST_FIELDS), ("approval", APPROVAL_FIELDS)):
-        for request_id, (seq, digest) in sorted(expected[what].items()):
+def _check_state(lock_id: int, trail: _Trail, row: dict[str, Any],
+                 found: Counter[tuple[str, str]], check: SealCheck) -> None:
+    """The lock's state and its snapshots' states against the events that changed them (no
+    key needed: the events' counts are in the chain). A reverted lock has the revert event
+    that closed it, and its snapshots are in the states that event counted; an active lock
+    has no revert event, and its resolved snapshots are exactly those its ``restore`` events
+    (slices of a revert that has not finished) counted."""
+    state, subject, active_subject = row["state"], row["subject"], row["active_subject"]
+    if state == LockState.REVERTED:
+        if trail.reverted is None:
+            check.problems.append(f"lock {lock_id} is reverted, but no event reverted it (its "
+                                  "state was edited?)")
+            return
+        if active_subject is not None:
+            check.problems.append(f"lock {lock_id} is reverted, yet still holds user "
+                                  f"{active_subject}'s active lock (its state was edited?)")
+        seq, kinds = trail.reverted
+        expected = _reverted_states(kinds)
+        if expected is None:
+            check.legacy_reverts += 1
+            return
+        if expected != +found:
+            check.problems.append(
+                f"the snapshots of lock {lock_id} are no longer in the states event {seq} "
+                f"counted when it reverted the lock ({_difference(expected, found)}; a "
+                "snapshot's state was edited)")
+        return
+    if state != LockState.ACTIVE:
+        check.problems.append(f"lock {lock_id} is in state {state!r}, which no event gives a "
+                              "lock (its state was edited?)")
+        return
+    if trail.reverted is not None:
+        check.problems.append(f"lock {lock_id} is active, but event {trail.reverted[0]} "
+                              "reverted it (its state was edited?)")
+        return
+    if active_subject != subject:
+        check.problems.append(f"lock {lock_id} is active, but is not user {subject}'s active "
+                              "lock (its active_subject was edited?)")
+    if not trail.restores_known:
+        check.legacy_reverts += 1
+        return
+    resolved = +Counter({key: n for key, n in found.items() if key[1] in RESOLVED})
+    if resolved != +trail.resolved:
+        events = (f"events {', '.join(map(str, trail.restores))}" if trail.restores
+                  else "no restore event")
+        check.problems.append(
+            f"the resolved snapshots of lock {lock_id} (active) no longer match what its "
+            f"restores recorded ({events}: {_difference(trail.resolved, resolved)}; a "
+            "snapshot's state was edited)")
+
+
+def _reverted_states(kinds: Any) -> Counter[tuple[str, str]] | None:
+    """The snapshot states a ``revert`` event's ``kinds`` counted (restored, conflicts, gone;
+    the rest of ``snapshotted`` still pending), or None when they have another shape."""
+    if not isinstance(kinds, dict):
+        return None
+    expected: Counter[tuple[str, str]] = Counter()
+    for name, counts in kinds.items():
+        if not isinstance(counts, dict):
+            return None
+        resolved = 0
+        for key, state in COUNTED_STATES.items():
+            expected[name, state] = int(counts.get(key) or 0)
+            resolved += expected[name, state]
+        expected[name, SnapshotState.PENDING] = int(counts.get("snapshotted") or 0) - resolved
+    return +expected
+
+
+def _difference(expected: Counter[tuple[str, str]], found: Counter[tuple[str, str]]) -> str:
+    """'diary restored: 6 then, 0 now; diary locked: 0 then, 6 now'."""
+    keys = sorted(k for k in set(expected) | set(found) if expected[k] != found[k])
+    return "; ".join(f"{kind} {state}: {expected[kind, state]} then, {found[kind, state]} now"
+                     for kind, state in keys)
+
+
+def _check_requests(conn: Connection, lock_ids: list[int], filings: dict[int, _Filing],
+                    check: SealCheck) -> None:
+    """Every request row of these locks was filed by a ``revert-requested`` event naming it,
+    and approved (when it is) by a ``revert-approved`` one; each sealed one matches its
+    seals. An event without a seal (before seals existed) is counted, not checked."""
+    rows: dict[int, dict[str, Any]] = {}
+    for query in (select(revert_requests).where(revert_requests.c.lock_id.in_(lock_ids)),
+                  select(revert_requests).where(revert_requests.c.request_id.in_(
+                      sorted(filings)))):
+        rows.update((int(row["request_id"]), dict(row)) for row in conn.execute(query).mappings())
+    for request_id in sorted(set(rows) | set(filings)):
+        row, filing = rows.get(request_id), filings.get(request_id)
+        if row is None:
+            assert filing is not None
+            seq = (filing.filed or filing.approved or (0, None))[0]
+            how = "sealed" if (filing.filed or (0, None))[1] else "filed"
+            check.problems.append(f"revert request {request_id}, {how} by event {seq}, is gone")
+            continue
+        if filing is None or filing.filed is None:
+            check.problems.append(f"revert request {request_id} was filed by no event "
+                                  "(inserted by hand?)")
+            continue
+        approved = row["approved_by"] is not None or row["state"] != RequestState.PENDING
+        if approved and filing.approved is None:
+            check.problems.append(f"revert request {request_id} was approved by no event "
+                                  "(its approval was written by hand?)")
+            continue
+        unsealed = False
+        for what, fields, event in (("request", REQUEST_FIELDS, filing.filed),
+                                    ("approval", APPROVAL_FIELDS, filing.approved)):
+            if event is None:
+                continue
+            seq, digest = event
+            if digest is None:
+                unsealed = True
+                continue
             check.checked += 1
-            row = rows.get(request_id)
-            if row is None:
-                check.problems.append(f"revert request {request_id}, sealed by event {seq}, "
-                                      "is gone")
-            elif fields_digest(row, fields) != digest:
+            if fields_digest(row, fields) != digest:
                 who = "who asked, from where, ticket or reason" if what == "request" else (
                     "who asked or who approved, from where, or when")
                 check.problems.append(
                     f"revert request {request_id} no longer matches what event {seq} sealed "
                     f"({who} was edited)")
+        check.legacy_requests += unsealed
 
 
-def _sealed(details: str | None) -> dict[str, Any]:
+def _details(details: str | None) -> dict[str, Any]:
     try:
-        sealed = json.loads(details or "{}").get("sealed")
-    except (ValueError, AttributeError):
+        parsed = json.loads(details or "{}")
+    except ValueError:
         return {}
-    return sealed if isinstance(sealed, dict) else {}
+    return parsed if isinstance(parsed, dict) else {}

@@ -20,7 +20,7 @@ from helpers import head_of, restore_trail, tamper, trail_rows
 from privacy_lock.anchors import load_key, parse_checkpoint
 from privacy_lock.audit import event_hash
 from privacy_lock.errors import UsageError
-from privacy_lock.schema import audit_events, audit_head, metadata
+from privacy_lock.schema import audit_events, audit_head, locks, metadata, snapshots
 from sns import build_sns
 
 IDENTITY = ("--reason", "test", "-q")
@@ -44,10 +44,12 @@ class Trail:
         self.run("apply", u0, "--operator", "alice", "--ticket", "T-1", *IDENTITY)
         self.run("apply", u1, "--operator", "bob", "--ticket", "T-2", *IDENTITY)
         self.backup = trail_rows(self.sns), head_of(self.sns)
+        self.backup_tables = tool_rows(self.sns)
         self.run("audit", "checkpoint", "--output", str(self.checkpoints))
         self.run("revert", "--user", u0, "--operator", "carol", "--ticket", "T-3", *IDENTITY)
         self.run("audit", "checkpoint", "--output", str(self.checkpoints))
         self.saved, self.head = trail_rows(self.sns), head_of(self.sns)
+        self.tables = tool_rows(self.sns)
         # the first event this test's commands wrote (init may write events of its own)
         self.first = next(e["seq"] for e in self.saved if e["action"] == "lock")
 
@@ -62,6 +64,19 @@ class Trail:
         if result.exit_code:
             assert "BROKEN" in result.stderr
         return result
+
+
+def tool_rows(sns) -> tuple[list[dict], list[dict]]:
+    """The lock and snapshot rows: what a backup holds beside the trail, and what verify checks
+    against the trail's events (their states against its revert and restore events)."""
+    return sns.lock_rows(), sns.snapshot_rows()
+
+
+def tables_back(rows: tuple[list[dict], list[dict]]) -> list:
+    """Statements that put the lock and snapshot tables back as ``rows`` holds them."""
+    lock_rows, snapshot_rows = rows
+    return [delete(snapshots), delete(locks), insert(locks).values(lock_rows),
+            insert(snapshots).values(snapshot_rows)]
 
 
 def rehashed(saved: list[dict], first: int, change: dict, strip: bool = False) -> list[dict]:
@@ -119,15 +134,18 @@ def attacks(trail: Trail):
         *shifted, insert(audit_events).values(forged(saved[k - 2], k)),
         update(audit_head).values(seq=n + 1))
     yield "append a backdated event", backdated_append
+    # the last event is the revert: its tracks hidden, the lock is put back as before it
     yield "truncate the tail", statements(
         delete(audit_events).where(c.seq == n),
-        update(audit_head).values(seq=n - 1, hash=saved[n - 2]["hash"]))
+        update(audit_head).values(seq=n - 1, hash=saved[n - 2]["hash"]),
+        *tables_back(trail.backup_tables))
     yield "rewrite the whole chain with the tool's hash", rewrite(move_head=False)
     yield "rewrite it and move the head", rewrite(move_head=True)
     yield "rewrite it, move the head and strip every MAC", rewrite(move_head=True, strip=True)
     yield "restore an old backup", statements(
         delete(audit_events), insert(audit_events).values(old),
-        update(audit_head).values(seq=old_head[0], hash=old_head[1]))
+        update(audit_head).values(seq=old_head[0], hash=old_head[1]),
+        *tables_back(trail.backup_tables))
 
 
 # row -> detected by (plain verify, with a key, with checkpoints): docs/AUDIT.md's table
@@ -179,6 +197,7 @@ def test_every_tampering_in_the_threat_model_table(db_url, tmp_path):
                 if words and result.exit_code:
                     assert words in result.stderr, (name, column, result.stderr)
             restore_trail(trail.sns, trail.saved, trail.head)
+            tamper(trail.sns, *tables_back(trail.tables))
             assert trail.verify().exit_code == 0, name
     table = {name: tuple(seen[name, col] for col in range(3)) for name in EXPECTED}
     assert table == EXPECTED

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, text, update
 
 from helpers import head_of, restore_trail, tamper, trail_rows
 from privacy_lock.audit import event_hash
-from privacy_lock.schema import audit_events, audit_head
+from privacy_lock.schema import audit_events, audit_head, locks, snapshots
 from sns import build_sns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,15 +127,27 @@ def test_truncation_or_rewrite_that_hides_its_tracks_is_caught_by_the_published_
     saved = trail_rows(sns)
     published = saved[-1]["hash"]
     c = audit_events.c
-    # cut the last two events and move the head back to match: the chain alone looks fine
-    tamper(sns, delete(audit_events).where(c.seq > 9),
-           update(audit_head).values(seq=9, hash=saved[8]["hash"]))
-    assert verify(sns).stdout.startswith("9/9 events valid")
+    lock, snaps = sns.lock_rows()[0], [s for s in sns.snapshot_rows() if s["lock_id"] == 1]
+    # cut the revert's events and move the head back to match, and put
+    # lock 1 back as it was before the cut revert (verify checks its state against the
+    # events): the chain alone looks fine
+    tamper(sns, delete(audit_events).where(c.seq > 8),
+           update(audit_head).values(seq=8, hash=saved[7]["hash"]),
+           update(locks).where(locks.c.lock_id == 1).values(
+               state="active", active_subject=lock["subject"], reverted_at=None,
+               reverted_by=None),
+           update(snapshots).where(snapshots.c.lock_id == 1).values(state="locked",
+                                                                     resolved_at=None))
+    assert verify(sns).stdout.startswith("8/8 events valid")
     result = verify(sns, "--expect-head", published, expect=1)
     assert f"the published head {published} is not in the chain" in result.stderr
 
     # rewrite: alter event 4 and re-hash everything after it, head included
     restore_trail(sns, saved, (len(saved), published))
+    tamper(sns, update(locks).where(locks.c.lock_id == 1).values(
+        {k: lock[k] for k in ("state", "active_subject", "reverted_at", "reverted_by")}), *[
+        update(snapshots).where(snapshots.c.snapshot_id == s["snapshot_id"]).values(
+            state=s["state"], resolved_at=s["resolved_at"]) for s in snaps])
     rewritten, prev = [], saved[2]["hash"]
     for event in saved[3:]:
         event = {**event, "prev_hash": prev}

@@ -435,7 +435,7 @@ def run_batch(
 
 def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
     """Before a revert changes anything: :func:`preflight` of every lock it names (by id, or
-    the user's active lock)."""
+    the user's latest lock: a lock closed by hand must not pass as "nothing to revert")."""
     conn = ctx.conn
     lock_ids = sorted({r.lock_id for r in requests if r.lock_id is not None})
     subjects = []
@@ -447,7 +447,10 @@ def preflight_revert(ctx: Context, requests: Sequence[Request]) -> None:
                 continue  # its own outcome says so
     for start in range(0, len(subjects), IN_BATCH):
         with reading(conn):
-            lock_ids += active_lock_ids(conn, subjects[start:start + IN_BATCH]).values()
+            lock_ids += [int(i) for i in conn.execute(
+                select(func.max(locks.c.lock_id))
+                .where(locks.c.subject.in_(subjects[start:start + IN_BATCH]))
+                .group_by(locks.c.subject)).scalars()]
     preflight(conn, ctx.cmap, lock_ids, "revert", ctx.resolver)
 
 
@@ -456,22 +459,22 @@ def preflight(
     resolver: binding.Resolver | None = None,
 ) -> set[int]:
     """Refuse ``command`` before it changes anything unless every active lock among
-    ``lock_ids`` is still bound as it records (else :class:`UsageError`, exit 2) and what it
-    restores is still what the trail sealed (else :class:`TamperedError`, exit 1). Short reads,
-    a thousand locks at a time; returns the active locks checked."""
+    ``lock_ids`` is still bound as it records (else :class:`UsageError`, exit 2) and every lock
+    among them, in any state, is still what the trail sealed (else :class:`TamperedError`,
+    exit 1). Short reads, a thousand locks at a time; returns the active locks checked."""
     resolver = resolver or binding.Resolver(conn, cmap)
     ids, active = sorted(set(lock_ids)), set[int]()
     for start in range(0, len(ids), IN_BATCH):
         part = ids[start:start + IN_BATCH]
         with reading(conn):
             rows = conn.execute(
-                select(locks.c.lock_id, locks.c.binding)
-                .where(locks.c.lock_id.in_(part), locks.c.state == LockState.ACTIVE)).all()
-            for lock_id, recorded in rows:
-                if recorded is not None:
+                select(locks.c.lock_id, locks.c.binding, locks.c.state)
+                .where(locks.c.lock_id.in_(part))).all()
+            for lock_id, recorded, state in rows:
+                if recorded is not None and state == LockState.ACTIVE:
                     resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
-            seal.check_sealed(conn, [int(lock_id) for lock_id, _r in rows], command)
-        active.update(int(lock_id) for lock_id, _r in rows)
+            seal.check_sealed(conn, [int(lock_id) for lock_id, _r, _s in rows], command)
+        active.update(int(lock_id) for lock_id, _r, state in rows if state == LockState.ACTIVE)
     return active
 
 

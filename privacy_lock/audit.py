@@ -29,8 +29,14 @@ from privacy_lock import __version__
 from privacy_lock.anchors import UNKEYED_APPEND, Checkpoint, TrailChecks, key_of
 from privacy_lock.db import insert_rows, reading
 from privacy_lock.dialects import for_connection
-from privacy_lock.errors import NotInitializedError, UsageError
-from privacy_lock.schema import GENESIS_HASH, audit_events, audit_head
+from privacy_lock.errors import UsageError
+from privacy_lock.schema import (
+    GENESIS_HASH,
+    audit_events,
+    audit_head,
+    missing_head_error,
+    missing_head_message,
+)
 from privacy_lock.seal import check_seals
 from privacy_lock.vocabulary import utc_now as utc_now  # re-exported (others import it here)
 
@@ -136,9 +142,7 @@ def append_events(conn: Connection, specs: Sequence[EventSpec]) -> list[dict[str
         select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
     ).first()
     if head is None:
-        raise NotInitializedError(
-            "the audit head row is missing: run `privacy-lock init` (and `audit verify`)"
-        )
+        raise missing_head_error(conn)
     seq, prev_hash = head.seq, head.hash
     key, last = key_of(conn), None
     if seq:
@@ -324,10 +328,8 @@ def _verify(conn: Connection, expect_head: str | None, batch: int,
             checks: TrailChecks) -> VerifyResult:
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
     total = conn.execute(select(func.count()).select_from(audit_events)).scalar_one()
-    if head is None:
-        return VerifyResult(total, 0, GENESIS_HASH, problem="the audit head row is missing "
-                            "(deleted by hand?): the chain cannot be checked against it",
-                            kind="head")
+    if head is None and not total:
+        return VerifyResult(0, 0, GENESIS_HASH, problem=missing_head_message(0), kind="head")
     chain = _ChainWalk(conn, batch)
     prev_hash, expected, last_time, expect_seq = GENESIS_HASH, 1, None, None
     recent: deque[tuple[int, str]] = deque(maxlen=_MOVE_WINDOW + 1)  # (seq, hash), intact
@@ -349,6 +351,9 @@ def _verify(conn: Connection, expect_head: str | None, batch: int,
         expected += 1
     last = expected - 1
     intact = VerifyResult(total, last, prev_hash, last, last_time)
+    if head is None:  # the events were walked all the same: say whether they hold
+        return replace(intact, problem=f"{missing_head_message(total)}; events 1..{last} are "
+                       "intact", kind="head")
     if head.seq < last:
         return VerifyResult(total, head.seq, head.hash, head.seq, None, problem=(
             f"events {head.seq + 1}..{last} are beyond the head row (event {head.seq}): "

@@ -6,6 +6,7 @@ line on stderr and an exit code (:func:`privacy_lock.errors.exit_code`).
 
 from __future__ import annotations
 
+import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,39 @@ from privacy_lock.audit import ACTIONS, VerifyResult
 from privacy_lock.errors import EXPECTED, FailuresReported, OutputError, error_text, exit_code
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
-from privacy_lock.render import FORMATS, REPORT_FORMATS, echo_outcomes, outcome_rows, render
+from privacy_lock.render import (
+    CSV_RAW_ENV,
+    FORMATS,
+    REPORT_FORMATS,
+    csv_raw,
+    echo_outcomes,
+    outcome_rows,
+    printable,
+    render,
+)
 from privacy_lock.report import LOCK_COLUMNS
 from privacy_lock.service import Identity, Target
 
 
 def note(message: str) -> None:
-    """A line for the operator on stderr, so stdout stays clean for csv/json."""
-    click.echo(message, err=True)
+    """A line for the operator on stderr, so stdout stays clean for csv/json; control
+    characters of stored or given text shown escaped."""
+    click.echo(printable(message, keep_newlines=True), err=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within [min, max] that also refuses nan and inf (exit 2, nothing
+    changed): ``time.sleep(inf)`` raised only after the first chunk had committed, and nan
+    passes every comparison a range check makes. Every float option uses it."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 @dataclass
@@ -63,7 +89,8 @@ class CommandGroup(click.Group):
             if app and app.debug:
                 click.echo(traceback.format_exc().rstrip(), err=True)
             where = app._target.url if app and app._target else None
-            click.echo(f"privacy-lock: error: {error_text(exc, where)}", err=True)
+            click.echo(printable(f"privacy-lock: error: {error_text(exc, where)}",
+                                 keep_newlines=True), err=True)
             ctx.exit(exit_code(exc))
 
 
@@ -90,13 +117,13 @@ def pacing_options(func: Any) -> Any:
         click.option("--chunk-size", type=click.IntRange(1, MAX_CHUNK_SIZE),
                      default=DEFAULT_CHUNK_SIZE, show_default=True,
                      help="Items per transaction (several small users may share one)."),
-        click.option("--max-chunk-seconds", type=click.FloatRange(min=0.001),
+        click.option("--max-chunk-seconds", type=FiniteFloat(min=0.001),
                      help="Grow or shrink chunks to keep each transaction near this long."),
-        click.option("--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
+        click.option("--sleep", type=FiniteFloat(min=0), default=0.0, show_default=True,
                      help="Seconds to pause between chunks (gives a busy site room)."),
         click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="While this file exists, wait between chunks."),
-        click.option("--lock-timeout", type=click.FloatRange(min=0.001), default=2.0,
+        click.option("--lock-timeout", type=FiniteFloat(min=0.001), default=2.0,
                      show_default=True,
                      help="Seconds to wait for a row the site holds before backing off."),
         click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True,
@@ -139,10 +166,16 @@ def batch_options(func: Any) -> Any:
 )
 @click.option("--debug", is_flag=True,
               help="Also show the traceback of an error (the exit code stays the same).")
+@click.option(
+    "--csv-raw", "csv_raw_output", is_flag=True, envvar=CSV_RAW_ENV,
+    help="CSV output keeps text exactly as stored, for programs that read it; by default a "
+    "field a spreadsheet would run as a formula (= + - @ first) gets a leading ' "
+    f"[env: {CSV_RAW_ENV}=1].",
+)
 @click.version_option(__version__, prog_name="privacy-lock")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, database_url: str | None,
-        audit_key_file: str | None, debug: bool) -> None:
+        audit_key_file: str | None, debug: bool, csv_raw_output: bool) -> None:
     """Hide a person's diaries and photos (owner only), exactly reversibly, with an audit trail.
 
     \b
@@ -153,6 +186,8 @@ def cli(ctx: click.Context, config: str | None, database_url: str | None,
       privacy-lock revert --user 42 --operator alice --ticket T-2 --reason "came back"
     """
     ctx.obj = App(config, database_url, debug, audit_key_file)
+    if csv_raw_output:  # for every CSV the command writes, until it ends
+        ctx.with_resource(csv_raw())
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from privacy_lock.db import DEFAULT_DATABASE_URL
 from privacy_lock.errors import ConfigError, UsageError
+from privacy_lock.ids import parse_id
 from privacy_lock.schema import TOOL_TABLES, locks
 
 DEFAULT_CONFIG_FILE = "privacy-lock.toml"
@@ -229,6 +230,7 @@ class ContentMap:
     accounts_table: Table | None
     accounts_id: Column | None
     integer_users: bool
+    user_bits: int = 64  # of a signed integer every integer owner (and accounts) column binds
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[BoundKind]:
         """The kinds named (all when none), in config order; unknown names are a usage error."""
@@ -242,17 +244,14 @@ class ContentMap:
         return [self.kinds[n] for n in dict.fromkeys(names)]
 
     def normalize_user(self, raw: str) -> str:
-        """The canonical text of a user id (``"007"`` is user 7 when owner ids are integers)."""
+        """The canonical text of a user id: when owner ids are integers, by the one id rule
+        (:mod:`privacy_lock.ids`: ``"007"`` is user 7, ``"+7"`` or ``"７"`` is refused)."""
         text = str(raw).strip()
         if not text:
             raise UsageError("empty user id")
         if self.integer_users:
-            try:
-                return str(int(text))
-            except ValueError:
-                raise UsageError(
-                    f"user id {text!r} is not an integer (owner ids are integers)"
-                ) from None
+            low = -(2 ** (self.user_bits - 1))
+            return str(parse_id(text, "user id", minimum=low, maximum=-low - 1))
         return text
 
     def owner_value(self, kind: BoundKind, subject: str) -> int | str | uuid.UUID:
@@ -365,10 +364,12 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
     if settings.accounts:
         accounts_table = _reflect(conn, meta, settings.accounts.table, "accounts.table")
         accounts_id = _column(accounts_table, settings.accounts.id, "accounts.id")
-    integer_users = any(_is_integer(k.owner_col) for k in kinds.values()) or (
-        accounts_id is not None and _is_integer(accounts_id)
-    )
-    return ContentMap(kinds, accounts_table, accounts_id, integer_users)
+    from privacy_lock.dialects import for_connection  # the strategies import this module
+
+    integer_columns = [c for c in [*(k.owner_col for k in kinds.values()), accounts_id]
+                       if c is not None and _is_integer(c)]
+    user_bits = min((for_connection(conn).integer_bits(c) for c in integer_columns), default=64)
+    return ContentMap(kinds, accounts_table, accounts_id, bool(integer_columns), user_bits)
 
 
 def missing_owner_indexes(conn: Connection, cmap: ContentMap) -> list[str]:

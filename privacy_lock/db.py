@@ -4,11 +4,13 @@ insert many rows at once."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    URL,
     Connection,
     Engine,
     Table,
@@ -33,12 +35,74 @@ _DRIVER_HINTS = {
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print or log."""
+# Query parameters whose value is a secret (psycopg's password/sslpassword, PyMySQL's passwd, ODBC's
+# PWD, tokens): their value is never printed. Matched anywhere in the name, in any case.
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_HIDDEN = "***"
+_PLACEHOLDER = "PRIVACYLOCKHIDDEN"  # rendered unquoted, then replaced by _HIDDEN
+_EXAMPLE = "e.g. sqlite:///sns.db or postgresql://user@host/dbname"
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a :class:`UsageError` that says which part of it is wrong and never
+    echoes any of it: a mistyped URL can hold its password anywhere (an unescaped ``@`` in a
+    password moves its tail into the host, a ``:`` into the port)."""
+    scheme, separator, _rest = url.partition("://")
+    problem = None
+    if not separator:
+        problem = ("no '://' after the scheme" if re.match(r"[\w+]+:", url)
+                   else "it does not start with a scheme and '://'")
+    elif not re.fullmatch(r"[\w+]+", scheme):
+        problem = "the scheme before '://' may hold only letters, digits, '_' and '+'"
+    else:
+        try:
+            parsed = make_url(url)
+        except ValueError:  # int(port) failed
+            problem = ("the port is not a number (a ':' or '@' in the user name or password "
+                       "must be written %3A or %40)")
+        except ArgumentError:
+            problem = "it cannot be parsed"
+        else:
+            if parsed.host and "@" in parsed.host:
+                problem = ("the host contains '@': an '@' in the user name or password must be "
+                           "written %40")
+            elif parsed.port is not None and not 0 < parsed.port < 65536:
+                problem = "the port must be a number from 1 to 65535"
+            else:
+                return parsed
+    raise UsageError(f"invalid database URL (not shown: it may hold a password): {problem}; "
+                     f"expected {_EXAMPLE}")
+
+
+def safe_url(url: str | URL) -> str:
+    """The one way a database URL is printed (the ``database:`` line, errors, report headers):
+    the password in the user part and the value of every secret query parameter (``password``,
+    ``passwd``, ``pwd``, ``sslpassword``, ...) shown as ``***``; a URL that cannot be parsed is
+    never shown (:func:`parse_url` says why)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable database URL>"
+        parsed = parse_url(url) if isinstance(url, str) else url
+    except UsageError:
+        return "<invalid database URL, not shown>"
+    hidden = {name: _PLACEHOLDER for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True).replace(_PLACEHOLDER, _HIDDEN)
+
+
+def hide_secrets(message: str, url: str | URL) -> str:
+    """``message`` (a driver's error) with the URL's password and secret query values replaced
+    by ``***``, in case the driver quoted them back."""
+    try:
+        parsed = parse_url(url) if isinstance(url, str) else url
+    except UsageError:
+        return message
+    secrets = [parsed.password or ""]
+    for name, value in parsed.query.items():
+        if _SECRET_PARAMETER.search(name):
+            secrets += [value] if isinstance(value, str) else list(value)
+    for secret in sorted({str(s) for s in secrets if len(str(s)) >= 3}, key=len, reverse=True):
+        message = message.replace(secret, _HIDDEN)
+    return message
 
 
 def create_tool_engine(url: str) -> Engine:
@@ -51,13 +115,7 @@ def create_tool_engine(url: str) -> Engine:
     - MySQL/MariaDB: READ COMMITTED, so a chunk's locking reads take row locks only, not the
       gap locks REPEATABLE READ would hold on the live site's rows; utf8mb4 by default.
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UsageError(
-            f"invalid database URL {url!r}: expected e.g. sqlite:///sns.db or "
-            "postgresql://user@host/dbname"
-        ) from None
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if parsed.drivername in _DEFAULT_DRIVERS:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
@@ -125,7 +183,7 @@ def translate_errors(url: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise DatabaseError(errors.error_text(exc, safe_url(url))) from exc
+        raise DatabaseError(hide_secrets(errors.error_text(exc, safe_url(url)), url)) from exc
 
 
 def connect_check(engine: Engine, create: bool = False) -> None:
@@ -148,5 +206,5 @@ def connect_check(engine: Engine, create: bool = False) -> None:
             pass
     except SQLAlchemyError as exc:
         raise DatabaseError(
-            f"cannot connect to {safe_url(str(engine.url))}: {first_line(exc)}"
+            f"cannot connect to {safe_url(engine.url)}: {hide_secrets(first_line(exc), engine.url)}"
         ) from exc

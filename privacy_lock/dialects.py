@@ -32,6 +32,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Integer,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -186,6 +187,13 @@ class Dialect:
 
     def _in(self, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
         return col.in_(keys)
+
+    def integer_bits(self, col: Any) -> int:
+        """The bits of a signed value bound to integer column ``col``: a larger user id is a
+        usage error up front, not PostgreSQL's "integer out of range" mid-command."""
+        if isinstance(col.type, BigInteger):
+            return 64
+        return 16 if isinstance(col.type, SmallInteger) else 32
 
     # Exact comparisons. A site's text ids may have a case-insensitive or PAD SPACE collation
     # (MariaDB's default ones, SQLite's NOCASE, a PostgreSQL nondeterministic collation), where
@@ -599,6 +607,10 @@ class SqliteDialect(_SetBasedRestore):
 
     name = "sqlite"
     one_writer = True
+
+    def integer_bits(self, col: Any) -> int:
+        """64: SQLite stores any integer in 64 bits, whatever the declared type."""
+        return 64
 
     def exact_form(self, col: Any) -> Any:
         """``x COLLATE BINARY`` (a column may be declared ``COLLATE NOCASE``)."""

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from privacy_lock.render import printable
 from privacy_lock.report import (
     COUNT_COLUMNS,
     EVENT_TABLE_COLUMNS,
@@ -66,11 +67,11 @@ def report_html(report: Report) -> str:
     zone = zone_name(report.zone)
     parts = [
         "<h1>privacy-lock audit report</h1>",
-        f'<p class="meta">database {escape(report.database)} &middot; generated '
+        f'<p class="meta">database {_text(report.database)} &middot; generated '
         f"{escape(report.generated_at)} &middot; times in {escape(zone)} &middot; "
         f"privacy-lock {escape(report.tool_version)}</p>",
         f'<p class="meta" id="filters">filters: '
-        f"{escape(' '.join(report.filter_words)) or 'none (every event)'}</p>",
+        f"{_text(' '.join(report.filter_words)) or 'none (every event)'}</p>",
         _verify_block(report),
         "<h2>Summary</h2>",
         _cards(report),
@@ -86,6 +87,12 @@ def report_html(report: Report) -> str:
                [*EVENT_TABLE_COLUMNS, "hash"], table_id="events"),
     ]
     return _page("privacy-lock audit report", "\n".join(parts))
+
+
+def _text(text: str) -> str:
+    """Stored text for the page: control characters shown escaped (``\\x1b``, ``\\n``, as
+    in the terminal table), then HTML-escaped."""
+    return escape(printable(text))
 
 
 def _page(title: str, body: str) -> str:
@@ -216,7 +223,7 @@ def _table(rows: Sequence[dict[str, Any]], columns: list[str], table_id: str = "
                              f"{escape(value[:16])}&hellip;</td>")
             else:
                 css = _CELL_CLASS.get(column, "")
-                cells.append(f"<td{css}>{escape(str(value))}</td>")
+                cells.append(f"<td{css}>{_text(str(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

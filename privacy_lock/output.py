@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from privacy_lock.errors import OutputError, UsageError
-from privacy_lock.render import json_pieces, outcome_rows, render
+from privacy_lock.render import csv_raw, json_pieces, outcome_rows, render
 from privacy_lock.requests import COLUMNS
 from privacy_lock.vocabulary import Mode
 
@@ -78,8 +78,12 @@ def write_outcomes(path: Path, outcomes: Sequence[Outcome], mode: Mode) -> Path 
     if not failed:
         return None
     retry_path = failed_path(path)
-    write_text(retry_path, render(_retry_rows(failed, mode), "csv",
-                                  columns=_retry_columns(failed, mode)))
+    # Neutralized even under --csv-raw: it is a request file, opened in a spreadsheet to see
+    # what failed, and --from-file takes the leading "'" off again (requests.py), so each
+    # ticket, reason and operator re-runs exactly as it was given.
+    with csv_raw(False):
+        text = render(_retry_rows(failed, mode), "csv", columns=_retry_columns(failed, mode))
+    write_text(retry_path, text)
     return retry_path
 
 

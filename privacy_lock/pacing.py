@@ -10,6 +10,7 @@ the request it belongs to, having changed nothing.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,11 @@ class Pacer:
     _stop: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name, seconds in (("--sleep", self.sleep), ("--lock-timeout", self.lock_timeout),
+                              ("--max-chunk-seconds", self.max_chunk_seconds),
+                              ("backoff", self.backoff)):
+            if seconds is not None and not math.isfinite(seconds):  # nan passes < and >
+                raise UsageError(f"{name} must be a finite number of seconds, got {seconds}")
         if not 1 <= self.size <= MAX_CHUNK_SIZE:
             raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE}, got {self.size}")
         if self.sleep < 0:

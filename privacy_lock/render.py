@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -133,14 +136,79 @@ def echo_outcomes(
     click.echo(render(rows(), fmt))
 
 
+# --- what a field may hold once it is printed or opened in a spreadsheet -------------------------
+
+# A spreadsheet runs a CSV field that begins with = + - or @ as a formula (OWASP "CSV
+# injection"); tab and CR too, as some importers strip them and look at what follows.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")  # after any "'"s (see _NEUTRALIZED)
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# What csv_text wrote: a "'" before quotes and a formula character. Reading takes one "'" off,
+# so every value round-trips (a value written "'=x" of its own is stored as "''=x").
+_NEUTRALIZED = re.compile(r"'+[=+\-@\t\r]")
+CSV_RAW_ENV = "PRIVACY_LOCK_CSV_RAW"
+_csv_raw: ContextVar[bool] = ContextVar("privacy_lock_csv_raw", default=False)
+
+
+@contextmanager
+def csv_raw(raw: bool = True) -> Iterator[None]:
+    """Inside, CSV output writes text fields exactly as stored (``--csv-raw``, for programs
+    that read the CSV; a spreadsheet would run a field such as ``=HYPERLINK(...)``)."""
+    token = _csv_raw.set(raw)
+    try:
+        yield
+    finally:
+        _csv_raw.reset(token)
+
+
+def csv_text(value: str) -> str:
+    """A text field as the tool's CSV holds it: ``'`` before a field a spreadsheet would run
+    as a formula (it begins with = + - @ tab or CR, after any ``'``). Numbers, and text that
+    is a plain number such as the id ``-5``, are not formulas and stay as they are."""
+    if _FORMULA.match(value) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_text_read(value: str) -> str:
+    """The value :func:`csv_text` was given: one leading ``'`` taken off a field that begins
+    with quotes and then a formula character (as a spreadsheet reads a leading ``'``)."""
+    return value[1:] if _NEUTRALIZED.match(value) else value
+
+
+_SHOWN_ESCAPED = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r",
+    # bidi embeddings, overrides and isolates reorder what follows them on screen
+    # ("Trojan Source"); line and paragraph separators break lines like a newline.
+    **{code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A),
+                                            0x2028, 0x2029)},
+}
+_SHOWN_ESCAPED_KEEP_NEWLINES = {k: v for k, v in _SHOWN_ESCAPED.items() if k != ord("\n")}
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` for a terminal or a page: every control character written as an escape
+    (``\\x1b``, ``\\n``, ``\\t``), so stored text can never move the cursor, retitle the
+    terminal, reorder the line or forge one. ``keep_newlines`` keeps ``\\n`` (a message of
+    the tool's own that spans lines)."""
+    return text.translate(_SHOWN_ESCAPED_KEEP_NEWLINES if keep_newlines else _SHOWN_ESCAPED)
+
+
 def _csv_cell(value: Any) -> Any:
-    return "" if value is None else value
+    """None as an empty field; text neutralized (:func:`csv_text`) unless --csv-raw; numbers
+    as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and not _csv_raw.get():
+        return csv_text(value)
+    return value
 
 
 def _table_cell(value: Any, is_value: bool) -> str:
-    """NULL and '' are shown so that neither is mistaken for the other."""
+    """NULL and '' are shown so that neither is mistaken for the other; control characters
+    escaped."""
     if value is None:
         return "NULL" if is_value else "-"
     if value == "":
         return "''"
-    return str(value)
+    return printable(str(value))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from privacy_lock.errors import UsageError
+from privacy_lock.render import csv_text_read
 from privacy_lock.vocabulary import Mode
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,11 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _LOCK_ID = re.compile(r"[0-9]+")
+# Control characters (C0, DEL, C1) a ticket or operator may not hold: an escape sequence would
+# be stored in the trail and run by an auditor's terminal. Tab is allowed; a reason may also
+# keep its line breaks. Every output shows the rest escaped (render.printable) all the same.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_IN_REASON = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,20 @@ def load_requests(
     return checker.requests
 
 
+def text_problem(name: str, value: str) -> str | None:
+    """What is wrong with a ``ticket``, ``operator`` or ``reason`` value's characters (None
+    when nothing is): a NUL, or a control character other than tab (a reason may also hold
+    line breaks)."""
+    if "\x00" in value:
+        return f"{name} contains a NUL character"
+    found = (_CONTROL_IN_REASON if name == "reason" else _CONTROL).search(value)
+    if found is None:
+        return None
+    allowed = "tab and line breaks" if name == "reason" else "tab"
+    return (f"{name} contains the control character {found.group()!r} at position "
+            f"{found.start() + 1} (only {allowed} allowed)")
+
+
 def _report_missing(
     checks: list[tuple[Any, Callable[[str], None]]],
     missing_of: Callable[[list[Any]], Collection[Any]],
@@ -204,7 +224,9 @@ def _read_csv(fh: IO[bytes], checker: _Checker) -> None:
                 start, f"{len(fields)} fields, the header has {len(header)}{hint}"
             )
             continue
-        checker.record(start, "", dict(zip(checker.names, fields, strict=True)))
+        # csv_text_read: a field the tool wrote neutralized ("'=...") reads as it was given.
+        checker.record(start, "", dict(zip(checker.names, map(csv_text_read, fields),
+                                           strict=True)))
     if header is None:
         checker.problem(1, "the file is empty")
     elif not rows:
@@ -440,8 +462,8 @@ class _Checker:
             if not value:
                 if name not in self.reported_missing:  # else said once, at the header
                     problem(self._missing_text(name, "value"))
-            elif "\x00" in value:
-                problem(f"{name} contains a NUL character")
+            elif found := text_problem(name, value):
+                problem(found)
             elif name != "reason" and len(value) > MAX_SHORT_TEXT:
                 problem(f"{name} is {len(value)} characters long; at most {MAX_SHORT_TEXT}")
 

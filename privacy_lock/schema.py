@@ -14,13 +14,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     inspect,
+    select,
     text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
-from privacy_lock.errors import NotInitializedError
+from privacy_lock.errors import NotInitializedError, PrivacyLockError, TamperedError
 from privacy_lock.vocabulary import LockState, RequestState, SnapshotState, Status
 
 metadata = MetaData()
@@ -226,6 +228,10 @@ PG_TRIGGERS = {
 def create_tool_tables(conn: Connection) -> list[str]:
     """Create whatever tool tables are missing (idempotent); return the names created."""
     existing = set(inspect(conn).get_table_names())
+    if {audit_head.name, audit_events.name} <= existing:  # before any DDL (MySQL commits it)
+        head = conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1)).first()
+        if head is None and trail_length(conn):
+            raise missing_head_error(conn)
     created = [t.name for t in metadata.sorted_tables if t.name not in existing]
     created += add_missing_columns(conn, [t for t in metadata.sorted_tables if t.name in existing])
     metadata.create_all(conn, checkfirst=True)
@@ -235,6 +241,33 @@ def create_tool_tables(conn: Connection) -> list[str]:
     from privacy_lock.dialects import for_connection  # the strategies import these tables
 
     return created + for_connection(conn).after_create_tables(conn)
+
+
+def trail_length(conn: Connection) -> int:
+    """How many events the audit trail holds."""
+    return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
+
+
+def missing_head_message(events: int) -> str:
+    """What init, apply, revert and verify all say when the audit head row is gone from a trail
+    of ``events`` events."""
+    if not events:
+        return f"the audit head row ({audit_head.name}) is missing: run `privacy-lock init`"
+    return (f"the audit head row ({audit_head.name}) is missing while the trail holds {events} "
+            "events: it was deleted outside privacy-lock, which will not recreate it (that would "
+            "hide the deletion). Check the trail with `privacy-lock audit verify --checkpoints "
+            "FILE` and restore the row (docs/AUDIT.md, \"The head row is missing\")")
+
+
+def missing_head_error(conn: Connection) -> PrivacyLockError:
+    """The error for a missing audit head row: on a trail with events, a deletion nobody may
+    paper over (a new genesis head would make verify blame the real events and every append
+    fork the chain), exit 1 as any damage an auditor must look at; on an empty trail, an
+    unfinished ``init``."""
+    events = trail_length(conn)
+    if not events:
+        return NotInitializedError(missing_head_message(0))
+    return TamperedError(missing_head_message(events))
 
 
 def add_missing_columns(conn: Connection, tables: list[Table]) -> list[str]:

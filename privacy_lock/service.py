@@ -74,7 +74,7 @@ from privacy_lock.policy import (
 )
 from privacy_lock.progress import RunStats
 from privacy_lock.render import render, report_text
-from privacy_lock.requests import Request, load_requests
+from privacy_lock.requests import Request, load_requests, text_problem
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
 from privacy_lock.vocabulary import Mode
 
@@ -179,8 +179,17 @@ class Identity:
                    if not (value and value.strip())]
         if missing:
             raise UsageError(f"{', '.join(missing)} required: every change is audited with them")
+        self.check()
         assert self.operator and self.ticket and self.reason  # checked just above
         return Actor.current(self.operator.strip(), self.ticket.strip(), self.reason.strip())
+
+    def check(self) -> None:
+        """A usage error for a value given with a character a request file may not hold
+        (a control character other than tab; a reason may also hold line breaks)."""
+        for name, value in (("operator", self.operator), ("ticket", self.ticket),
+                            ("reason", self.reason)):
+            if value and (found := text_problem(name, value.strip())):
+                raise UsageError(f"--{name}: {found}")
 
 
 class Watcher(Protocol):
@@ -460,6 +469,7 @@ def _argument_requests(
 ) -> list[Request]:
     """Requests from command-line arguments, checked like a request file's rows."""
     if dry_run:
+        identity.check()
         operator, ticket, reason = (identity.operator or "", identity.ticket or "",
                                     identity.reason or "")
     else:
@@ -489,6 +499,7 @@ def approve(
     """
     if not (operator and operator.strip()):
         raise UsageError("--operator required: the approval is audited under your name")
+    Identity(operator, None, reason).check()
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
     pacer = pacer or Pacer()
     with target.connect() as conn:
@@ -513,6 +524,7 @@ def status(
 ) -> list[dict[str, Any]]:
     """Each user's lock and counts per kind (with ``items``, every snapshotted item); logged
     as ``viewed`` under ``[policy] audit_reads``."""
+    Identity(operator).check()
     with target.connect() as conn:
         cmap = target.content_map(conn)
         subjects = check_users(conn, cmap, list(users))

@@ -295,11 +295,12 @@ def test_revert_problems(tmp_path):
                            "0,,T,r\n")
     assert problems(path, "revert", missing_locks=lambda ns: [n for n in ns if n != 12]) == [
         (3, "duplicate lock_id 12 (also on line 2)"),
-        (4, "lock_id 'x1' is not a lock number"),
+        (4, "lock_id 'x1' is not an integer: use the digits 0-9 only (not '+', '_' or "
+            "full-width digits)"),
         (5, "no lock 13"),
         (6, "give user_id or lock_id, not both"),
         (7, "needs a user_id or a lock_id"),
-        (8, "lock_id '0' is not a lock number"),
+        (8, "lock_id '0' is out of range: 1..9223372036854775807"),
     ]
 
 

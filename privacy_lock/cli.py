@@ -17,7 +17,15 @@ import click
 from privacy_lock import __version__, service
 from privacy_lock.anchors import KEY_ENV, MIN_KEY_BYTES
 from privacy_lock.audit import ACTIONS, VerifyResult
-from privacy_lock.errors import EXPECTED, FailuresReported, OutputError, error_text, exit_code
+from privacy_lock.errors import (
+    EXPECTED,
+    FailuresReported,
+    OutputError,
+    UsageError,
+    error_text,
+    exit_code,
+)
+from privacy_lock.ids import parse_id
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
 from privacy_lock.render import (
@@ -53,6 +61,28 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
+
+
+class IdParam(click.ParamType):
+    """A lock or request id argument, by the one id rule (:mod:`privacy_lock.ids`): digits
+    0-9 within 1..2**63-1, so ``status``-style lookups never overflow a driver."""
+
+    name = "integer"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_id(str(value), self.what, minimum=1)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+LOCK_ID, REQUEST_ID = IdParam("lock id"), IdParam("request id")
 
 
 @dataclass
@@ -283,7 +313,7 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
 
 
 @cli.command()
-@click.argument("lock_ids", nargs=-1, type=int)
+@click.argument("lock_ids", nargs=-1, type=LOCK_ID)
 @click.option("--user", "users", multiple=True, help="Revert this user's active lock (repeatable).")
 @batch_options
 @identity_options
@@ -510,8 +540,9 @@ def show_broken(result: VerifyResult) -> NoReturn:
                    "were changed since")
         click.echo(f"head: {result.head_hash} (event {result.head_seq})")
         raise FailuresReported("sealed rows were changed")
-    click.echo(f"{result.valid}/{result.total} events valid before the first broken one"
-               + (f" (event {result.broken_seq})" if result.broken_seq else ""))
+    click.echo(f"{result.valid}/{result.total} events valid"
+               + (f" before the first broken one (event {result.broken_seq})"
+                  if result.broken_seq else ""))
     click.echo(f"last intact head: {result.head_hash} (event {result.head_seq})")
     raise FailuresReported("the audit chain is broken")
 
@@ -577,7 +608,7 @@ def audit_checkpoint(app: App, output: Path | None) -> None:
 @click.option("--action", "actions", multiple=True, type=click.Choice(list(ACTIONS)),
               help="Only this action (repeatable).")
 @click.option("--ticket", help="Only events under this ticket.")
-@click.option("--lock", "lock_id", type=int, help="Only events of this lock id.")
+@click.option("--lock", "lock_id", type=LOCK_ID, help="Only events of this lock id.")
 @click.option("--summary", is_flag=True,
               help="Counts per action x operator x day, and active locks by age.")
 @click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table",
@@ -659,7 +690,7 @@ def id_ranges(ids: list[int]) -> str:
 
 
 @cli.command()
-@click.argument("request_ids", nargs=-1, type=int, required=True)
+@click.argument("request_ids", nargs=-1, type=REQUEST_ID, required=True)
 @click.option(
     "--operator", envvar="PRIVACY_LOCK_OPERATOR",
     help="Your name; it must differ from the requester's [env: PRIVACY_LOCK_OPERATOR].",

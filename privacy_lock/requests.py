@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from privacy_lock.errors import UsageError
+from privacy_lock.ids import parse_id
 from privacy_lock.render import csv_text_read
 from privacy_lock.vocabulary import Mode
 
@@ -37,7 +38,6 @@ UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-_LOCK_ID = re.compile(r"[0-9]+")
 # Control characters (C0, DEL, C1) a ticket or operator may not hold: an escape sequence would
 # be stored in the trail and run by an auditor's terminal. Tab is allowed; a reason may also
 # keep its line breaks. Every output shows the rest escaped (render.printable) all the same.
@@ -500,10 +500,11 @@ class _Checker:
         self.user_checks.append((subject, problem))
 
     def _check_lock(self, line: int, text: str, problem: Callable[[str], None]) -> int | None:
-        if not _LOCK_ID.fullmatch(text) or not 0 < int(text) < 2**63:
-            problem(f"lock_id {text!r} is not a lock number")
+        try:
+            lock_id = parse_id(text, "lock_id", minimum=1)
+        except UsageError as exc:
+            problem(str(exc))
             return None
-        lock_id = int(text)
         if lock_id in self.locks:
             problem(f"duplicate lock_id {lock_id} (also on line {self.locks[lock_id]})")
             return None

@@ -124,8 +124,8 @@ class Target:
 
     def open_engine(self, create: bool) -> Engine:
         """Connect once to fail early; ``create`` allows a new SQLite file (``init``)."""
+        engine = create_tool_engine(self.settings.database_url)  # a malformed URL stops here
         self.note(f"database: {self.url}")
-        engine = create_tool_engine(self.settings.database_url)
         connect_check(engine, create=create)
         self._engine = engine
         return engine

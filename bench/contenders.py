@@ -50,7 +50,9 @@ from bench.data import (
     visible,
 )
 from bench.worker import peak_rss_mb
+from privacy_lock import service
 from privacy_lock.audit import utc_now
+from privacy_lock.pacing import Pacer
 from privacy_lock.schema import locks, snapshots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +152,22 @@ def floor_apply(ds: Dataset, wl: Workload, by_lock: bool = False) -> Measurement
                     .values({spec.visibility: spec.private})
                 ).rowcount
         return Measurement(time.perf_counter() - started, items, transactions=1)
+
+
+def tool_apply_untimed(ds: Dataset, wl: Workload) -> None:
+    """The tool's own apply of the workload, untimed: the state every revert contender starts
+    from. A revert checks the seals the apply wrote in the audit trail (seal.py) and refuses a
+    lock no event opened, so the floor's bare INSERT ... SELECT cannot stand in for it; the
+    tool's apply lays snapshots out in (lock, item) order as the floor's by_lock did."""
+    target = service.Target.load(str(ds.config_path), ds.url)
+    try:
+        result = service.apply(target, users=list(wl.subjects),
+                               identity=service.Identity("bench", "BENCH-1", "benchmark"),
+                               pacer=Pacer(ds.sizes.chunk_size))
+    finally:
+        target.dispose()
+    if result.failed:
+        raise RuntimeError(f"the untimed apply failed: {result.failed[0].error}")
 
 
 def floor_revert(ds: Dataset, wl: Workload) -> Measurement:

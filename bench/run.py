@@ -2,7 +2,8 @@
 
 For each workload (the heavy user, the batch) and operation (apply, revert), every contender
 starts from the same state: the data is reset to its built visibility and the tool's tables are
-emptied; a revert starts from the floor's apply (whose end state equals the tool's, checked).
+emptied; a revert starts from the tool's own apply, untimed (its end state equals the floor's,
+checked when the apply is timed).
 With ``--baseline REV`` the CLI of revision REV runs too, as ``before``, and the report gives
 this tree's CLI ÷ before.
 """
@@ -32,8 +33,8 @@ from bench.contenders import (
     Workload,
     contenders_for,
     exported_revision,
-    floor_apply,
     naive,
+    tool_apply_untimed,
 )
 from bench.data import (
     SERVER_URLS,
@@ -123,10 +124,11 @@ def make_workload(name: str, sizes: Sizes) -> Workload:
 
 
 def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
-    """The common starting state: as built, plus the floor's apply when timing a revert."""
+    """The common starting state: as built, plus the tool's own apply (untimed) when timing a
+    revert (the floor's would have no audit events to seal it: the tool refuses such locks)."""
     reset(ds)
     if operation == "revert":
-        floor_apply(ds, wl, by_lock=True)
+        tool_apply_untimed(ds, wl)
     settle(ds)
 
 

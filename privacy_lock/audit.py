@@ -58,6 +58,8 @@ ACTIONS = {
     "viewed": "status or a dry run showed the user's content ([policy] audit_reads)",
     "revert-requested": "a revert was asked for and waits for a second operator",
     "revert-approved": "a second operator approved a revert request (the revert follows)",
+    "revert-rejected": "a pending revert request was cancelled (`privacy-lock reject`); it "
+                       "can no longer be approved",
     "revert-refused": "an approval was refused (the approver is the requester, or under "
                       "approval = distinct-accounts shares the requester's OS account or "
                       "database login)",

@@ -16,6 +16,7 @@ import click
 
 from privacy_lock import __version__, service
 from privacy_lock.anchors import KEY_ENV, MIN_KEY_BYTES
+from privacy_lock.approvals import id_ranges
 from privacy_lock.audit import ACTIONS, VerifyResult
 from privacy_lock.errors import (
     EXPECTED,
@@ -25,7 +26,7 @@ from privacy_lock.errors import (
     error_text,
     exit_code,
 )
-from privacy_lock.ids import parse_id
+from privacy_lock.ids import parse_id, parse_id_ranges
 from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
 from privacy_lock.render import (
@@ -82,7 +83,7 @@ class IdParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-LOCK_ID, REQUEST_ID = IdParam("lock id"), IdParam("request id")
+LOCK_ID = IdParam("lock id")
 
 
 @dataclass
@@ -678,32 +679,39 @@ def show_filed(result: service.FiledRequests, fmt: str) -> None:
 APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names ranges instead
 
 
-def id_ranges(ids: list[int]) -> str:
-    """Ids as short ranges: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
-    spans: list[list[int]] = []
-    for i in sorted(set(ids)):
-        if spans and i == spans[-1][1] + 1:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i])
-    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
-
-
 @cli.command()
-@click.argument("request_ids", nargs=-1, type=REQUEST_ID, required=True)
+@click.argument("request_ids", nargs=-1, metavar="[REQUEST_ID|FROM-TO]...")
 @click.option(
     "--operator", envvar="PRIVACY_LOCK_OPERATOR",
     help="Your name; it must differ from the requester's [env: PRIVACY_LOCK_OPERATOR].",
 )
 @click.option("--reason", help="Why you approve (recorded in the revert-approved event).")
+@click.option("--all-pending", is_flag=True,
+              help="Every pending request you may approve (not your own); without --ticket "
+              "or --requested-by it also needs --yes.")
+@click.option("--ticket", help="With --all-pending: only requests under this ticket.")
+@click.option("--requested-by", metavar="NAME",
+              help="With --all-pending: only requests this operator filed.")
+@click.option("--yes", is_flag=True,
+              help="Confirm --all-pending with no filter: approve every pending request.")
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Request ids from a file: `requests --format ids` output, or a CSV with a "
+              "request column.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the per-request results here (.json or .csv).")
 @pacing_options
 @format_option
 @click.pass_obj
 def approve(
-    app: App, request_ids: tuple[int, ...], operator: str | None, reason: str | None,
-    fmt: str, quiet: bool, **pacing: Any,
+    app: App, request_ids: tuple[str, ...], operator: str | None, reason: str | None,
+    all_pending: bool, ticket: str | None, requested_by: str | None, yes: bool,
+    from_file: Path | None, output: Path | None, fmt: str, quiet: bool, **pacing: Any,
 ) -> None:
     """Approve pending revert requests and run them (a second operator, not the requester).
+
+    Name requests by id or range (`1-20000`, `3,5,9-12`; at most 100,000 ids), with
+    --from-file, or with --all-pending (your own requests are left out, and said so; with no
+    --ticket or --requested-by it names every pending request, so it needs --yes).
 
     Each revert runs under its request's ticket and reason, as you; several run as one batch,
     where small locks share chunks. If you filed any of the requests named, the approval is
@@ -714,10 +722,49 @@ def approve(
     Example:
       privacy-lock requests
       privacy-lock approve 3 --operator bob
+      privacy-lock approve 1-20000 --operator bob --output approved.csv
+      privacy-lock approve --all-pending --ticket SUP-1300 --operator bob
     """
-    result = service.approve(app.target, request_ids, operator=operator, reason=reason,
-                             pacer=make_pacer(**pacing), progress=progress_factory(quiet))
+    if (ticket is not None or requested_by is not None or yes) and not all_pending:
+        raise UsageError("--ticket, --requested-by and --yes go with --all-pending")
+    ids = parse_id_ranges(list(request_ids), "request id") if request_ids else []
+    pending = service.PendingFilter(ticket, requested_by, yes) if all_pending else None
+    result = service.approve(app.target, ids, operator=operator, reason=reason,
+                             pacer=make_pacer(**pacing), progress=progress_factory(quiet),
+                             from_file=from_file, all_pending=pending, output=output)
     show_approved(result, fmt)
+
+
+@cli.command()
+@click.argument("request_ids", nargs=-1, required=True, metavar="REQUEST_ID|FROM-TO...")
+@click.option("--operator", envvar="PRIVACY_LOCK_OPERATOR",
+              help="Your name, as the trail records it [env: PRIVACY_LOCK_OPERATOR].")
+@click.option("--reason", help="Why the revert must not happen (recorded).")
+@format_option
+@click.pass_obj
+def reject(app: App, request_ids: tuple[str, ...], operator: str | None, reason: str | None,
+           fmt: str) -> None:
+    """Cancel pending revert requests, so that nobody can approve them.
+
+    Each becomes `rejected` with a revert-rejected event (sealed, like every request state
+    change); its lock stays active, and a new request for it can be filed with `revert`.
+    Only pending requests can be rejected (not approved or done ones); the operator who filed
+    a request may reject it too. All or nothing: one request that cannot be rejected refuses
+    the command (exit 2).
+
+    \b
+    Example:
+      privacy-lock reject 12 --operator bob --reason "wrong user: see SUP-1301"
+      privacy-lock reject 40-45 --operator bob --reason "filed twice"
+    """
+    ids = parse_id_ranges(list(request_ids), "request id")
+    rejected = service.reject(app.target, ids, operator=operator, reason=reason)
+    click.echo(render([r.as_dict() for r in rejected], fmt,
+                      columns=["request", "lock", "user", "status", "requested_by", "ticket"]))
+    count = len(rejected)
+    note(f"{'request' if count == 1 else f'{count:,} requests'} "
+         f"{id_ranges([r.request_id for r in rejected])} rejected; "
+         f"{'its lock stays' if count == 1 else 'their locks stay'} active")
 
 
 def show_approved(result: service.ApproveResult, fmt: str) -> None:
@@ -727,10 +774,7 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
         fmt,
         lambda: [{"request": item.request["request_id"], **row} for item in ran
                  for row in outcome_rows([item.outcome], "revert")],
-        lambda: [{"request": a.request["request_id"],
-                  "requested_by": a.request["requested_by"],
-                  "approved_by": a.request["approved_by"], "resumed": a.resumed,
-                  **a.outcome.as_dict()} for a in ran])
+        lambda: [service.approval_row(a) for a in ran])
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
@@ -739,6 +783,8 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
         by = sorted({a.request["requested_by"] for a in ran})
         note(f"requests {id_ranges([a.request['request_id'] for a in ran])}: requested "
              f"by {', '.join(by)}, approved by {result.approver.operator}")
+    if result.output:
+        note(f"results written to {result.output}")
     for line in result.finished_meanwhile:
         note(f"note: {line}; not run again")
     same = [a.request for a in ran if a.same_os_account]
@@ -766,25 +812,38 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
                  f"{len(ran)} approved requests failed: approve them again to finish them")
         else:
             note(stats.summary_line())
-    finish(failed=bool(failed))
+    finish(failed=bool(failed), output_error=result.output_error)
 
 
 @cli.command("requests")
-@click.option("--state", type=click.Choice(["open", "pending", "approved", "done", "all"]),
+@click.option("--state", type=click.Choice(["open", "pending", "approved", "done", "rejected",
+                                            "all"]),
               default="open", show_default=True,
               help="open = waiting for approval, or approved but not finished.")
+@click.option("--ticket", help="Only requests under this ticket.")
+@click.option("--requested-by", metavar="NAME", help="Only requests this operator filed.")
 @tz_option
-@format_option
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "ids"]), default="table",
+              show_default=True,
+              help="Output format (ids: the request ids as ranges on one line, for approve).")
 @click.pass_obj
-def requests_command(app: App, state: str, tz_name: str, fmt: str) -> None:
+def requests_command(app: App, state: str, ticket: str | None, requested_by: str | None,
+                     tz_name: str, fmt: str) -> None:
     """List revert requests waiting for a second operator's approval.
 
     \b
     Example:
       privacy-lock requests
       privacy-lock requests --state all --format csv
+      privacy-lock requests --state pending --ticket SUP-1300 --format ids > ids.txt
+      privacy-lock approve --from-file ids.txt --operator bob
     """
-    rows = service.requests(app.target, state=state, tz=tz_name)
+    rows = service.requests(app.target, state=state, tz=tz_name, ticket=ticket,
+                            requested_by=requested_by)
+    if fmt == "ids":
+        click.echo(id_ranges([r["request"] for r in rows]).replace(", ", " "))
+        note(f"{len(rows):,} request(s)")
+        return
     columns = ["request", "lock", "user", "state", "age_days", "requested_by",
                "requested_from", "ticket", "reason", "requested_at", "approved_by"]
     click.echo(render(rows, fmt, columns=columns))

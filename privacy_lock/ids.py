@@ -37,3 +37,40 @@ def parse_id(text: str, what: str, *, minimum: int = INT64_MIN, maximum: int = I
     if not max(minimum, INT64_MIN) <= number <= min(maximum, INT64_MAX):
         raise UsageError(f"{what} {shown} is out of range: {minimum}..{maximum}")
     return number
+
+
+MAX_IDS_AT_ONCE = 100_000  # ids a command takes from ranges at once (`approve 1-20000`)
+_RANGE = re.compile(r"([^-]*)-([^-]*)")
+
+
+def parse_id_ranges(texts: list[str], what: str, *, limit: int = MAX_IDS_AT_ONCE) -> list[int]:
+    """Ids from arguments such as ``7``, ``1-20000`` or ``3,5,9-12`` (each id by
+    :func:`parse_id`, from 1), in the order given, without repeats.
+
+    A range is inclusive and must go upwards. More than ``limit`` ids in all is a usage error
+    counted before any list is built, so ``1-99999999999`` costs nothing: nobody approves a
+    hundred thousand requests by typing a range, and a typo must not become one."""
+    spans: list[tuple[int, int]] = []
+    total = 0
+    for text in texts:
+        for token in text.replace(",", " ").split():
+            found = _RANGE.fullmatch(token)
+            if found:
+                low = parse_id(found.group(1), what, minimum=1)
+                high = parse_id(found.group(2), what, minimum=1)
+                if high < low:
+                    raise UsageError(f"{what} range {token!r} goes downwards: write "
+                                     f"{high}-{low}")
+            else:
+                low = high = parse_id(token, what, minimum=1)
+            spans.append((low, high))
+            total += high - low + 1
+            if total > limit:
+                raise UsageError(f"{what}s {token!r}: that is more than {limit:,} ids at once "
+                                 f"({total:,} so far); name fewer, or use a filter")
+    if not spans:
+        raise UsageError(f"no {what} given")
+    seen: dict[int, None] = {}
+    for low, high in spans:
+        seen.update(dict.fromkeys(range(low, high + 1)))
+    return list(seen)

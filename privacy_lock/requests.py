@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from privacy_lock.errors import UsageError
-from privacy_lock.ids import parse_id
+from privacy_lock.ids import parse_id, parse_id_ranges
 from privacy_lock.render import csv_text_read
 from privacy_lock.vocabulary import Mode
 
@@ -511,3 +511,63 @@ class _Checker:
         self.locks[lock_id] = line
         self.lock_checks.append((lock_id, problem))
         return lock_id
+
+
+# --- a file of request ids (approve --from-file) -------------------------------------------------
+
+ID_COLUMNS = ("request", "request_id")
+
+
+def read_request_ids(path: Path) -> list[int]:
+    """The request ids a file names, for ``approve --from-file``: what ``requests --format
+    ids`` prints (ids and ranges such as ``1-200``, separated by spaces, commas or lines), or
+    a CSV with a ``request`` or ``request_id`` column (``requests --format csv``, an
+    ``approve --output`` file). Every problem is listed with its line; nothing is approved."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the file of request ids: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RequestFileError(path, [(line, f"not UTF-8 (byte offset {exc.start})")]) from None
+    lines = text.splitlines()
+    first = next((n for n, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise RequestFileError(path, [(1, "the file is empty")])
+    header = [f.strip().lower() for f in next(csv.reader([lines[first]]))]
+    column = next((header.index(c) for c in ID_COLUMNS if c in header), None)
+    problems: list[tuple[int, str]] = []
+    tokens: list[str] = []
+    if column is None and any(c.isalpha() for c in lines[first]):
+        raise RequestFileError(path, [(first + 1, "no 'request' or 'request_id' column, and "
+                                                  "not a list of ids such as 1-200 7 9")])
+    if column is not None:
+        reader = csv.reader(lines[first + 1:])
+        for number, fields in enumerate(reader, start=first + 2):
+            if not any(f.strip() for f in fields):
+                continue
+            if column >= len(fields) or not fields[column].strip():
+                problems.append((number, "empty request id"))
+            else:
+                tokens.append(fields[column])
+                _check_token(fields[column], number, problems)
+    else:
+        for number, text_line in enumerate(lines[first:], start=first + 1):
+            for token in text_line.replace(",", " ").split():
+                tokens.append(token)
+                _check_token(token, number, problems)
+    if problems:
+        raise RequestFileError(path, problems)
+    if not tokens:
+        raise RequestFileError(path, [(first + 1, "no request ids")])
+    return parse_id_ranges(tokens, "request id")
+
+
+def _check_token(token: str, line: int, problems: list[tuple[int, str]]) -> None:
+    try:
+        parse_id_ranges([token], "request id")
+    except UsageError as exc:
+        problems.append((line, str(exc)))

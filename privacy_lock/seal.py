@@ -59,6 +59,8 @@ REQUEST_FIELDS = ("request_id", "lock_id", "subject", "requested_by", "requested
                   "requested_host", "requested_db_user", "ticket", "reason", "requested_at")
 APPROVAL_FIELDS = (*REQUEST_FIELDS, "approved_by", "approved_os_user", "approved_host",
                    "approved_db_user", "approved_at")
+# A rejected request as `reject` left it: what it was, and that and when it was closed.
+REJECTION_FIELDS = (*REQUEST_FIELDS, "state", "finished_at")
 
 
 def _digest(payload: Any) -> str:
@@ -111,7 +113,8 @@ class SealCheck:
         return not self.problems
 
 
-SEALING_ACTIONS = ("lock", "apply", "hide", "revert-requested", "revert-approved")
+SEALING_ACTIONS = ("lock", "apply", "hide", "revert-requested", "revert-approved",
+                   "revert-rejected")
 # The events a lock's rows are checked against: what seals them, and what resolves its
 # snapshots and closes it (whose counts are checked without a key).
 LOCK_ACTIONS = (*SEALING_ACTIONS, "restore", "revert")
@@ -195,6 +198,7 @@ class _Filing:
     lock_id: int
     filed: tuple[int, str | None] | None = None
     approved: tuple[int, str | None] | None = None
+    rejected: tuple[int, str | None] | None = None
 
 
 def _check_part(conn: Connection, lock_ids: list[int], check: SealCheck) -> None:
@@ -254,13 +258,15 @@ def _read_event(trail: _Trail, filings: dict[int, _Filing], seq: int, lock_id: i
             trail.restores_known = False
     elif action == "revert":
         trail.reverted = (seq, details.get("kinds"))
-    elif action in ("revert-requested", "revert-approved") and "request_id" in details:
+    elif (action in ("revert-requested", "revert-approved", "revert-rejected")
+          and "request_id" in details):
         filing = filings.setdefault(int(details["request_id"]), _Filing(lock_id))
-        what = sealed.get("request" if action == "revert-requested" else "approval")
         if action == "revert-requested":
-            filing.filed = (seq, what)
+            filing.filed = (seq, sealed.get("request"))
+        elif action == "revert-approved":
+            filing.approved = (seq, sealed.get("approval"))
         else:
-            filing.approved = (seq, what)
+            filing.rejected = (seq, sealed.get("rejection"))
 
 
 def _check_gone(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRow]],
@@ -426,14 +432,26 @@ def _check_requests(conn: Connection, lock_ids: list[int], filings: dict[int, _F
             check.problems.append(f"revert request {request_id} was filed by no event "
                                   "(inserted by hand?)")
             continue
-        approved = row["approved_by"] is not None or row["state"] != RequestState.PENDING
+        rejected = row["state"] == RequestState.REJECTED
+        if rejected and filing.rejected is None:
+            check.problems.append(f"revert request {request_id} was rejected by no event "
+                                  "(its state was written by hand?)")
+            continue
+        if filing.rejected is not None and not rejected:
+            check.problems.append(f"revert request {request_id} was rejected by event "
+                                  f"{filing.rejected[0]} but is {row['state']} now (reopened "
+                                  "by hand?)")
+            continue
+        approved = row["approved_by"] is not None or row["state"] not in (
+            RequestState.PENDING, RequestState.REJECTED)
         if approved and filing.approved is None:
             check.problems.append(f"revert request {request_id} was approved by no event "
                                   "(its approval was written by hand?)")
             continue
         unsealed = False
         for what, fields, event in (("request", REQUEST_FIELDS, filing.filed),
-                                    ("approval", APPROVAL_FIELDS, filing.approved)):
+                                    ("approval", APPROVAL_FIELDS, filing.approved),
+                                    ("rejection", REJECTION_FIELDS, filing.rejected)):
             if event is None:
                 continue
             seq, digest = event
@@ -442,8 +460,9 @@ def _check_requests(conn: Connection, lock_ids: list[int], filings: dict[int, _F
                 continue
             check.checked += 1
             if fields_digest(row, fields) != digest:
-                who = "who asked, from where, ticket or reason" if what == "request" else (
-                    "who asked or who approved, from where, or when")
+                who = {"request": "who asked, from where, ticket or reason",
+                       "approval": "who asked or who approved, from where, or when",
+                       "rejection": "who asked, from where, or when it was rejected"}[what]
                 check.problems.append(
                     f"revert request {request_id} no longer matches what event {seq} sealed "
                     f"({who} was edited)")

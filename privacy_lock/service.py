@@ -62,6 +62,7 @@ from privacy_lock.engine import (
     user_status,
 )
 from privacy_lock.errors import OutputError, UsageError
+from privacy_lock.output import check_writable
 from privacy_lock.pacing import Pacer
 from privacy_lock.policy import (
     PolicyChange,
@@ -73,8 +74,8 @@ from privacy_lock.policy import (
     set_rule,
 )
 from privacy_lock.progress import RunStats
-from privacy_lock.render import render, report_text
-from privacy_lock.requests import Request, load_requests, text_problem
+from privacy_lock.render import outcome_rows, render, report_text
+from privacy_lock.requests import Request, load_requests, read_request_ids, text_problem
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
 from privacy_lock.vocabulary import Mode
 
@@ -264,6 +265,8 @@ class ApproveResult:
     finished_meanwhile: list[str]  # requests another approver finished since we looked
     interrupted: bool
     stats: RunStats
+    output: Path | None = None
+    output_error: str | None = None
 
     @property
     def failed(self) -> list[approvals.ApprovalOutcome]:
@@ -485,26 +488,80 @@ def _argument_requests(
     return made
 
 
-def approve(
-    target: Target, request_ids: Sequence[int], *, operator: str | None,
-    reason: str | None = None, pacer: Pacer | None = None,
-    progress: ProgressFactory | None = None,
-) -> ApproveResult:
-    """Approve revert requests as a second operator and run them as one batch.
+@dataclass(frozen=True)
+class PendingFilter:
+    """``approve --all-pending``: every pending request, or those under a ticket and/or filed
+    by one operator; ``yes`` confirms "every pending request" when no filter narrows it."""
 
-    Refused before anything is approved or run (a usage error): no operator, an unknown or
-    finished request, a lock no longer bound as it records, a request another operator
-    approved, or any request the approver filed (each such refusal is recorded as a
+    ticket: str | None = None
+    requested_by: str | None = None
+    yes: bool = False
+
+    @property
+    def narrowed(self) -> bool:
+        return bool((self.ticket or "").strip() or (self.requested_by or "").strip())
+
+
+def _approval_ids(
+    conn: Connection, target: Target, request_ids: Sequence[int], from_file: Path | None,
+    pending: PendingFilter | None, approver: Actor,
+) -> list[int]:
+    """The request ids ``approve`` names: the arguments, a file of ids, or the pending
+    requests ``pending`` selects less the approver's own (left out, and said so)."""
+    if sum((bool(request_ids), from_file is not None, pending is not None)) != 1:
+        raise UsageError("name the requests one way: REQUEST_ID... (ranges such as 1-200 "
+                         "allowed), --from-file FILE or --all-pending")
+    if from_file is not None:
+        return read_request_ids(from_file)
+    if pending is None:
+        return list(dict.fromkeys(request_ids))
+    rows = approvals.pending_requests(conn, ticket=pending.ticket,
+                                      requested_by=pending.requested_by)
+    own = approvals.own_requests(conn, rows, approver)
+    ids = [row.request_id for row in rows if row not in own]
+    if own:
+        target.note(f"left out {len(own):,} pending request(s) the two-person rule does not "
+                    f"let you approve ({approvals.id_ranges([r.request_id for r in own])}): "
+                    "another operator approves them")
+    if not ids:
+        raise UsageError("no pending request " + ("matches" if pending.narrowed else "is left")
+                         + (" that you may approve" if own else "") + "; nothing was approved")
+    if not pending.narrowed and not pending.yes:
+        asked = sorted({r.requested_by for r in rows if r not in own})
+        raise UsageError(
+            f"--all-pending without --ticket or --requested-by would approve every pending "
+            f"request: {len(ids):,} ({approvals.id_ranges(ids)}), filed by "
+            f"{', '.join(asked)}; review them (`privacy-lock requests --state pending`), then "
+            "add --yes, or narrow with --ticket / --requested-by; nothing was approved")
+    return ids
+
+
+def approve(
+    target: Target, request_ids: Sequence[int] = (), *, operator: str | None,
+    reason: str | None = None, pacer: Pacer | None = None,
+    progress: ProgressFactory | None = None, from_file: Path | None = None,
+    all_pending: PendingFilter | None = None, output: Path | None = None,
+) -> ApproveResult:
+    """Approve revert requests as a second operator and run them as one batch: the ids given,
+    those of ``from_file`` (:func:`read_request_ids`), or with ``all_pending`` the pending
+    ones it selects (without the approver's own; every pending one only when confirmed).
+
+    Refused before anything is approved or run (a usage error): no operator, an unknown,
+    finished or rejected request, a lock no longer bound as it records, a request another
+    operator approved, or any request the approver filed (each such refusal is recorded as a
     ``revert-refused`` event); a lock whose seals fail, as a :class:`TamperedError`.
     """
     if not (operator and operator.strip()):
         raise UsageError("--operator required: the approval is audited under your name")
     Identity(operator, None, reason).check()
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
+    if output:
+        check_writable(output)
     pacer = pacer or Pacer()
     with target.connect() as conn:
         cmap = target.content_map(conn)
-        approved = approvals.approve_requests(conn, cmap, request_ids, approver)
+        ids = _approval_ids(conn, target, request_ids, from_file, all_pending, approver)
+        approved = approvals.approve_requests(conn, cmap, ids, approver)
         if not approved.runnable:  # each was finished or approved by another since we looked
             raise UsageError("; ".join(approved.finished_meanwhile))
         run = _TrackedRun(conn, cmap, "revert", approved.requests, False, pacer, progress,
@@ -515,8 +572,41 @@ def approve(
                                           on_done=run.done)
         finally:
             stats = run.close()
-    return ApproveResult(approver, done.approved, done.finished_meanwhile, done.interrupted,
-                         stats)
+    result = ApproveResult(approver, done.approved, done.finished_meanwhile, done.interrupted,
+                           stats)
+    if output:
+        json_file = output.suffix.lower() == ".json"
+        rows = [approval_row(a) for a in result.approved] if json_file else [
+            {"request": a.request["request_id"], **row} for a in result.approved
+            for row in outcome_rows([a.outcome], "revert")]
+        result.output, result.output_error = _write(output, render(
+            rows, "json" if json_file else "csv"))
+    return result
+
+
+def approval_row(approval: approvals.ApprovalOutcome) -> dict[str, Any]:
+    """One approved request and its revert, as ``approve --format json`` and ``--output``
+    show it."""
+    return {"request": approval.request["request_id"],
+            "requested_by": approval.request["requested_by"],
+            "approved_by": approval.request["approved_by"], "resumed": approval.resumed,
+            **approval.outcome.as_dict()}
+
+
+def reject(
+    target: Target, request_ids: Sequence[int], *, operator: str | None, reason: str | None,
+) -> list[approvals.RejectedRequest]:
+    """Cancel pending revert requests (``revert-rejected``, sealed); all or none."""
+    missing = [name for name, value in (("--operator", operator), ("--reason", reason))
+               if not (value and value.strip())]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} required: a rejection is audited with them")
+    Identity(operator, None, reason).check()
+    assert operator and reason  # checked just above
+    rejecter = Actor.current(operator.strip(), None, reason.strip())
+    with target.connect() as conn:
+        target.require_tables(conn)
+        return approvals.reject_requests(conn, request_ids, rejecter)
 
 
 def status(
@@ -558,12 +648,20 @@ def locks(
         return reporting.lock_rows(conn, filters, zone)
 
 
-def requests(target: Target, *, state: str = "open", tz: str = "UTC") -> list[dict[str, Any]]:
-    """Revert requests in ``state`` (open, pending, approved, done, all)."""
+def requests(target: Target, *, state: str = "open", tz: str = "UTC",
+             ticket: str | None = None, requested_by: str | None = None
+             ) -> list[dict[str, Any]]:
+    """Revert requests in ``state`` (open, pending, approved, done, rejected, all), only
+    those under ``ticket`` / filed by ``requested_by`` (as approve --all-pending selects)."""
     zone = reporting.resolve_zone(tz)
     with target.connect() as conn:
         target.require_tables(conn)
-        return approvals.list_requests(conn, state, zone)
+        rows = approvals.list_requests(conn, state, zone)
+    if ticket is not None:
+        rows = [r for r in rows if r["ticket"] == ticket.strip()]
+    if requested_by is not None:
+        rows = [r for r in rows if approvals.same_operator(r["requested_by"], requested_by)]
+    return rows
 
 
 def audit_verify(target: Target, expect_head: str | None = None,

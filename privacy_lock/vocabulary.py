@@ -45,6 +45,7 @@ class RequestState(StrEnum):
     PENDING = "pending"  # filed, waiting for a second operator
     APPROVED = "approved"  # approved; the revert runs (or was interrupted: approve again)
     DONE = "done"  # the revert ran to its end
+    REJECTED = "rejected"  # cancelled by `reject` while pending; never approved or run
 
 
 OPEN_REQUEST_STATES = (RequestState.PENDING, RequestState.APPROVED)

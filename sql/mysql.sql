@@ -64,7 +64,7 @@ CREATE TABLE privacy_lock_revert_requests (
 	request_id BIGINT NOT NULL AUTO_INCREMENT, 
 	lock_id BIGINT NOT NULL, 
 	subject VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'the user (content owner) id, as text', 
-	state VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'pending | approved | done', 
+	state VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'pending | approved | done | rejected', 
 	open_lock_id BIGINT, 
 	requested_by VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, 
 	requested_os_user VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, 

@@ -167,7 +167,17 @@ def pacing_options(func: Any) -> Any:
 
 
 def batch_options(func: Any) -> Any:
-    """--from-file / --output, shared by apply and revert."""
+    """--from-file / --encoding / --delimiter / --output, shared by apply and revert."""
+    func = click.option(
+        "--delimiter", metavar="CHAR",
+        help="Column separator of a CSV request file: one character, or 'tab' [default: tab "
+        "for .tsv, else ',']",
+    )(func)
+    func = click.option(
+        "--encoding", metavar="NAME",
+        help="Encoding of a CSV/TSV request file: utf-8 or cp932 (shift_jis, Excel's 'CSV' "
+        "in Japan) [default: UTF-8 with or without BOM, else CP932 if the file is valid CP932].",
+    )(func)
     func = click.option(
         "--output", type=click.Path(dir_okay=False, path_type=Path),
         help="Also write the per-request results here (.json or .csv); failed requests go to "
@@ -175,7 +185,7 @@ def batch_options(func: Any) -> Any:
     )(func)
     func = click.option(
         "--from-file", type=click.Path(dir_okay=False, path_type=Path),
-        help="Request file (CSV with a header, or JSON): one request per row.",
+        help="Request file (CSV or TSV with a header, or JSON): one request per row.",
     )(func)
     return func
 
@@ -360,6 +370,7 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     """apply's and revert's options as the service takes them."""
     return {
         "from_file": options["from_file"], "output": options["output"],
+        "encoding": options["encoding"], "delimiter": options["delimiter"],
         "identity": Identity(options["operator"], options["ticket"], options["reason"]),
         "dry_run": options["dry_run"],
         "pacer": make_pacer(options["chunk_size"], options["max_chunk_seconds"],

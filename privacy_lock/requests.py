@@ -27,7 +27,9 @@ from privacy_lock.vocabulary import Mode
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "apply": ("user_id", "ticket", "reason", "kinds", "operator"),
-    "revert": ("user_id", "lock_id", "ticket", "reason", "operator"),
+    # kinds: so that the file apply took reverts as it is; revert restores every kind of a
+    # lock, so its values are not used (load_requests says so).
+    "revert": ("user_id", "lock_id", "ticket", "reason", "operator", "kinds"),
 }
 MAX_LISTED_PROBLEMS = 50
 EXISTENCE_BATCH = 1000  # ids per existence query when validating a file
@@ -37,6 +39,18 @@ MAX_SHORT_TEXT = 191
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
+# The encodings a request file may be read in: UTF-8 (with or without a BOM), and the Japanese
+# Excel's "CSV" (Windows code page 932, which it calls Shift_JIS and which holds characters
+# strict Shift_JIS lacks, such as ① and ～). Both keep b'\n' a line end of its own, so the file
+# is still decoded line by line with exact offsets. Not UTF-16: Excel's "Unicode text" is
+# refused with a hint.
+ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8", "cp932": "cp932",
+             "ms932": "cp932", "windows-31j": "cp932", "shift-jis": "cp932", "sjis": "cp932"}
+ENCODING_NAMES = {"utf-8": "UTF-8", "cp932": "CP932 (Shift_JIS)"}
+# What Python's cp932 decodes bytes that hold no character to (0x80 -> U+0080; 0xA0, 0xFD-0xFF
+# and the user-defined area -> private use): taken as "not CP932", else any file would be.
+_NOT_CP932_TEXT = re.compile("[\u0080\ue000-\uf8ff]")
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # Control characters (C0, DEL, C1) a ticket or operator may not hold: an escape sequence would
 # be stored in the trail and run by an auditor's terminal. Tab is allowed; a reason may also
@@ -79,10 +93,11 @@ class RequestFileError(UsageError):
 class _Stop(Exception):
     """The rest of the file cannot be read (bad encoding, JSON syntax); carries the problem."""
 
-    def __init__(self, line: int, text: str) -> None:
+    def __init__(self, line: int, text: str, where: str = "") -> None:
         super().__init__(text)
         self.line = line
         self.text = text
+        self.where = where  # "byte 0x.. at byte offset N, line L" for a decoding error
 
 
 def load_requests(
@@ -96,6 +111,9 @@ def load_requests(
     normalize_user: Callable[[str], str],
     unknown_users: Callable[[list[str]], Collection[str]],
     missing_locks: Callable[[list[int]], Collection[int]] | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[Request]:
     """Read and validate a whole request file; raise RequestFileError listing every problem.
 
@@ -103,13 +121,21 @@ def load_requests(
     normalized ids (a thousand at a time, so that a 10,000-row file costs ten queries, not
     10,000) and returns those known not to exist; ``missing_locks`` likewise for lock ids.
     Duplicates are checked on normalized ids. Row values win over the defaults.
+
+    A CSV file is read in ``encoding`` (:data:`ENCODINGS`); without one, as UTF-8 when it is
+    valid UTF-8 (with or without a BOM), else as CP932 when it is valid CP932, else refused
+    with both offsets. Its columns are split on ``delimiter`` (``tab`` for a tab; by default a
+    tab for a .tsv file, else a comma). ``note`` hears which encoding and delimiter were used.
     """
     if mode not in COLUMNS:
         raise ValueError(f"mode must be 'apply' or 'revert', not {mode!r}")
+    codec = _codec(encoding)
+    split = _delimiter(path, delimiter)
     checker = _Checker(
         mode, default_ticket, default_reason, default_operator, known_kinds,
         normalize_user, unknown_users, missing_locks,
     )
+    checker.delimiter = split
     try:
         with open(path, "rb") as fh:
             head = fh.read(65536)
@@ -119,9 +145,21 @@ def load_requests(
             elif head.startswith(UTF16_BOMS):
                 checker.problem(1, f"the file is UTF-16, not UTF-8: {SAVE_AS_UTF8}")
             elif _is_json(path, head):
+                if codec not in (None, "utf-8"):
+                    raise UsageError(f"{path}: a JSON request file is UTF-8 (RFC 8259); "
+                                     f"--encoding {encoding} is for CSV and TSV files")
                 _read_json(fh, checker)
             else:
-                _read_csv(fh, checker)
+                if codec == "cp932" and head.startswith(UTF8_BOM):
+                    raise UsageError(f"{path}: the file starts with a UTF-8 BOM, so it is "
+                                     f"UTF-8, not {encoding}: drop --encoding")
+                used = codec or _detect_encoding(path, fh)
+                if note is not None:
+                    how = "given" if codec else "detected"
+                    shown = "tab" if split == "\t" else repr(split)
+                    note(f"{path}: read as {ENCODING_NAMES[used]} ({how}), columns split on "
+                         f"{shown}")
+                _read_csv(fh, checker, used, split)
     except _Stop as stop:
         checker.problem(stop.line, stop.text)
     except OSError as exc:
@@ -129,7 +167,57 @@ def load_requests(
     checker.check_existence()
     if checker.problems:
         raise RequestFileError(path, checker.problems)
+    if checker.ignored_kinds and note is not None:
+        note(f"{path}: the kinds column is not used by revert ({checker.ignored_kinds:,} "
+             "row(s) name kinds): a revert restores every kind its lock hid")
     return checker.requests
+
+
+def _codec(encoding: str | None) -> str | None:
+    """The codec for ``--encoding`` (None: detect); a usage error for any other name."""
+    if encoding is None:
+        return None
+    codec = ENCODINGS.get(encoding.strip().lower().replace("_", "-"))
+    if codec is None:
+        raise UsageError(f"--encoding {encoding!r} is not supported: use utf-8 or cp932 "
+                         "(shift_jis); for anything else, save the file as UTF-8")
+    return codec
+
+
+def _delimiter(path: Path, delimiter: str | None) -> str:
+    """The column separator: ``delimiter`` (one character, or ``tab``), else a tab for a .tsv
+    file and a comma for anything else."""
+    if delimiter is None:
+        return "\t" if Path(path).suffix.lower() == ".tsv" else ","
+    value = DELIMITER_NAMES.get(delimiter.lower(), delimiter)
+    if len(value) != 1 or value in ('"', "\r", "\n") or value.isalnum():
+        raise UsageError(f"--delimiter {delimiter!r}: give one character such as ';' or '|', "
+                         "or 'tab' (not a letter, digit, quote or line break)")
+    return value
+
+
+def _detect_encoding(path: Path, fh: IO[bytes]) -> str:
+    """UTF-8 when every line decodes as UTF-8 (UTF-8 wins over CP932, which would read most
+    UTF-8 Japanese as other characters), else CP932 when every line decodes as it; else a
+    problem at the first byte that is not UTF-8, naming where CP932 failed too. The file is
+    rewound."""
+    failures: list[_Stop] = []
+    for codec in ("utf-8", "cp932"):
+        fh.seek(0)
+        try:
+            for _line in _decoded_lines(fh, codec):
+                pass
+        except _Stop as stop:
+            failures.append(stop)
+            continue
+        finally:
+            fh.seek(0)
+        return codec
+    utf8, cp932 = failures
+    raise _Stop(utf8.line, f"not UTF-8 ({utf8.where}) nor CP932 (Shift_JIS) ({cp932.where}"
+                           + (f", line {cp932.line}" if cp932.line != utf8.line else "")
+                           + f"); {SAVE_AS_UTF8}, or give --encoding; the rest of the file "
+                           "was not read")
 
 
 def text_problem(name: str, value: str) -> str | None:
@@ -164,7 +252,7 @@ def _report_missing(
 def _is_json(path: Path, head: bytes) -> bool:
     """By extension, else by the first character: '[' or '{' is JSON, anything else CSV."""
     suffix = Path(path).suffix.lower()
-    if suffix in (".csv", ".json"):
+    if suffix in (".csv", ".tsv", ".json"):
         return suffix == ".json"
     return head.removeprefix(UTF8_BOM).lstrip()[:1] in (b"[", b"{")
 
@@ -172,28 +260,39 @@ def _is_json(path: Path, head: bytes) -> bool:
 # --- CSV -----------------------------------------------------------------------------------------
 
 
-def _decoded_lines(fh: IO[bytes]) -> Iterator[str]:
-    """The file's lines as text; a byte that is not UTF-8 stops with its line and offset.
+def _decoded_lines(fh: IO[bytes], codec: str = "utf-8") -> Iterator[str]:
+    """The file's lines as text in ``codec`` (utf-8 or cp932); a byte that does not decode
+    stops with its line and offset.
 
-    Splitting bytes on b'\\n' is safe: no UTF-8 multi-byte sequence contains that byte.
+    Splitting bytes on b'\\n' is safe: no UTF-8 multi-byte sequence contains that byte, and
+    in CP932 a second byte is never below 0x40.
     """
     offset = 0
     for number, raw in enumerate(fh, start=1):
-        body = raw[len(UTF8_BOM):] if number == 1 and raw.startswith(UTF8_BOM) else raw
+        body = raw[len(UTF8_BOM):] if number == 1 and raw.startswith(UTF8_BOM) \
+            and codec == "utf-8" else raw
         try:
-            yield body.decode("utf-8")
+            text = body.decode(codec)
+            if codec == "cp932" and (odd := _NOT_CP932_TEXT.search(text)):
+                start = len(text[:odd.start()].encode(codec))
+                raise UnicodeDecodeError(codec, body, start, start + 1, "no character")
+            yield text
         except UnicodeDecodeError as exc:
             at = offset + (len(raw) - len(body)) + exc.start
             bad = body[exc.start:exc.start + 1].hex()
-            raise _Stop(number, f"not UTF-8 (byte 0x{bad} at byte offset {at}); {SAVE_AS_UTF8}; "
-                                "the rest of the file was not read") from None
+            where = f"byte 0x{bad} at byte offset {at}"
+            hint = SAVE_AS_UTF8 if codec == "utf-8" else "is it another encoding?"
+            raise _Stop(number, f"not {ENCODING_NAMES[codec]} (byte 0x{bad} at byte offset "
+                                f"{at}); {hint}; the rest of the file was not read",
+                        where) from None
         offset += len(raw)
 
 
-def _read_csv(fh: IO[bytes], checker: _Checker) -> None:
+def _read_csv(fh: IO[bytes], checker: _Checker, codec: str = "utf-8",
+              delimiter: str = ",") -> None:
     # strict: an unterminated quote is an error at its row instead of silently swallowing
     # every following row into one field.
-    reader = csv.reader(_decoded_lines(fh), strict=True)
+    reader = csv.reader(_decoded_lines(fh, codec), strict=True, delimiter=delimiter)
     header: list[str] | None = None
     header_line = 1
     rows = 0
@@ -350,6 +449,8 @@ class _Checker:
         self.unknown_keys: dict[str, tuple[int, int]] = {}  # JSON key -> (first line, count)
         self.users: dict[str, tuple[int, str]] = {}  # normalized id -> (line, as written)
         self.locks: dict[int, int] = {}  # lock id -> line
+        self.delimiter = ","  # the CSV column separator, for the header's hint
+        self.ignored_kinds = 0  # revert rows that name kinds (not used: a lock reverts whole)
 
     def problem(self, line: int, text: str) -> None:
         self.problems.append((line, text))
@@ -362,9 +463,7 @@ class _Checker:
 
     def _unknown_column(self, name: str) -> str:
         guess = difflib.get_close_matches(name, self.allowed, n=1)
-        if name == "kinds" and self.mode == "revert":
-            hint = "; revert restores a whole lock, every kind"
-        elif name == "lock_id" and self.mode == "apply":
+        if name == "lock_id" and self.mode == "apply":
             hint = "; lock_id is for revert"
         else:
             hint = f"; did you mean {guess[0]!r}?" if guess else ""
@@ -373,9 +472,11 @@ class _Checker:
     def csv_header(self, line: int, fields: list[str]) -> None:
         """Check the header once: unknown, unnamed, repeated and missing columns."""
         self.names = [f.strip().lower() for f in fields]
-        if len(fields) == 1 and any(sep in fields[0] for sep in (";", "\t")):
-            self.problem(line, f"the header is one column {fields[0]!r}: separate the columns "
-                               "with commas")
+        others = [sep for sep in (",", ";", "\t", "|") if sep != self.delimiter]
+        if len(fields) == 1 and (found := [sep for sep in others if sep in fields[0]]):
+            shown = "tab" if found[0] == "\t" else found[0]
+            self.problem(line, f"the header is one column {fields[0]!r}: its columns are "
+                               f"separated by {shown!r}; give --delimiter {shown!r}")
             self.reported_missing.update(self.allowed)
             return
         seen: set[str] = set()
@@ -470,6 +571,9 @@ class _Checker:
         kinds = tuple(dict.fromkeys(
             k.strip() for k in (values.get("kinds") or "").split(";") if k.strip()
         ))
+        if self.mode == "revert":  # a lock reverts whole: the column is read, not used
+            self.ignored_kinds += bool(kinds)
+            kinds = ()
         unknown = [k for k in kinds if k not in self.known_kinds]
         if unknown:
             listed = ", ".join(repr(k) for k in unknown)

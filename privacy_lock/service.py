@@ -364,12 +364,14 @@ def apply(
     target: Target, users: Sequence[str] = (), *, kinds: Sequence[str] = (),
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory | None = None, encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> RunResult:
-    """Hide every item of the users (or of each row of ``from_file``) that is not owner-only,
+    """Hide every item of the users (or of each row of ``from_file``, read in ``encoding``
+    and split on ``delimiter`` as :func:`load_requests` says) that is not owner-only,
     remembering each old value; a dry run counts what would change."""
     result = _run_requests(target, "apply", users, (), kinds, from_file, identity, dry_run,
-                           pacer, output, progress)
+                           pacer, output, progress, encoding, delimiter)
     assert isinstance(result, RunResult)  # only revert files requests
     return result
 
@@ -378,19 +380,21 @@ def revert(
     target: Target, lock_ids: Sequence[int] = (), users: Sequence[str] = (), *,
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory | None = None, encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> RunResult | FiledRequests:
     """Restore the locks (by id, by user, or each row of ``from_file``) where nobody changed
     an item since; under ``[policy] revert_requires_approval`` (not in a dry run) only file
     requests for a second operator."""
     return _run_requests(target, "revert", users, lock_ids, (), from_file, identity, dry_run,
-                         pacer, output, progress)
+                         pacer, output, progress, encoding, delimiter)
 
 
 def _run_requests(
     target: Target, mode: Mode, users: Sequence[str], lock_ids: Sequence[int],
     kinds: Sequence[str], from_file: Path | None, identity: Identity, dry_run: bool,
     pacer: Pacer | None, output_path: Path | None, progress: ProgressFactory | None,
+    encoding: str | None = None, delimiter: str | None = None,
 ) -> RunResult | FiledRequests:
     """Validate every request and the output path, then run them as one batch."""
     if from_file and (users or lock_ids):
@@ -400,6 +404,8 @@ def _run_requests(
                          else "name at least one LOCK_ID or --user USER (or --from-file)")
     if from_file and kinds:
         raise UsageError("--kind applies to USER arguments; in a request file use a kinds column")
+    if not from_file and (encoding or delimiter):
+        raise UsageError("--encoding and --delimiter describe a --from-file request file")
     if output_path:
         output.check_writable(output_path, with_failed=True)
     pacer = pacer or Pacer()
@@ -419,6 +425,7 @@ def _run_requests(
                 known_kinds=list(cmap.kinds), normalize_user=cmap.normalize_user,
                 unknown_users=partial(_read_once, conn, cmap.unknown_users),
                 missing_locks=partial(_read_once, conn, missing_locks),
+                encoding=encoding, delimiter=delimiter, note=target.note,
             )
         else:
             batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run)

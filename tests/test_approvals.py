@@ -326,7 +326,7 @@ def test_a_self_approval_among_several_refuses_them_all_before_anything_runs(sns
     sns.run("revert", "--user", str(u1), "--user", str(u2), *as_("bob"))  # 4 and 5
     out = sns.run("approve", "3", "4", "5", "--operator", "Bob", expect=2)
     assert out.stderr.splitlines()[-1] == (
-        "privacy-lock: error: requests 3, 4, 5 were filed by bob: a revert needs a second "
+        "privacy-lock: error: requests 3-5 (3) were filed by bob: a revert needs a second "
         "operator's approval (refused; nothing was changed)")
     assert [d["request_id"] for d in events_of(sns, "revert-refused")] == [3, 3, 4, 5]
 

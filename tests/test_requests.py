@@ -200,7 +200,7 @@ def test_json_problems_name_the_object_and_its_line(tmp_path):
     ("user_id,ticket,ticket,reason\n1,T,T,r\n", 1, "column 'ticket' appears twice"),
     ("ticket,reason\nT,r\n", 1, "missing column 'user_id' (the first line must be the header"),
     ("user_id,reason\n1,r\n", 1, "missing column 'ticket' (or give --ticket"),
-    ("user_id;ticket;reason\n1;T;r\n", 1, "separate the columns with commas"),
+    ("user_id;ticket;reason\n1;T;r\n", 1, "separated by ';'; give --delimiter ';'"),
     ("user_id,ticket,reason\n,T,r\n", 2, "empty user_id"),
     ("user_id,ticket,reason\n1, ,r\n", 2, "empty ticket (fill it in, or give --ticket"),
     ("user_id,ticket,reason\n1,T,\n", 2, "empty reason"),
@@ -304,9 +304,9 @@ def test_revert_problems(tmp_path):
     ]
 
 
-def test_revert_takes_no_kinds_and_apply_takes_no_lock_id(tmp_path):
+def test_revert_reads_but_does_not_use_kinds_and_apply_takes_no_lock_id(tmp_path):
     path = write(tmp_path, "user_id,ticket,reason,kinds\n1,T,r,diary\n")
-    assert "revert restores a whole lock" in only_problem(path, "revert")[1]
+    assert load(path, "revert") == [Request(2, "1", None, "T", "r", "alice", ())]
     path = write(tmp_path, "user_id,lock_id,ticket,reason\n1,2,T,r\n")
     assert "lock_id is for revert" in only_problem(path, "apply")[1]
 

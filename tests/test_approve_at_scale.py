@@ -8,12 +8,12 @@ import json
 
 import pytest
 from sqlalchemy import select, update
+from test_approvals import as_, request_rows, set_policy
 
-from privacy_lock.ids import parse_id_ranges
 from privacy_lock.errors import UsageError
+from privacy_lock.ids import parse_id_ranges
 from privacy_lock.schema import audit_events, revert_requests
 from sns import build_sns
-from test_approvals import as_, request_rows, set_policy
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from test_requests import load, only_problem, write
 
 from privacy_lock.errors import UsageError
 from privacy_lock.requests import Request, RequestFileError, load_requests
 from privacy_lock.schema import locks
 from sns import build_sns
-from test_requests import load, only_problem, write
 
 JAPANESE = "user_id,ticket,reason,operator\n1,T-１,ログインできない①,佐藤\n2,T-2,退会～希望,佐藤\n"
 

@@ -39,7 +39,7 @@ from privacy_lock.render import (
     printable,
     render,
 )
-from privacy_lock.report import LOCK_COLUMNS
+from privacy_lock.report import LOCK_COLUMNS, resolve_zone
 from privacy_lock.service import Identity, Target
 
 
@@ -458,12 +458,43 @@ def status(
                           value_columns=("original", "current")))
 
 
+TZ_ENV = "PRIVACY_LOCK_TZ"
+
+
 def tz_option(func: Any) -> Any:
-    """--tz: the zone times are shown in, and bare --since/--until dates are days of."""
+    """--tz: the zone times are shown in, and bare --since/--until dates are days of; resolved
+    as --tz, then PRIVACY_LOCK_TZ, then the config's [display] timezone, then UTC."""
     return click.option(
-        "--tz", "tz_name", metavar="ZONE", default="UTC", show_default=True,
-        help="Show times in this IANA zone (e.g. Asia/Tokyo); bare dates are days there.",
+        "--tz", "tz_name", metavar="ZONE", envvar=TZ_ENV, callback=resolve_tz,
+        help="Show times in this IANA zone (e.g. Asia/Tokyo); bare dates are days there "
+        f"[env: {TZ_ENV}; default: the config's [display] timezone, else UTC].",
     )(func)
+
+
+def resolve_tz(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """The zone name --tz resolves to, checked now (an unknown name is exit 2, one line that
+    says where it came from); ``ctx.meta["tz_source"]`` says where, for :func:`note_zone`."""
+    app = ctx.find_object(App)
+    if value is not None and value.strip():
+        source = (TZ_ENV if ctx.get_parameter_source(param.name or "")
+                  is click.core.ParameterSource.ENVIRONMENT else "--tz")
+    elif app is not None and app.target.settings.timezone:
+        value = app.target.settings.timezone
+        source = f"{app.target.settings.config_path} [display] timezone"
+    else:
+        value, source = "UTC", "default"
+    try:
+        resolve_zone(value)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    ctx.meta["tz_source"] = source
+    return value.strip()
+
+
+def note_zone(tz_name: str) -> None:
+    """Say on stderr which zone the times shown are in, and where that came from."""
+    source = click.get_current_context().meta.get("tz_source", "default")
+    note(f"times in {tz_name}" + ("" if source == "default" else f" (from {source})"))
 
 
 def when_options(what: str) -> Any:
@@ -504,6 +535,7 @@ def locks_command(
     rows = service.locks(app.target, state=state, operator=operator, user=user, ticket=ticket,
                          since=since, until=until, tz=tz_name)
     click.echo(render(rows, fmt, columns=LOCK_COLUMNS))
+    note_zone(tz_name)
 
 
 @cli.group()
@@ -858,6 +890,7 @@ def requests_command(app: App, state: str, ticket: str | None, requested_by: str
     columns = ["request", "lock", "user", "state", "age_days", "requested_by",
                "requested_from", "ticket", "reason", "requested_at", "approved_by"]
     click.echo(render(rows, fmt, columns=columns))
+    note_zone(tz_name)
 
 
 @cli.group("policy")

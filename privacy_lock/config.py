@@ -29,7 +29,7 @@ _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "table": str, "id": str, "owner": str, "visibility": str, "private": (str, int),
 }
-_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit"}
+_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit", "display"}
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
@@ -80,6 +80,9 @@ class Settings:
     # The audit key ([audit] key_file, relative to the config file; anchors.py reads it when a
     # command connects): every event is then MACed with it.
     audit_key_file: Path | None = None
+    # [display] timezone: the IANA zone times are shown in and bare dates are days of, when
+    # neither --tz nor PRIVACY_LOCK_TZ names one (checked when a command shows times).
+    timezone: str | None = None
 
 
 def load_settings(config_option: str | None, url_option: str | None,
@@ -102,7 +105,7 @@ def load_settings(config_option: str | None, url_option: str | None,
     url = url_option or settings.database_url or DEFAULT_DATABASE_URL
     key_file = Path(key_file_option) if key_file_option else settings.audit_key_file
     return Settings(url, path, settings.content, settings.accounts, settings.policy,
-                    settings.one_user_per_chunk, key_file)
+                    settings.one_user_per_chunk, key_file, settings.timezone)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -170,7 +173,11 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
         key_file = Path(_required_str(audit, "key_file", where, "audit")).expanduser()
         if path is not None and not key_file.is_absolute():
             key_file = path.parent / key_file
-    return Settings(url, path, content, accounts, policy, one_user_per_chunk, key_file)
+    display = _section(data, "display", where)
+    _reject_unknown(display, {"timezone"}, where, "key", "display")
+    timezone = _required_str(display, "timezone", where, "display") if display else None
+    return Settings(url, path, content, accounts, policy, one_user_per_chunk, key_file,
+                    timezone)
 
 
 def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:

@@ -112,6 +112,11 @@ class Target:
             self._audit_key = load_key(self.settings.audit_key_file)
         return self._audit_key
 
+    def zone_name(self, tz: str | None) -> str:
+        """The display zone's name: ``tz`` (the CLI's --tz or PRIVACY_LOCK_TZ), else the
+        config's ``[display] timezone``, else UTC."""
+        return tz or self.settings.timezone or "UTC"
+
     @property
     def url(self) -> str:
         """The database URL with its password hidden, safe to print."""
@@ -645,22 +650,23 @@ def time_range(since: str | None, until: str | None, tz: str) -> tuple[Any, Any,
 def locks(
     target: Target, *, state: str = "active", operator: str | None = None,
     user: str | None = None, ticket: str | None = None, since: str | None = None,
-    until: str | None = None, tz: str = "UTC",
+    until: str | None = None, tz: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Locks with their items, age, operator, ticket and dates (times shown in ``tz``)."""
-    zone, since_at, until_before = time_range(since, until, tz)
+    """Locks with their items, age, operator, ticket and dates (times shown in ``tz``, by
+    default the config's zone, else UTC)."""
+    zone, since_at, until_before = time_range(since, until, target.zone_name(tz))
     filters = reporting.LockFilters(state, operator, user, ticket, None, since_at, until_before)
     with target.connect() as conn:
         target.require_tables(conn)
         return reporting.lock_rows(conn, filters, zone)
 
 
-def requests(target: Target, *, state: str = "open", tz: str = "UTC",
+def requests(target: Target, *, state: str = "open", tz: str | None = None,
              ticket: str | None = None, requested_by: str | None = None
              ) -> list[dict[str, Any]]:
     """Revert requests in ``state`` (open, pending, approved, done, rejected, all), only
     those under ``ticket`` / filed by ``requested_by`` (as approve --all-pending selects)."""
-    zone = reporting.resolve_zone(tz)
+    zone = reporting.resolve_zone(target.zone_name(tz))
     with target.connect() as conn:
         target.require_tables(conn)
         rows = approvals.list_requests(conn, state, zone)

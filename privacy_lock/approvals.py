@@ -633,7 +633,7 @@ def id_ranges(ids: Sequence[int]) -> str:
 def _some(ids: list[int], shown: int = 10) -> str:
     """'3, 7, 9' or '3, 7, 9, ... (25 in all)'."""
     text = ", ".join(map(str, ids[:shown]))
-    return text if len(ids) <= shown else f"{text}, ... ({len(ids)} in all)"
+    return text if len(ids) <= shown else f"{text}, ... ({len(ids):,} in all)"
 
 
 def pending_requests(

@@ -106,13 +106,49 @@ class App:
         return self._target
 
 
+# Click 8.2+ raises this usage error to show a group's help when it is run without a command.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class ArgumentError(click.ClickException):
+    """A Click usage error (an unknown option, a bad value, a missing argument) shown as every
+    other error is, ``privacy-lock: error: ...`` on one line, with the same exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        self.ctx = error.ctx
+
+    def show(self, file: Any = None) -> None:
+        message = " ".join(self.format_message().split())  # Click's "Did you mean" is a line
+        command = self.ctx.command_path.partition(" ")[2] if self.ctx else ""
+        where = f"{command}: " if command else ""
+        hint = f" (see `{self.ctx.command_path} --help`)" if self.ctx else ""
+        click.echo(printable(f"privacy-lock: error: {where}{message}{hint}"), err=True)
+
+
 class CommandGroup(click.Group):
     """Turns every expected failure into one line on stderr and its exit code, here only
-    (2 = nothing changed). With --debug the traceback is shown too; the exit code stays."""
+    (2 = nothing changed). With --debug the traceback is shown too; the exit code stays.
+    Click's own usage errors get the same one-line form (:class:`ArgumentError`)."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except _NO_ARGS_IS_HELP:
+            raise  # `privacy-lock` alone: Click shows the help
+        except click.UsageError as exc:
+            raise ArgumentError(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _NO_ARGS_IS_HELP:
+            raise  # `privacy-lock audit` alone: Click shows the help
+        except click.UsageError as exc:
+            raise ArgumentError(exc) from None
         except EXPECTED as exc:
             app = ctx.obj if isinstance(ctx.obj, App) else None
             if isinstance(exc, FailuresReported):  # the command has said what failed
@@ -258,7 +294,8 @@ def init(app: App) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="sns-demo.db")
 @click.option("--force", is_flag=True, help="Rebuild even if the files exist.")
-@click.option("--users", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("--users", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="How many demo users to create, each with diaries and photos.")
 def demo(path: Path, force: bool, users: int) -> None:
     """Build a demo SNS database (SQLite) and its config, ready to try every command.
 
@@ -274,7 +311,7 @@ def demo(path: Path, force: bool, users: int) -> None:
     click.echo(f"demo database: {summary.database_path}")
     click.echo(f"config:        {summary.config_path}")
     click.echo(
-        f"{summary.users} users, {summary.diaries} diaries, {summary.photos} photos; "
+        f"{summary.users:,} users, {summary.diaries:,} diaries, {summary.photos:,} photos; "
         "privacy-lock tables created"
     )
     here = summary.config_path.resolve() == Path("privacy-lock.toml").resolve()
@@ -513,7 +550,8 @@ def when_options(what: str) -> Any:
 
 @cli.command("locks")
 @click.option("--state", type=click.Choice(["active", "reverted", "all"]), default="active",
-              show_default=True)
+              show_default=True,
+              help="active = items still hidden; reverted = closed by a revert; all = both.")
 @click.option("--operator", help="Only locks opened by this operator.")
 @click.option("--user", help="Only this user's locks.")
 @click.option("--ticket", help="Only locks opened under this ticket.")
@@ -703,7 +741,7 @@ def show_filed(result: service.FiledRequests, fmt: str) -> None:
         note(f"results written to {result.output}")
     waiting = result.waiting
     if not waiting:
-        note("nothing to revert: no active lock was named")
+        note("nothing to revert: no active lock was named (see above)")
     else:
         ids = [o.request_id for o in waiting if o.request_id is not None]
         asked = sorted({o.requested_by for o in waiting if o.requested_by})
@@ -847,12 +885,12 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
                  f"{a.request['lock_id']}): {a.outcome.error}")
     if len(ran) > 1 or failed:
         if result.interrupted:
-            note(stats.summary_line(service.Ending.INTERRUPTED) + f"; {len(failed)} of "
-                 f"{len(ran)} approved requests not finished: approve them again to finish "
+            note(stats.summary_line(service.Ending.INTERRUPTED) + f"; {len(failed):,} of "
+                 f"{len(ran):,} approved requests not finished: approve them again to finish "
                  "them")
         elif failed:
-            note(stats.summary_line(service.Ending.FAILURES) + f"; {len(failed)} of "
-                 f"{len(ran)} approved requests failed: approve them again to finish them")
+            note(stats.summary_line(service.Ending.FAILURES) + f"; {len(failed):,} of "
+                 f"{len(ran):,} approved requests failed: approve them again to finish them")
         else:
             note(stats.summary_line())
     finish(failed=bool(failed), output_error=result.output_error)
@@ -945,7 +983,8 @@ def policy_set(app: App, rule: str, value: str, operator: str | None, ticket: st
 
 @cli.command("sql")
 @click.option("--dialect", type=click.Choice(["sqlite", "postgresql", "mysql"]),
-              default="sqlite", show_default=True)
+              default="sqlite", show_default=True,
+              help="The database the DDL is for (mysql also covers MariaDB).")
 @click.option("--grants", "role", metavar="ROLE",
               help="Print the least-privilege GRANTs for this role (PostgreSQL) or user[@host] "
               "(MySQL/MariaDB) instead, with column grants from the content map.")

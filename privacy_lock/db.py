@@ -69,9 +69,19 @@ def parse_url(url: str) -> URL:
             elif parsed.port is not None and not 0 < parsed.port < 65536:
                 problem = "the port must be a number from 1 to 65535"
             else:
-                return parsed
+                return _canonical_scheme(parsed)
     raise UsageError(f"invalid database URL (not shown: it may hold a password): {problem}; "
                      f"expected {_EXAMPLE}")
+
+
+def _canonical_scheme(parsed: URL) -> URL:
+    """``postgres://`` (what Heroku, libpq and many a DBA's notes write) as SQLAlchemy's
+    ``postgresql://``, with its driver if it names one; SQLAlchemy itself refuses the short
+    name."""
+    backend, plus, driver = parsed.drivername.partition("+")
+    if backend == "postgres":
+        return parsed.set(drivername=f"postgresql{plus}{driver}")
+    return parsed
 
 
 def safe_url(url: str | URL) -> str:

@@ -542,7 +542,7 @@ class _Run:
             outcomes = pacer.chunk(self.ctx.conn, partial(run_chunk, self.ctx, Chunk(works)))
         except (PrivacyLockError, SQLAlchemyError) as exc:
             if isinstance(exc, StaleChunk | IntegrityError | LockTimeoutError):
-                pacer.note(f"{len(works)} users could not share a chunk "
+                pacer.note(f"{len(works):,} users could not share a chunk "
                            f"({error_text(exc)}); doing them one by one")
             else:  # not a passing state of the data: do not try again in this run
                 self.share = False

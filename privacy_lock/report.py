@@ -362,3 +362,37 @@ def describe_filters(**values: Any) -> list[str]:
         for item in value if isinstance(value, tuple) else (value,):
             words.append(f"--{name.replace('_', '-')} {item}")
     return words
+
+
+def closed_lock_lines(conn: Connection, named: list[tuple[int | None, str | None]],
+                      limit: int = 10) -> list[str]:
+    """Why a revert found nothing to do, one line per (lock id, user) named: the lock was
+    reverted (when, by whom), or the user's last lock was, or the user never had one; at most
+    ``limit`` lines and a count of the rest."""
+    lock_ids = sorted({i for i, _u in named if i is not None})
+    users = sorted({u for i, u in named if i is None and u is not None})
+    columns = (locks.c.lock_id, locks.c.subject, locks.c.state, locks.c.reverted_at,
+               locks.c.reverted_by)
+    by_id: dict[int, Any] = {}
+    last: dict[str, Any] = {}
+    with reading(conn):
+        for start in range(0, len(lock_ids), 1000):
+            by_id.update((row.lock_id, row) for row in conn.execute(
+                select(*columns).where(locks.c.lock_id.in_(lock_ids[start:start + 1000]))))
+        for start in range(0, len(users), 1000):
+            for row in conn.execute(select(*columns).where(
+                    locks.c.subject.in_(users[start:start + 1000])).order_by(locks.c.lock_id)):
+                last[row.subject] = row  # the latest lock of each user wins
+    lines = []
+    for lock_id, user in named:
+        lock: Any = by_id.get(lock_id) if lock_id is not None else last.get(user or "")
+        if lock is None:
+            lines.append(f"user {user} has never been locked")
+        elif lock.state == LockState.REVERTED:
+            whose = (f"lock {lock.lock_id} (user {lock.subject})" if lock_id is not None
+                     else f"user {user} has no active lock: their last lock {lock.lock_id}")
+            lines.append(f"{whose} was already reverted at "
+                         f"{show_time(lock.reverted_at, UTC)} by {lock.reverted_by}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit:,} more"]
+    return lines

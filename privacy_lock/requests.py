@@ -83,10 +83,11 @@ class RequestFileError(UsageError):
     def render(self, limit: int = MAX_LISTED_PROBLEMS) -> str:
         """'<file>: N problems, nothing was changed:' then one '  line L: ...' per problem."""
         count = len(self.problems)
-        lines = [f"{self.path}: {count} problem{'s' if count != 1 else ''}, nothing was changed:"]
+        lines = [f"{self.path}: {count:,} problem{'s' if count != 1 else ''}, nothing was "
+                 "changed:"]
         lines += [f"  line {line}: {text}" for line, text in self.problems[:limit]]
         if count > limit:
-            lines.append(f"  ... and {count - limit} more")
+            lines.append(f"  ... and {count - limit:,} more")
         return "\n".join(lines)
 
 
@@ -535,7 +536,7 @@ class _Checker:
 
     def json_unknown_keys(self) -> None:
         for key, (line, count) in self.unknown_keys.items():
-            where = f"in {count} objects, first here" if count > 1 else "here"
+            where = f"in {count:,} objects, first here" if count > 1 else "here"
             self.problem(line, f"unknown key {key!r} {where} {self._unknown_column(key.lower())}")
 
     def record(self, line: int, label: str, values: dict[str, str]) -> None:

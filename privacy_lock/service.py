@@ -77,7 +77,7 @@ from privacy_lock.progress import RunStats
 from privacy_lock.render import outcome_rows, render, report_text
 from privacy_lock.requests import Request, load_requests, read_request_ids, text_problem
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
-from privacy_lock.vocabulary import Mode
+from privacy_lock.vocabulary import Mode, Status
 
 Note = Callable[[str], None]
 
@@ -436,6 +436,8 @@ def _run_requests(
             batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run)
         if mode == "revert" and not dry_run and rules.revert_requires_approval:
             filed = FiledRequests(approvals.request_reverts(conn, cmap, batch))
+            _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in filed.outcomes
+                                               if o.status == Status.NOT_LOCKED])
             if output_path:
                 rows = [o.as_dict() for o in filed.outcomes]
                 filed.output, filed.output_error = _write(output_path, render(
@@ -447,6 +449,9 @@ def _run_requests(
                              share_chunks=not target.settings.one_user_per_chunk)
         finally:
             stats = run.close()
+        if mode == "revert":
+            _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in done.outcomes
+                                               if o.status == Status.NOT_LOCKED])
         if dry_run and policy.audit_reads:
             record_views(conn, f"{mode} --dry-run", [
                 (Actor.current(o.request.operator, o.request.ticket or None,
@@ -460,6 +465,15 @@ def _run_requests(
         except OutputError as exc:  # checked before the run, yet failed: the run stands
             result.output_error = str(exc)
     return result
+
+
+def _say_why_not_locked(conn: Connection, target: Target,
+                        named: list[tuple[int | None, str | None]]) -> None:
+    """For each lock or user a revert found no active lock for, say when and by whom it was
+    reverted (or that the user was never locked)."""
+    if named:
+        for line in reporting.closed_lock_lines(conn, named):
+            target.note(line)
 
 
 def _write(path: Path, text: str) -> tuple[Path | None, str | None]:

@@ -66,8 +66,9 @@ def parse_id_ranges(texts: list[str], what: str, *, limit: int = MAX_IDS_AT_ONCE
             spans.append((low, high))
             total += high - low + 1
             if total > limit:
-                raise UsageError(f"{what}s {token!r}: that is more than {limit:,} ids at once "
-                                 f"({total:,} so far); name fewer, or use a filter")
+                raise UsageError(f"{what}s up to {token!r} name {total:,} ids, more than the "
+                                 f"{limit:,} a command takes at once; name fewer (or, for "
+                                 "approve, use --all-pending with a filter)")
     if not spans:
         raise UsageError(f"no {what} given")
     seen: dict[int, None] = {}

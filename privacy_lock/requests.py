@@ -203,7 +203,9 @@ def _detect_encoding(path: Path, fh: IO[bytes]) -> str:
     problem at the first byte that is not UTF-8, naming where CP932 failed too. The file is
     rewound."""
     failures: list[_Stop] = []
-    for codec in ("utf-8", "cp932"):
+    fh.seek(0)
+    bom = fh.read(len(UTF8_BOM)) == UTF8_BOM  # a BOM says UTF-8: not a guess to second
+    for codec in ("utf-8",) if bom else ("utf-8", "cp932"):
         fh.seek(0)
         try:
             for _line in _decoded_lines(fh, codec):
@@ -214,6 +216,8 @@ def _detect_encoding(path: Path, fh: IO[bytes]) -> str:
         finally:
             fh.seek(0)
         return codec
+    if bom:
+        raise failures[0]
     utf8, cp932 = failures
     raise _Stop(utf8.line, f"not UTF-8 ({utf8.where}) nor CP932 (Shift_JIS) ({cp932.where}"
                            + (f", line {cp932.line}" if cp932.line != utf8.line else "")

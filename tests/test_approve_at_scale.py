@@ -85,9 +85,9 @@ def test_huge_backwards_and_malformed_ranges_are_usage_errors(sns):
 
 def test_id_ranges_are_counted_before_they_are_built():
     assert parse_id_ranges(["3", "1-2,7", "2"], "request id") == [3, 1, 2, 7]
-    with pytest.raises(UsageError, match="more than 100,000"):
+    with pytest.raises(UsageError, match="more than the 100,000"):
         parse_id_ranges(["1-99999999999999999"], "request id")
-    with pytest.raises(UsageError, match="more than 100,000"):
+    with pytest.raises(UsageError, match="more than the 100,000"):
         parse_id_ranges(["1-60000", "70000-130000"], "request id")
 
 

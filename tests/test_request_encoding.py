@@ -161,3 +161,10 @@ def test_a_file_in_neither_encoding_changes_nothing(db_url, tmp_path):
     out = sns.run("apply", "--from-file", str(path), "--operator", "a", expect=2)
     assert "nor CP932" in out.stderr and "Traceback" not in out.output
     assert sns.everything() == before and sns.lock_rows() == [] and sns.audit_count() == 0
+
+
+def test_a_utf8_bom_is_never_second_guessed_as_cp932(tmp_path):
+    path = write(tmp_path, b"\xef\xbb\xbfuser_id,ticket,reason\n1,T,caf\xe9\n")
+    line, text = only_problem(path)
+    assert line == 2 and text.startswith("not UTF-8 (byte 0xe9 at byte offset 32)")
+    assert "CP932" not in text

@@ -219,3 +219,23 @@ def test_a_rejected_state_written_by_hand_is_detected(sns):
         conn.execute(update(revert_requests).values(state="rejected", open_lock_id=None))
     out = sns.run("audit", "verify", expect=1)
     assert "rejected by no event" in out.output
+
+
+def test_a_request_rejected_while_approve_looks_is_not_run(sns, monkeypatch):
+    from privacy_lock import approvals
+
+    file_requests(sns, "alice", "alice")
+    hidden = sns.everything()
+    checked = approvals._refuse_others_approvals
+
+    def reject_meanwhile(ids, found, approver):
+        checked(ids, found, approver)
+        monkeypatch.setattr(approvals, "_refuse_others_approvals", checked)
+        sns.run("reject", "1", "--operator", "dave", "--reason", "stop")  # another desk
+
+    monkeypatch.setattr(approvals, "_refuse_others_approvals", reject_meanwhile)
+    out = sns.run("approve", "1", *by("bob"), expect=2)
+    assert "request 1 was rejected meanwhile" in out.stderr
+    assert states(sns) == {1: "rejected", 2: "pending"}
+    assert lock_states(sns)[0] == "active" and sns.everything() == hidden
+    assert not event_actions(sns, "revert-approved")

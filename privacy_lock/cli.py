@@ -751,7 +751,9 @@ def show_filed(result: service.FiledRequests, fmt: str) -> None:
         if len(ids) <= APPROVE_HINT_IDS:
             note(f"  privacy-lock approve {' '.join(map(str, ids))} --operator NAME")
         else:  # a request file of thousands: one line, not one per request
-            note("  privacy-lock approve REQUEST_ID... --operator NAME")
+            spans = id_ranges(ids).split(", ")
+            named = ",".join(spans) if len(spans) <= APPROVE_HINT_IDS else "REQUEST_ID..."
+            note(f"  privacy-lock approve {named} --operator NAME")
             note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock "
                  "requests`)")
     finish(failed=False, output_error=result.output_error)

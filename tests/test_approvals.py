@@ -256,9 +256,14 @@ def test_many_filed_requests_get_one_approve_hint_not_one_line_each(capsys):
              for n in [*range(1, 24), 30, 31, 40]]
     cli.show_filed(service.FiledRequests(filed), "csv")
     err = capsys.readouterr().err.splitlines()
-    assert "  privacy-lock approve REQUEST_ID... --operator NAME" in err
+    assert "  privacy-lock approve 1-23,30-31,40 --operator NAME" in err  # ranges approve takes
     assert "(pending: 26 requests, 1-23, 30-31, 40; see `privacy-lock requests`)" in err
-    assert not any(line.startswith("  privacy-lock approve 1") for line in err)
+    assert sum(line.startswith("  privacy-lock approve") for line in err) == 1
+    scattered = [approvals.RequestOutcome(n, n, str(n), "pending-approval", "alice")
+                 for n in range(1, 100, 2)]  # 50 spans: too many to name
+    cli.show_filed(service.FiledRequests(scattered), "csv")
+    assert "  privacy-lock approve REQUEST_ID... --operator NAME" in \
+        capsys.readouterr().err.splitlines()
 
     few = filed[:3]
     cli.show_filed(service.FiledRequests(few), "csv")

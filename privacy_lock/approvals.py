@@ -715,15 +715,16 @@ def reject_requests(
                                 revert_requests.c.state == RequestState.PENDING)
                          .values(state=RequestState.REJECTED, open_lock_id=None,
                                  finished_at=now))
-        append_events(conn, [
-            EventSpec("revert-rejected", replace(rejecter, ticket=rows[i].ticket),
-                      rows[i].subject, rows[i].lock_id, {
-                          "request_id": i, "requested_by": rows[i].requested_by,
-                          "db_user": login,
-                          "sealed": {"rejection": seal.fields_digest(
-                              {**rows[i]._asdict(), "state": RequestState.REJECTED,
-                               "finished_at": now}, seal.REJECTION_FIELDS)}})
-            for i in ids])
+        for part in _parts(ids, APPROVE_IN_ONE):  # one statement per part, one transaction
+            append_events(conn, [
+                EventSpec("revert-rejected", replace(rejecter, ticket=rows[i].ticket),
+                          rows[i].subject, rows[i].lock_id, {
+                              "request_id": i, "requested_by": rows[i].requested_by,
+                              "db_user": login,
+                              "sealed": {"rejection": seal.fields_digest(
+                                  {**rows[i]._asdict(), "state": RequestState.REJECTED,
+                                   "finished_at": now}, seal.REJECTION_FIELDS)}})
+                for i in part])
     return [RejectedRequest(i, int(rows[i].lock_id), rows[i].subject, rows[i].requested_by,
                             rows[i].ticket) for i in ids]
 

@@ -239,3 +239,15 @@ def test_a_request_rejected_while_approve_looks_is_not_run(sns, monkeypatch):
     assert states(sns) == {1: "rejected", 2: "pending"}
     assert lock_states(sns)[0] == "active" and sns.everything() == hidden
     assert not event_actions(sns, "revert-approved")
+
+
+def test_many_rejections_are_written_in_parts_of_one_transaction(sns, monkeypatch):
+    from privacy_lock import approvals
+
+    monkeypatch.setattr(approvals, "APPROVE_IN_ONE", 1)  # a part per request
+    file_requests(sns, "alice", "alice", "alice")
+    sns.run("reject", "1-3", "--operator", "bob", "--reason", "batch of mistakes")
+    assert states(sns) == {1: "rejected", 2: "rejected", 3: "rejected"}
+    assert [e["request_id"] for e in event_actions(sns, "revert-rejected")] == [1, 2, 3]
+    out = sns.run("audit", "verify")
+    assert "seals:" in out.stdout and "match the tables" in out.stdout

@@ -25,6 +25,13 @@ def sns(db_url, tmp_path, monkeypatch):
     return sns
 
 
+@pytest.fixture
+def sqlite_sns(tmp_path, monkeypatch):
+    """For what is decided before any database is read (the zone's name): SQLite only."""
+    monkeypatch.delenv("PRIVACY_LOCK_TZ", raising=False)
+    return build_sns(f"sqlite:///{tmp_path / 'test.db'}", tmp_path)
+
+
 def set_display(sns, zone: str | None) -> None:
     config = sns.config_path.read_text(encoding="utf-8").split("[display]")[0]
     if zone is not None:
@@ -76,7 +83,9 @@ def test_requests_are_shown_in_the_zone(sns, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["option", "environment", "config"])
-def test_an_unknown_zone_is_one_line_naming_where_it_came_from(sns, monkeypatch, where):
+def test_an_unknown_zone_is_one_line_naming_where_it_came_from(sqlite_sns, monkeypatch,
+                                                                where):
+    sns = sqlite_sns
     args: tuple[str, ...] = ()
     if where == "option":
         args = ("--tz", "Asia/Tokio")
@@ -92,7 +101,8 @@ def test_an_unknown_zone_is_one_line_naming_where_it_came_from(sns, monkeypatch,
                 "config": "[display] timezone:"}[where] in out.stderr
 
 
-def test_a_config_display_section_is_checked(sns):
+def test_a_config_display_section_is_checked(sqlite_sns):
+    sns = sqlite_sns
     text = sns.config_path.read_text(encoding="utf-8")
     sns.config_path.write_text(text + '\n[display]\nzone = "Asia/Tokyo"\n', encoding="utf-8")
     out = sns.run("locks", expect=2)

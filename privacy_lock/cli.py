@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from privacy_lock import __version__, service
 from privacy_lock.anchors import KEY_ENV, MIN_KEY_BYTES
@@ -40,6 +41,7 @@ from privacy_lock.render import (
 )
 from privacy_lock.report import LOCK_COLUMNS
 from privacy_lock.service import Identity, Target
+from privacy_lock.stored_text import unicode_problem
 
 
 def note(message: str) -> None:
@@ -105,12 +107,45 @@ class App:
         return self._target
 
 
+def check_arguments(ctx: click.Context) -> None:
+    """A usage error naming the option, argument or environment variable whose value is not
+    valid text (a byte that is not UTF-8: Python hands it over as a lone surrogate, which no
+    database stores and no terminal prints). Paths too: every one is printed somewhere."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        for one in value if isinstance(value, tuple | list) else (value,):
+            if not isinstance(one, str | Path) or not (found := unicode_problem(str(one))):
+                continue
+            source = ctx.get_parameter_source(param.name or "")
+            if source is ParameterSource.ENVIRONMENT and param.envvar:
+                envvar = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+                where = f"the environment variable {envvar}"
+            elif isinstance(param, click.Option):
+                where = max(param.opts, key=len)
+            else:
+                where = f"the argument {param.human_readable_name}"
+            raise UsageError(f"{where} {found}; nothing was changed")
+
+
+class CheckedCommand(click.Command):
+    """A command whose text arguments are checked (:func:`check_arguments`) before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        check_arguments(ctx)
+        return super().invoke(ctx)
+
+
 class CommandGroup(click.Group):
     """Turns every expected failure into one line on stderr and its exit code, here only
-    (2 = nothing changed). With --debug the traceback is shown too; the exit code stays."""
+    (2 = nothing changed). With --debug the traceback is shown too; the exit code stays.
+    Its commands and groups check their text arguments before they run."""
+
+    command_class = CheckedCommand
+    group_class = type  # subgroups (audit, policy) are CommandGroups too
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            check_arguments(ctx)
             return super().invoke(ctx)
         except EXPECTED as exc:
             app = ctx.obj if isinstance(ctx.obj, App) else None

@@ -1063,10 +1063,11 @@ def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) ->
     for start in range(0, len(subjects), IN_BATCH):
         with reading(conn):
             unknown = cmap.unknown_users(conn, subjects[start:start + IN_BATCH])
+            hint = cmap.spaces_hint(conn, unknown[:1]).get(unknown[0], "") if unknown else ""
         if unknown:
             if cmap.accounts_table is not None:
                 raise UsageError(
-                    f"unknown user {unknown[0]!r} (not in {cmap.accounts_table.name})")
+                    f"unknown user {unknown[0]!r} (not in {cmap.accounts_table.name}){hint}")
             raise UsageError(
                 f"user {unknown[0]!r} owns no {'/'.join(cmap.kinds)} items and has no lock "
                 "(configure [accounts] to tell unknown users from users with no content)"

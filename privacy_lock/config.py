@@ -233,6 +233,7 @@ class ContentMap:
     integer_users: bool
     user_bits: int = 64  # of a signed integer every integer owner (and accounts) column binds
     user_limits: tuple[TextLimit, ...] = ()  # what the owner and subject columns hold
+    pads_trailing_spaces: bool = False  # the tool's tables compare 'a ' = 'a' (MariaDB)
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[BoundKind]:
         """The kinds named (all when none), in config order; unknown names are a usage error."""
@@ -261,6 +262,11 @@ class ContentMap:
         if self.integer_users:
             low = -(2 ** (self.user_bits - 1))
             return str(parse_id(text, "user id", minimum=low, maximum=-low - 1))
+        if self.pads_trailing_spaces and text.endswith(" "):
+            raise UsageError(
+                f"user id {text!r} ends with a space: the tool's tables on MySQL/MariaDB "
+                f"compare it equal to {text.rstrip(' ')!r} (a PAD SPACE collation), so its "
+                "lock could not be kept apart from that user's; refused")
         return text
 
     def spaces_hint(self, conn: Connection, unknown: list[str]) -> dict[str, str]:
@@ -397,7 +403,7 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
         if owner is not None and (size_unit := strategy.text_limit(owner.type)) is not None:
             user_limits.append(TextLimit(*size_unit, f"{owner.table.name}.{owner.name}"))
     return ContentMap(kinds, accounts_table, accounts_id, bool(integer_columns), user_bits,
-                      tuple(user_limits))
+                      tuple(user_limits), strategy.tool_text_pads)
 
 
 def missing_owner_indexes(conn: Connection, cmap: ContentMap) -> list[str]:

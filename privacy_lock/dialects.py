@@ -173,6 +173,10 @@ class Dialect:
     one_writer: ClassVar[bool] = False
     # The isolation level a consistent read of the whole audit chain needs (None: the default).
     snapshot_isolation: ClassVar[str | None] = None
+    # Whether the tool's own text columns ignore trailing spaces when they compare (MySQL and
+    # MariaDB utf8mb4_bin is a PAD SPACE collation): a lock's subject 'u-alice ' would then be
+    # the same as 'u-alice', so a user id ending in a space is refused there (config.py).
+    tool_text_pads: ClassVar[bool] = True
 
     # --- connection and parameters ---
 
@@ -621,6 +625,7 @@ class SqliteDialect(_SetBasedRestore):
 
     name = "sqlite"
     one_writer = True
+    tool_text_pads = False
 
     def text_limit(self, type_: Any) -> tuple[int, str] | None:
         """TEXT holds a billion bytes (SQLITE_MAX_LENGTH): unlimited here. SQLite does not
@@ -703,6 +708,7 @@ class PostgresqlDialect(_SetBasedRestore):
 
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ"
+    tool_text_pads = False
 
     def text_limit(self, type_: Any) -> tuple[int, str] | None:
         """varchar(n) holds n characters; text holds up to 1 GB: unlimited here."""

@@ -6,8 +6,12 @@ line on stderr and an exit code (:func:`privacy_lock.errors.exit_code`).
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,6 +25,7 @@ from privacy_lock.audit import ACTIONS, VerifyResult
 from privacy_lock.errors import (
     EXPECTED,
     FailuresReported,
+    Interrupted,
     OutputError,
     UsageError,
     error_text,
@@ -403,12 +408,31 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def to_stdout(write: Callable[[], None]) -> str | None:
+    """Run ``write`` (results for standard output); when the reader closes the pipe early
+    (``| head -1``, a ``| tee`` killed by the same Ctrl-C) or Ctrl-C comes while it writes,
+    stop writing there and say why, so that the caller still prints its summary on stderr
+    (the results file was written before). None when everything was written."""
+    try:
+        write()
+        sys.stdout.flush()
+        return None
+    except BrokenPipeError:
+        try:  # nothing more can go there; keep the interpreter's last flush from failing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return "standard output was closed before all the results were written"
+    except KeyboardInterrupt:
+        return "Ctrl-C while the results were written to standard output"
+
+
 def show_run(result: service.RunResult, fmt: str) -> None:
     """Print the outcome table, where the results went, every failure, and a last line that
-    says how the run ended; exit 1 if any request failed."""
+    says how the run ended; exit 1 if any request failed or the run or its output was cut."""
     mode = result.mode
-    echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
-                  lambda: [o.as_dict() for o in result.outcomes])
+    cut = to_stdout(lambda: echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
+                                          lambda: [o.as_dict() for o in result.outcomes]))
     if result.output:
         note(f"results written to {result.output}")
         if result.retry_file:
@@ -430,14 +454,20 @@ def show_run(result: service.RunResult, fmt: str) -> None:
              "the error column)")
     else:
         note(stats.summary_line(ending))
-    finish(failed=bool(failed), output_error=result.output_error)
+    finish(failed=bool(failed) or result.interrupted, output_error=result.output_error,
+           cut=cut, output=result.output)
 
 
-def finish(*, failed: bool, output_error: str | None = None) -> None:
+def finish(*, failed: bool, output_error: str | None = None, cut: str | None = None,
+           output: Path | None = None) -> None:
     """End a command that has shown its results: a result file that could not be written is
-    an error of its own; failed requests exit 1 without another message."""
+    an error of its own, and so is standard output ``cut`` short (:func:`to_stdout`); failed
+    or interrupted requests exit 1 without another message."""
     if output_error:
         raise OutputError(output_error)
+    if cut:
+        where = f"; {output} holds them all" if output else ""
+        raise Interrupted(f"{cut}{where}")
     if failed:
         raise FailuresReported()
 
@@ -689,7 +719,8 @@ def audit_report(
 def show_filed(result: service.FiledRequests, fmt: str) -> None:
     """revert under [policy] revert_requires_approval: the requests filed, and who runs them."""
     rows = [o.as_dict() for o in result.outcomes]
-    click.echo(render(rows, fmt, columns=["request", "lock", "user", "status", "requested_by"]))
+    cut = to_stdout(lambda: click.echo(render(
+        rows, fmt, columns=["request", "lock", "user", "status", "requested_by"])))
     if result.output:
         note(f"results written to {result.output}")
     waiting = result.waiting
@@ -707,7 +738,7 @@ def show_filed(result: service.FiledRequests, fmt: str) -> None:
             note("  privacy-lock approve REQUEST_ID... --operator NAME")
             note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock "
                  "requests`)")
-    finish(failed=False, output_error=result.output_error)
+    finish(failed=False, output_error=result.output_error, cut=cut, output=result.output)
 
 
 APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names ranges instead
@@ -758,14 +789,14 @@ def approve(
 def show_approved(result: service.ApproveResult, fmt: str) -> None:
     """The reverts approve ran, what to know about them, and a last line for a batch."""
     ran, stats = result.approved, result.stats
-    echo_outcomes(
+    cut = to_stdout(lambda: echo_outcomes(
         fmt,
         lambda: [{"request": item.request["request_id"], **row} for item in ran
                  for row in outcome_rows([item.outcome], "revert")],
         lambda: [{"request": a.request["request_id"],
                   "requested_by": a.request["requested_by"],
                   "approved_by": a.request["approved_by"], "resumed": a.resumed,
-                  **a.outcome.as_dict()} for a in ran])
+                  **a.outcome.as_dict()} for a in ran]))
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
@@ -801,7 +832,7 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
                  f"{len(ran)} approved requests failed: approve them again to finish them")
         else:
             note(stats.summary_line())
-    finish(failed=bool(failed))
+    finish(failed=bool(failed), cut=cut)
 
 
 @cli.command("requests")

@@ -447,24 +447,30 @@ def _run_requests(
                 filed.output, filed.output_error = _write(output_path, render(
                     rows, "json" if output_path.suffix == ".json" else "csv"))
             return filed
-        run = _TrackedRun(conn, cmap, mode, batch, dry_run, pacer, progress, target.note)
-        try:
-            done = run_batch(conn, cmap, mode, batch, pacer, dry_run, on_done=run.done,
-                             share_chunks=not target.settings.one_user_per_chunk)
-        finally:
-            stats = run.close()
-        if dry_run and policy.audit_reads:
-            record_views(conn, f"{mode} --dry-run", [
-                (Actor.current(o.request.operator, o.request.ticket or None,
-                               o.request.reason or None), o.user, o.lock_id)
-                for o in done.outcomes if o.user and not o.failed])
-    result = RunResult(mode, dry_run, done.outcomes, done.interrupted, stats)
-    if output_path:
-        try:
-            result.retry_file = output.write_outcomes(output_path, result.outcomes, mode)
-            result.output = output_path
-        except OutputError as exc:  # checked before the run, yet failed: the run stands
-            result.output_error = str(exc)
+        # From here Ctrl-C stops the run between chunks and never the writing of its results:
+        # the results file and NAME.failed.csv hold exactly what finished and what did not.
+        with pacer.stop_on_sigint():
+            run = _TrackedRun(conn, cmap, mode, batch, dry_run, pacer, progress, target.note)
+            try:
+                done = run_batch(conn, cmap, mode, batch, pacer, dry_run, on_done=run.done,
+                                 share_chunks=not target.settings.one_user_per_chunk)
+            finally:
+                stats = run.close()
+            if dry_run and policy.audit_reads:
+                record_views(conn, f"{mode} --dry-run", [
+                    (Actor.current(o.request.operator, o.request.ticket or None,
+                                   o.request.reason or None), o.user, o.lock_id)
+                    for o in done.outcomes if o.user and not o.failed])
+            result = RunResult(mode, dry_run, done.outcomes, done.interrupted, stats)
+            if output_path:
+                try:
+                    with pacer.stop_on_sigint(second_aborts=False):
+                        result.retry_file = output.write_outcomes(output_path,
+                                                                  result.outcomes, mode)
+                    result.output = output_path
+                except OutputError as exc:  # checked before the run, yet failed: it stands
+                    result.output_error = str(exc)
+            result.interrupted = result.interrupted or pacer.stop_requested
     return result
 
 
@@ -588,7 +594,8 @@ def _user_filter(target: Target, conn: Connection, user: str | None) -> str | No
     whose account is gone."""
     if user is None or not target.settings.content:
         return user
-    return target.content_map(conn).normalize_user(user)
+    with reading(conn):  # not Target.content_map: a report needs no audit key
+        return bind_content_map(conn, target.settings).normalize_user(user)
 
 
 def requests(target: Target, *, state: str = "open", tz: str = "UTC") -> list[dict[str, Any]]:

@@ -6,13 +6,18 @@ line on stderr and an exit code (:func:`privacy_lock.errors.exit_code`).
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from privacy_lock import __version__, service
 from privacy_lock.anchors import KEY_ENV, MIN_KEY_BYTES
@@ -21,6 +26,7 @@ from privacy_lock.audit import ACTIONS, VerifyResult
 from privacy_lock.errors import (
     EXPECTED,
     FailuresReported,
+    Interrupted,
     OutputError,
     UsageError,
     error_text,
@@ -41,6 +47,7 @@ from privacy_lock.render import (
 )
 from privacy_lock.report import LOCK_COLUMNS, resolve_zone
 from privacy_lock.service import Identity, Target
+from privacy_lock.stored_text import unicode_problem
 
 
 def note(message: str) -> None:
@@ -126,12 +133,42 @@ class ArgumentError(click.ClickException):
         where = f"{command}: " if command else ""
         hint = f" (see `{self.ctx.command_path} --help`)" if self.ctx else ""
         click.echo(printable(f"privacy-lock: error: {where}{message}{hint}"), err=True)
+def check_arguments(ctx: click.Context) -> None:
+    """A usage error naming the option, argument or environment variable whose value is not
+    valid text (a byte that is not UTF-8: Python hands it over as a lone surrogate, which no
+    database stores and no terminal prints). Paths too: every one is printed somewhere."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        for one in value if isinstance(value, tuple | list) else (value,):
+            if not isinstance(one, str | Path) or not (found := unicode_problem(str(one))):
+                continue
+            source = ctx.get_parameter_source(param.name or "")
+            if source is ParameterSource.ENVIRONMENT and param.envvar:
+                envvar = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+                where = f"the environment variable {envvar}"
+            elif isinstance(param, click.Option):
+                where = max(param.opts, key=len)
+            else:
+                where = f"the argument {param.human_readable_name}"
+            raise UsageError(f"{where} {found}; nothing was changed")
+
+
+class CheckedCommand(click.Command):
+    """A command whose text arguments are checked (:func:`check_arguments`) before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        check_arguments(ctx)
+        return super().invoke(ctx)
 
 
 class CommandGroup(click.Group):
     """Turns every expected failure into one line on stderr and its exit code, here only
     (2 = nothing changed). With --debug the traceback is shown too; the exit code stays.
-    Click's own usage errors get the same one-line form (:class:`ArgumentError`)."""
+    Click's own usage errors get the same one-line form (:class:`ArgumentError`); its
+    commands and groups check their text arguments before they run."""
+
+    command_class = CheckedCommand
+    group_class = type  # subgroups (audit, policy) are CommandGroups too
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
@@ -144,6 +181,7 @@ class CommandGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            check_arguments(ctx)
             return super().invoke(ctx)
         except _NO_ARGS_IS_HELP:
             raise  # `privacy-lock audit` alone: Click shows the help
@@ -417,12 +455,31 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def to_stdout(write: Callable[[], None]) -> str | None:
+    """Run ``write`` (results for standard output); when the reader closes the pipe early
+    (``| head -1``, a ``| tee`` killed by the same Ctrl-C) or Ctrl-C comes while it writes,
+    stop writing there and say why, so that the caller still prints its summary on stderr
+    (the results file was written before). None when everything was written."""
+    try:
+        write()
+        sys.stdout.flush()
+        return None
+    except BrokenPipeError:
+        try:  # nothing more can go there; keep the interpreter's last flush from failing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return "standard output was closed before all the results were written"
+    except KeyboardInterrupt:
+        return "Ctrl-C while the results were written to standard output"
+
+
 def show_run(result: service.RunResult, fmt: str) -> None:
     """Print the outcome table, where the results went, every failure, and a last line that
-    says how the run ended; exit 1 if any request failed."""
+    says how the run ended; exit 1 if any request failed or the run or its output was cut."""
     mode = result.mode
-    echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
-                  lambda: [o.as_dict() for o in result.outcomes])
+    cut = to_stdout(lambda: echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
+                                          lambda: [o.as_dict() for o in result.outcomes]))
     if result.output:
         note(f"results written to {result.output}")
         if result.retry_file:
@@ -444,14 +501,20 @@ def show_run(result: service.RunResult, fmt: str) -> None:
              "the error column)")
     else:
         note(stats.summary_line(ending))
-    finish(failed=bool(failed), output_error=result.output_error)
+    finish(failed=bool(failed) or result.interrupted, output_error=result.output_error,
+           cut=cut, output=result.output)
 
 
-def finish(*, failed: bool, output_error: str | None = None) -> None:
+def finish(*, failed: bool, output_error: str | None = None, cut: str | None = None,
+           output: Path | None = None) -> None:
     """End a command that has shown its results: a result file that could not be written is
-    an error of its own; failed requests exit 1 without another message."""
+    an error of its own, and so is standard output ``cut`` short (:func:`to_stdout`); failed
+    or interrupted requests exit 1 without another message."""
     if output_error:
         raise OutputError(output_error)
+    if cut:
+        where = f"; {output} holds them all" if output else ""
+        raise Interrupted(f"{cut}{where}")
     if failed:
         raise FailuresReported()
 
@@ -736,7 +799,8 @@ def audit_report(
 def show_filed(result: service.FiledRequests, fmt: str) -> None:
     """revert under [policy] revert_requires_approval: the requests filed, and who runs them."""
     rows = [o.as_dict() for o in result.outcomes]
-    click.echo(render(rows, fmt, columns=["request", "lock", "user", "status", "requested_by"]))
+    cut = to_stdout(lambda: click.echo(render(
+        rows, fmt, columns=["request", "lock", "user", "status", "requested_by"])))
     if result.output:
         note(f"results written to {result.output}")
     waiting = result.waiting
@@ -756,7 +820,7 @@ def show_filed(result: service.FiledRequests, fmt: str) -> None:
             note(f"  privacy-lock approve {named} --operator NAME")
             note(f"(pending: {len(ids):,} requests, {id_ranges(ids)}; see `privacy-lock "
                  "requests`)")
-    finish(failed=False, output_error=result.output_error)
+    finish(failed=False, output_error=result.output_error, cut=cut, output=result.output)
 
 
 APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names ranges instead
@@ -853,11 +917,11 @@ def reject(app: App, request_ids: tuple[str, ...], operator: str | None, reason:
 def show_approved(result: service.ApproveResult, fmt: str) -> None:
     """The reverts approve ran, what to know about them, and a last line for a batch."""
     ran, stats = result.approved, result.stats
-    echo_outcomes(
+    cut = to_stdout(lambda: echo_outcomes(
         fmt,
         lambda: [{"request": item.request["request_id"], **row} for item in ran
                  for row in outcome_rows([item.outcome], "revert")],
-        lambda: [service.approval_row(a) for a in ran])
+        lambda: [service.approval_row(a) for a in ran]))
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
@@ -895,7 +959,7 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
                  f"{len(ran):,} approved requests failed: approve them again to finish them")
         else:
             note(stats.summary_line())
-    finish(failed=bool(failed), output_error=result.output_error)
+    finish(failed=bool(failed), output_error=result.output_error, cut=cut)
 
 
 @cli.command("requests")

@@ -22,6 +22,7 @@ from privacy_lock.db import DEFAULT_DATABASE_URL
 from privacy_lock.errors import ConfigError, UsageError
 from privacy_lock.ids import parse_id
 from privacy_lock.schema import TOOL_TABLES, locks
+from privacy_lock.stored_text import TextLimit, stored_limits, text_problem
 
 DEFAULT_CONFIG_FILE = "privacy-lock.toml"
 _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -238,6 +239,8 @@ class ContentMap:
     accounts_id: Column | None
     integer_users: bool
     user_bits: int = 64  # of a signed integer every integer owner (and accounts) column binds
+    user_limits: tuple[TextLimit, ...] = ()  # what the owner and subject columns hold
+    pads_trailing_spaces: bool = False  # the tool's tables compare 'a ' = 'a' (MariaDB)
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[BoundKind]:
         """The kinds named (all when none), in config order; unknown names are a usage error."""
@@ -252,14 +255,37 @@ class ContentMap:
 
     def normalize_user(self, raw: str) -> str:
         """The canonical text of a user id: when owner ids are integers, by the one id rule
-        (:mod:`privacy_lock.ids`: ``"007"`` is user 7, ``"+7"`` or ``"７"`` is refused)."""
-        text = str(raw).strip()
-        if not text:
+        (:mod:`privacy_lock.ids`: ``"007"`` is user 7, ``" 7 "`` too, ``"+7"`` or ``"７"`` is
+        refused). A string id is taken exactly as written, surrounding spaces included: on a
+        NO PAD collation (MariaDB ``utf8mb4_nopad_bin``, PostgreSQL, SQLite) ``"u-alice "`` is
+        another account than ``"u-alice"`` (:func:`spaces_hint` says so when it does not
+        exist). Text that is not valid Unicode or longer than the columns hold is refused."""
+        text = str(raw)
+        if not text.strip():
             raise UsageError("empty user id")
+        if found := text_problem("user id", text, () if self.integer_users
+                                 else self.user_limits):
+            raise UsageError(found)
         if self.integer_users:
             low = -(2 ** (self.user_bits - 1))
             return str(parse_id(text, "user id", minimum=low, maximum=-low - 1))
+        if self.pads_trailing_spaces and text.endswith(" "):
+            raise UsageError(
+                f"user id {text!r} ends with a space: the tool's tables on MySQL/MariaDB "
+                f"compare it equal to {text.rstrip(' ')!r} (a PAD SPACE collation), so its "
+                "lock could not be kept apart from that user's; refused")
         return text
+
+    def spaces_hint(self, conn: Connection, unknown: list[str]) -> dict[str, str]:
+        """For each unknown id of ``unknown`` written with surrounding spaces whose stripped
+        form exists, a hint naming it (ids are never stripped silently: see
+        :meth:`normalize_user`)."""
+        spaced = {s: s.strip() for s in unknown if s != s.strip()}
+        if not spaced:
+            return {}
+        missing = set(self.unknown_users(conn, list(set(spaced.values()))))
+        return {s: f" (a user id is taken exactly, spaces included: did you mean {bare!r}? "
+                   "it exists)" for s, bare in spaced.items() if bare not in missing}
 
     def owner_value(self, kind: BoundKind, subject: str) -> int | str | uuid.UUID:
         """The subject as the owner column of ``kind`` wants it bound."""
@@ -376,7 +402,15 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
     integer_columns = [c for c in [*(k.owner_col for k in kinds.values()), accounts_id]
                        if c is not None and _is_integer(c)]
     user_bits = min((for_connection(conn).integer_bits(c) for c in integer_columns), default=64)
-    return ContentMap(kinds, accounts_table, accounts_id, bool(integer_columns), user_bits)
+    # A string id longer than a site column or the tool's subject column holds is refused up
+    # front (MariaDB would refuse it mid-batch; PostgreSQL varchar(n) too).
+    strategy = for_connection(conn)
+    user_limits = list(stored_limits(conn.dialect.name).get("user id", ()))
+    for owner in [*(k.owner_col for k in kinds.values()), accounts_id]:
+        if owner is not None and (size_unit := strategy.text_limit(owner.type)) is not None:
+            user_limits.append(TextLimit(*size_unit, f"{owner.table.name}.{owner.name}"))
+    return ContentMap(kinds, accounts_table, accounts_id, bool(integer_columns), user_bits,
+                      tuple(user_limits), strategy.tool_text_pads)
 
 
 def missing_owner_indexes(conn: Connection, cmap: ContentMap) -> list[str]:

@@ -52,6 +52,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects.mysql import BINARY
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -172,6 +173,10 @@ class Dialect:
     one_writer: ClassVar[bool] = False
     # The isolation level a consistent read of the whole audit chain needs (None: the default).
     snapshot_isolation: ClassVar[str | None] = None
+    # Whether the tool's own text columns ignore trailing spaces when they compare (MySQL and
+    # MariaDB utf8mb4_bin is a PAD SPACE collation): a lock's subject 'u-alice ' would then be
+    # the same as 'u-alice', so a user id ending in a space is refused there (config.py).
+    tool_text_pads: ClassVar[bool] = True
 
     # --- connection and parameters ---
 
@@ -194,6 +199,19 @@ class Dialect:
         if isinstance(col.type, BigInteger):
             return 64
         return 16 if isinstance(col.type, SmallInteger) else 32
+
+    # --- what a text column holds ---
+
+    def text_limit(self, type_: Any) -> tuple[int, str] | None:
+        """(size, "characters" or "bytes") a column of ``type_`` holds, as the database counts
+        (privacy_lock.stored_text refuses a longer value before anything changes); None when
+        it holds more than any input we take. MySQL/MariaDB: VARCHAR(n) holds n characters,
+        but the TEXT types count bytes, and a utf8mb4 character takes up to 4 of them:
+        TINYTEXT 255, TEXT 65,535, MEDIUMTEXT 16,777,215 (LONGTEXT: 4 GiB, unlimited here)."""
+        for text_type, size in _MYSQL_TEXT_BYTES:
+            if isinstance(type_, text_type):
+                return (size, "bytes") if size else None
+        return _declared_length(type_)
 
     # Exact comparisons. A site's text ids may have a case-insensitive or PAD SPACE collation
     # (MariaDB's default ones, SQLite's NOCASE, a PostgreSQL nondeterministic collation), where
@@ -607,6 +625,13 @@ class SqliteDialect(_SetBasedRestore):
 
     name = "sqlite"
     one_writer = True
+    tool_text_pads = False
+
+    def text_limit(self, type_: Any) -> tuple[int, str] | None:
+        """TEXT holds a billion bytes (SQLITE_MAX_LENGTH): unlimited here. SQLite does not
+        enforce a declared VARCHAR(n), but the tool holds its own columns to it on every
+        database, so that a request file valid here is valid on the production servers."""
+        return _declared_length(type_)
 
     def integer_bits(self, col: Any) -> int:
         """64: SQLite stores any integer in 64 bits, whatever the declared type."""
@@ -683,6 +708,11 @@ class PostgresqlDialect(_SetBasedRestore):
 
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ"
+    tool_text_pads = False
+
+    def text_limit(self, type_: Any) -> tuple[int, str] | None:
+        """varchar(n) holds n characters; text holds up to 1 GB: unlimited here."""
+        return _declared_length(type_)
 
     def exact_form(self, col: Any) -> Any:
         """``x COLLATE "C"`` (a column may have a nondeterministic ICU collation)."""
@@ -939,6 +969,21 @@ def named(name: str) -> Dialect:
 
 
 # --- helpers of the strategies -------------------------------------------------------------------
+
+# MySQL/MariaDB text types by the bytes they hold (0: more than any input), narrowest first:
+# each is a subclass of sqltypes.Text, which is last and holds 65,535.
+_MYSQL_TEXT_BYTES: tuple[tuple[type, int], ...] = (
+    (mysql_types.TINYTEXT, 255), (mysql_types.MEDIUMTEXT, 16_777_215),
+    (mysql_types.LONGTEXT, 0), (Text, 65_535),
+)
+
+
+def _declared_length(type_: Any) -> tuple[int, str] | None:
+    """A declared VARCHAR(n)/CHAR(n): n characters; anything else: no limit."""
+    if isinstance(type_, String) and not isinstance(type_, Text) and type_.length:
+        return type_.length, "characters"
+    return None
+
 
 
 def _walk(dialect: Dialect, kind: BoundKind, owner: Any, after: Any, limit: int) -> Any:

@@ -75,7 +75,7 @@ from privacy_lock.errors import (
     UsageError,
     error_text,
 )
-from privacy_lock.pacing import Pacer
+from privacy_lock.pacing import AbortedBySecondCtrlC, Pacer
 from privacy_lock.requests import Request
 from privacy_lock.schema import locks, snapshots
 from privacy_lock.vocabulary import (
@@ -426,10 +426,15 @@ def run_batch(
     run = _Run(ctx, dry_run, on_done, share_chunks)
     with pacer.stop_on_sigint():
         try:
+            pacer.check_stop()  # Ctrl-C while the batch was planned: start nothing
             for start in range(0, len(requests), IN_BATCH):
                 run.window(requests[start:start + IN_BATCH])
         except Interrupted:
             run.stopped(requests)
+        except AbortedBySecondCtrlC:
+            # The chunk in flight was rolled back, or had just committed.
+            # The run still ends with its outcomes (and the caller writes its results file).
+            run.stopped(requests, unsure=True)
     return BatchResult([run.outcomes[id(r)] for r in requests], run.interrupted)
 
 
@@ -665,13 +670,15 @@ class _Run:
                         work.lock_id or 0, recorded_binding(ctx.conn, work.lock_id or 0),
                         kinds_held(ctx.conn, work.lock_id or 0))
 
-    def stopped(self, requests: Sequence[Request]) -> None:
-        """Ctrl-C: the request in flight is interrupted, the ones not reached not started."""
+    def stopped(self, requests: Sequence[Request], unsure: bool = False) -> None:
+        """Ctrl-C: the request in flight is interrupted, the ones not reached not started.
+        ``unsure`` (a second Ctrl-C, inside a chunk that may have committed before its
+        outcome was recorded): every request without an outcome is interrupted."""
         self.interrupted = True
         for request in requests:
             if id(request) in self.outcomes:
                 continue
-            if request is self.in_flight:
+            if request is self.in_flight or unsure:
                 self.outcomes[id(request)] = Outcome(
                     request, request.user_id, request.lock_id, Status.INTERRUPTED,
                     error="stopped by Ctrl-C; re-run to finish")
@@ -1063,10 +1070,11 @@ def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) ->
     for start in range(0, len(subjects), IN_BATCH):
         with reading(conn):
             unknown = cmap.unknown_users(conn, subjects[start:start + IN_BATCH])
+            hint = cmap.spaces_hint(conn, unknown[:1]).get(unknown[0], "") if unknown else ""
         if unknown:
             if cmap.accounts_table is not None:
                 raise UsageError(
-                    f"unknown user {unknown[0]!r} (not in {cmap.accounts_table.name})")
+                    f"unknown user {unknown[0]!r} (not in {cmap.accounts_table.name}){hint}")
             raise UsageError(
                 f"user {unknown[0]!r} owns no {'/'.join(cmap.kinds)} items and has no lock "
                 "(configure [accounts] to tell unknown users from users with no content)"

@@ -51,6 +51,11 @@ def is_lock_conflict(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
+class AbortedBySecondCtrlC(KeyboardInterrupt):
+    """A second Ctrl-C inside a run: the chunk in flight is abandoned (its transaction rolls
+    back), and the run still ends with its outcomes (engine.run_batch)."""
+
+
 @dataclass
 class Pacer:
     """How big each transaction is, and how the run paces and protects itself between them."""
@@ -133,6 +138,11 @@ class Pacer:
         if self.sleep:
             time.sleep(self.sleep)
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C was pressed under :meth:`stop_on_sigint`."""
+        return self._stop
+
     def check_stop(self) -> None:
         if self._stop:
             raise Interrupted("interrupted by Ctrl-C")
@@ -152,11 +162,15 @@ class Pacer:
             self.on_note(message)
 
     @contextmanager
-    def stop_on_sigint(self) -> Iterator[None]:
-        """Ctrl-C asks the run to stop after the chunk in flight instead of killing it."""
+    def stop_on_sigint(self, second_aborts: bool = True) -> Iterator[None]:
+        """Ctrl-C asks the run to stop after the chunk in flight instead of killing it; a
+        second one aborts the chunk, unless ``second_aborts`` is False (while a results file
+        is written: a file cut short would be worse than a second of waiting)."""
         def ask_to_stop(_signum: int, _frame: object) -> None:
-            if self._stop:  # a second Ctrl-C: the operator really means it
-                raise KeyboardInterrupt
+            if self._stop:
+                if second_aborts:  # a second Ctrl-C: the operator really means it
+                    raise AbortedBySecondCtrlC
+                return
             self._stop = True
             self.note("Ctrl-C: stopping after the current chunk (press again to abort now)")
 

@@ -67,8 +67,10 @@ def zone_name(zone: tzinfo) -> str:
 
 
 def to_stored(moment: datetime) -> str:
-    """An aware datetime in the stored UTC text form."""
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+    """An aware datetime in the stored UTC text form (:data:`TIME_FORMAT`), the year always
+    four digits (strftime writes year 900 as "900", which sorts after "2026");
+    OverflowError when it is outside 0001-01-01..9999-12-31 in UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_stored(text: str) -> datetime:
@@ -91,12 +93,20 @@ def day_of(stored: str, zone: tzinfo) -> str:
     return from_stored(stored).astimezone(zone).date().isoformat()
 
 
+# The first and last instants a bound can name: Python's (and the stored text's) range.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def parse_bound(value: str | None, zone: tzinfo, option: str, end: bool = False) -> str | None:
     """A ``--since``/``--until`` value as the stored UTC text it is compared with.
 
     A bare date is that day in ``zone``; a time without an offset is in ``zone``; an explicit
     offset or 'Z' wins. ``end`` gives the exclusive upper bound: a bare ``--until`` date includes
-    that whole day, a time includes that instant.
+    that whole day, a time includes that instant. Any date from 0001-01-01 to 9999-12-31 works
+    in any zone: a bound past the edge of that range in UTC (``--until 9999-12-31``, or
+    ``--since 0001-01-01`` in Asia/Tokyo, which begins in year 0 in UTC) is an open end, None
+    for the side it bounds.
     """
     if not value:
         return None
@@ -104,24 +114,24 @@ def parse_bound(value: str | None, zone: tzinfo, option: str, end: bool = False)
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=zone)
-            if end:
-                start = _next_day(day, zone)
-            return to_stored(start)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = datetime(day.year, day.month, day.day)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"{option}: not a date or time: {value!r} (use YYYY-MM-DD, "
-                         "YYYY-MM-DDTHH:MM or YYYY-MM-DDTHH:MM+09:00)") from None
+                         "YYYY-MM-DDTHH:MM or YYYY-MM-DDTHH:MM+09:00, years 0001-9999)"
+                         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    if end:
-        moment += timedelta(microseconds=1)
-    return to_stored(moment)
-
-
-def _next_day(day: date, zone: tzinfo) -> datetime:
-    following = day + timedelta(days=1)
-    return datetime(following.year, following.month, following.day, tzinfo=zone)
+    try:
+        if end:  # the instant after the day or time given
+            moment += timedelta(days=1) if len(text) == 10 else timedelta(microseconds=1)
+        return to_stored(moment)
+    except OverflowError:  # beyond year 9999, or before year 1, in UTC
+        late = moment.year > 1
+        if end:
+            return None if late else to_stored(EARLIEST)
+        return to_stored(LATEST) if late else None
 
 
 def check_range(since: str | None, until_before: str | None) -> None:

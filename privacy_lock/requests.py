@@ -15,7 +15,7 @@ import csv
 import difflib
 import json
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +23,7 @@ from typing import IO, Any
 from privacy_lock.errors import UsageError
 from privacy_lock.ids import parse_id, parse_id_ranges
 from privacy_lock.render import csv_text_read
+from privacy_lock.stored_text import TextLimit, stored_limits, text_problem
 from privacy_lock.vocabulary import Mode
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -33,9 +34,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 MAX_LISTED_PROBLEMS = 50
 EXISTENCE_BATCH = 1000  # ids per existence query when validating a file
-# The tool's tables store operator and ticket as VARCHAR(191) (the longest indexable utf8mb4
-# string on old MySQL); a longer value would fail in the middle of a batch, so refuse it here.
-MAX_SHORT_TEXT = 191
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
@@ -52,11 +50,6 @@ ENCODING_NAMES = {"utf-8": "UTF-8", "cp932": "CP932 (Shift_JIS)"}
 _NOT_CP932_TEXT = re.compile("[\u0080\ue000-\uf8ff]")
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-# Control characters (C0, DEL, C1) a ticket or operator may not hold: an escape sequence would
-# be stored in the trail and run by an auditor's terminal. Tab is allowed; a reason may also
-# keep its line breaks. Every output shows the rest escaped (render.printable) all the same.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_CONTROL_IN_REASON = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ class Request:
     """One validated row of a request file."""
 
     line: int  # physical 1-based line where the row (CSV) or object (JSON) starts
-    user_id: str | None  # as written, stripped; the caller normalizes it
+    user_id: str | None  # as written (a string id keeps its spaces); the caller normalizes it
     lock_id: int | None  # revert only, instead of user_id
     ticket: str
     reason: str
@@ -115,13 +108,18 @@ def load_requests(
     encoding: str | None = None,
     delimiter: str | None = None,
     note: Callable[[str], None] | None = None,
+    limits: Mapping[str, tuple[TextLimit, ...]] | None = None,
+    spaces_hint: Callable[[list[str]], Mapping[str, str]] | None = None,
 ) -> list[Request]:
     """Read and validate a whole request file; raise RequestFileError listing every problem.
 
     ``normalize_user`` raises UsageError for a malformed id. ``unknown_users`` gets the
     normalized ids (a thousand at a time, so that a 10,000-row file costs ten queries, not
-    10,000) and returns those known not to exist; ``missing_locks`` likewise for lock ids.
-    Duplicates are checked on normalized ids. Row values win over the defaults.
+    10,000) and returns those known not to exist (``spaces_hint`` gets those and may add a hint
+    to each: the id exists without its spaces); ``missing_locks`` likewise for lock ids.
+    Duplicates are checked on normalized ids. Row values win over the defaults. Ticket,
+    reason and operator are checked by :func:`privacy_lock.stored_text.text_problem` against
+    ``limits`` (the target database's, :func:`~privacy_lock.stored_text.stored_limits`).
 
     A CSV file is read in ``encoding`` (:data:`ENCODINGS`); without one, as UTF-8 when it is
     valid UTF-8 (with or without a BOM), else as CP932 when it is valid CP932, else refused
@@ -135,6 +133,7 @@ def load_requests(
     checker = _Checker(
         mode, default_ticket, default_reason, default_operator, known_kinds,
         normalize_user, unknown_users, missing_locks,
+        stored_limits() if limits is None else limits,
     )
     checker.delimiter = split
     try:
@@ -165,7 +164,7 @@ def load_requests(
         checker.problem(stop.line, stop.text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the request file: {exc.strerror or exc}") from None
-    checker.check_existence()
+    checker.check_existence(spaces_hint)
     if checker.problems:
         raise RequestFileError(path, checker.problems)
     if checker.ignored_kinds and note is not None:
@@ -225,33 +224,22 @@ def _detect_encoding(path: Path, fh: IO[bytes]) -> str:
                            "was not read")
 
 
-def text_problem(name: str, value: str) -> str | None:
-    """What is wrong with a ``ticket``, ``operator`` or ``reason`` value's characters (None
-    when nothing is): a NUL, or a control character other than tab (a reason may also hold
-    line breaks)."""
-    if "\x00" in value:
-        return f"{name} contains a NUL character"
-    found = (_CONTROL_IN_REASON if name == "reason" else _CONTROL).search(value)
-    if found is None:
-        return None
-    allowed = "tab and line breaks" if name == "reason" else "tab"
-    return (f"{name} contains the control character {found.group()!r} at position "
-            f"{found.start() + 1} (only {allowed} allowed)")
-
-
 def _report_missing(
     checks: list[tuple[Any, Callable[[str], None]]],
     missing_of: Callable[[list[Any]], Collection[Any]],
     text: str,
+    hints_of: Callable[[list[Any]], Mapping[Any, str]] | None = None,
 ) -> None:
     """Ask ``missing_of`` about the checked ids, EXISTENCE_BATCH at a time, and report each
-    missing one with ``text`` formatted with it."""
+    missing one with ``text`` formatted with it (and its hint from ``hints_of``, if any)."""
     for start in range(0, len(checks), EXISTENCE_BATCH):
         part = checks[start:start + EXISTENCE_BATCH]
         missing = set(missing_of([key for key, _report in part]))
+        hints = hints_of([key for key, _report in part if key in missing]) \
+            if hints_of and missing else {}
         for key, report in part:
             if key in missing:
-                report(text.format(key))
+                report(text.format(key) + hints.get(key, ""))
 
 
 def _is_json(path: Path, head: bytes) -> bool:
@@ -431,8 +419,10 @@ class _Checker:
         normalize_user: Callable[[str], str],
         unknown_users: Callable[[list[str]], Collection[str]],
         missing_locks: Callable[[list[int]], Collection[int]] | None,
+        limits: Mapping[str, tuple[TextLimit, ...]],
     ) -> None:
         self.mode = mode
+        self.limits = limits
         self.allowed = COLUMNS[mode]
         self.id_columns = ("user_id",) if mode == "apply" else ("user_id", "lock_id")
         self.defaults = {
@@ -460,9 +450,11 @@ class _Checker:
     def problem(self, line: int, text: str) -> None:
         self.problems.append((line, text))
 
-    def check_existence(self) -> None:
+    def check_existence(
+        self, spaces_hint: Callable[[list[str]], Mapping[str, str]] | None = None
+    ) -> None:
         """Report every unknown user and missing lock, asking the database in batches."""
-        _report_missing(self.user_checks, self.unknown_users, "unknown user {!r}")
+        _report_missing(self.user_checks, self.unknown_users, "unknown user {!r}", spaces_hint)
         if self.missing_locks is not None:
             _report_missing(self.lock_checks, self.missing_locks, "no lock {}")
 
@@ -549,7 +541,11 @@ class _Checker:
         def problem(text: str) -> None:
             self.problem(line, label + text)
 
-        user = (values.get("user_id") or "").strip()
+        # A user id is not stripped here: on a string owner column "u-alice " may be another
+        # account than "u-alice" (normalize_user decides; an integer id may have spaces).
+        user = values.get("user_id") or ""
+        if not user.strip():
+            user = ""
         lock_text = (values.get("lock_id") or "").strip()
         lock_id: int | None = None
         if self.mode == "revert" and user and lock_text:
@@ -557,7 +553,9 @@ class _Checker:
         elif self.mode == "revert" and lock_text:
             lock_id = self._check_lock(line, lock_text, problem)
         elif user:
-            self._check_user(line, user, problem)
+            subject = self._check_user(line, user, problem)
+            if subject != user:  # an integer id: its spaces mean nothing, keep it as written
+                user = user.strip()
         elif not all(c in self.reported_missing for c in self.id_columns):
             problem("empty user_id" if self.mode == "apply" else "needs a user_id or a lock_id")
 
@@ -568,10 +566,8 @@ class _Checker:
             if not value:
                 if name not in self.reported_missing:  # else said once, at the header
                     problem(self._missing_text(name, "value"))
-            elif found := text_problem(name, value):
+            elif found := text_problem(name, value, self.limits.get(name, ())):
                 problem(found)
-            elif name != "reason" and len(value) > MAX_SHORT_TEXT:
-                problem(f"{name} is {len(value)} characters long; at most {MAX_SHORT_TEXT}")
 
         kinds = tuple(dict.fromkeys(
             k.strip() for k in (values.get("kinds") or "").split(";") if k.strip()
@@ -593,20 +589,22 @@ class _Checker:
         else:
             self.requests.clear()  # the file will be refused: keep no rows in memory
 
-    def _check_user(self, line: int, user: str, problem: Callable[[str], None]) -> None:
+    def _check_user(self, line: int, user: str, problem: Callable[[str], None]) -> str | None:
+        """The normalized id of ``user`` (None when refused), reported when it repeats one."""
         try:
             subject = self.normalize_user(user)
         except UsageError as exc:
             problem(str(exc))
-            return
+            return None
         if subject in self.users:
             first, written = self.users[subject]
             here = f" (written {user!r})" if user != subject else ""
             there = f" (written {written!r})" if written != subject else ""
             problem(f"duplicate user {subject!r}{here}, also on line {first}{there}")
-            return
+            return subject
         self.users[subject] = (line, user)
         self.user_checks.append((subject, problem))
+        return subject
 
     def _check_lock(self, line: int, text: str, problem: Callable[[str], None]) -> int | None:
         try:

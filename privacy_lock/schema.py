@@ -40,6 +40,13 @@ def ExactString(length: int) -> String:  # noqa: N802 - reads as the type it is
         mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
+# Which input a column keeps (privacy_lock.stored_text reads these): a value longer than any
+# such column holds on the target database is refused before anything changes.
+USER_ID = {"holds": "user id"}
+OPERATOR = {"holds": "operator"}
+TICKET = {"holds": "ticket"}
+REASON = {"holds": "reason"}
+
 # Timestamps are stored as ISO-8601 UTC text ("2026-11-28T08:32:29.123456Z"): exact on every
 # dialect (no silent loss of microseconds on MySQL DATETIME), sortable as text, and hashed into
 # the audit chain exactly as stored.
@@ -50,18 +57,18 @@ locks = Table(
     metadata,
     Column("lock_id", BigId, primary_key=True, autoincrement=True),
     Column("subject", ExactString(191), nullable=False,
-           comment="the user (content owner) id, as text"),
+           comment="the user (content owner) id, as text", info=USER_ID),
     # Equal to subject while the lock is active and NULL once reverted: the unique constraint on
     # it is what makes "one active lock per user" hold even for two operators racing.
-    Column("active_subject", ExactString(191), nullable=True),
+    Column("active_subject", ExactString(191), nullable=True, info=USER_ID),
     Column("state", ExactString(16), nullable=False, comment=" | ".join(LockState)),
-    Column("operator", ExactString(191), nullable=False),
-    Column("ticket", ExactString(191), nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("operator", ExactString(191), nullable=False, info=OPERATOR),
+    Column("ticket", ExactString(191), nullable=False, info=TICKET),
+    Column("reason", Text, nullable=False, info=REASON),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Column("reverted_at", Timestamp, nullable=True),
-    Column("reverted_by", ExactString(191), nullable=True),
+    Column("reverted_by", ExactString(191), nullable=True, info=OPERATOR),
     # What the lock was taken under, per kind: the table, the id / owner / visibility columns,
     # the owner-only value and its type (JSON). Revert and status use it, never today's config;
     # sealed in the trail by the lock's events (seal.py). NULL on locks made before it existed.
@@ -94,13 +101,13 @@ audit_events = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False, comment="chain position"),
     Column("occurred_at", Timestamp, nullable=False),
     Column("action", ExactString(32), nullable=False),
-    Column("subject", ExactString(191), nullable=True),
+    Column("subject", ExactString(191), nullable=True, info=USER_ID),
     Column("lock_id", BigInteger, nullable=True),
-    Column("operator", ExactString(191), nullable=True),
+    Column("operator", ExactString(191), nullable=True, info=OPERATOR),
     Column("os_user", ExactString(191), nullable=True),
     Column("host", ExactString(191), nullable=True),
-    Column("ticket", ExactString(191), nullable=True),
-    Column("reason", Text, nullable=True),
+    Column("ticket", ExactString(191), nullable=True, info=TICKET),
+    Column("reason", Text, nullable=True, info=REASON),
     Column("details", Text, nullable=False, comment="JSON: counts and other facts"),
     Column("tool_version", ExactString(32), nullable=False),
     Column("prev_hash", ExactString(64), nullable=False),
@@ -130,18 +137,18 @@ revert_requests = Table(
     Column("request_id", BigId, primary_key=True, autoincrement=True),
     Column("lock_id", BigId, ForeignKey("privacy_lock_locks.lock_id"), nullable=False),
     Column("subject", ExactString(191), nullable=False,
-           comment="the user (content owner) id, as text"),
+           comment="the user (content owner) id, as text", info=USER_ID),
     Column("state", ExactString(16), nullable=False, comment=" | ".join(RequestState)),
     # Equal to lock_id until the request is done, NULL after: the unique constraint on it keeps
     # one open request per lock even when two operators ask at once.
     Column("open_lock_id", BigInteger, nullable=True),
-    Column("requested_by", ExactString(191), nullable=False),
+    Column("requested_by", ExactString(191), nullable=False, info=OPERATOR),
     Column("requested_os_user", ExactString(191), nullable=False),
     Column("requested_host", ExactString(191), nullable=False),
-    Column("ticket", ExactString(191), nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("ticket", ExactString(191), nullable=False, info=TICKET),
+    Column("reason", Text, nullable=False, info=REASON),
     Column("requested_at", Timestamp, nullable=False),
-    Column("approved_by", ExactString(191), nullable=True),
+    Column("approved_by", ExactString(191), nullable=True, info=OPERATOR),
     Column("approved_os_user", ExactString(191), nullable=True),
     Column("approved_host", ExactString(191), nullable=True),
     Column("approved_at", Timestamp, nullable=True),
@@ -165,7 +172,7 @@ policy = Table(
     metadata,
     Column("name", ExactString(64), primary_key=True),
     Column("value", ExactString(64), nullable=False),
-    Column("set_by", ExactString(191), nullable=False),
+    Column("set_by", ExactString(191), nullable=False, info=OPERATOR),
     Column("set_at", Timestamp, nullable=False),
 )
 

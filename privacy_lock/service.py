@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -51,7 +51,14 @@ from privacy_lock.config import (
     load_settings,
     missing_owner_indexes,
 )
-from privacy_lock.db import connect_check, create_tool_engine, reading, safe_url, translate_errors
+from privacy_lock.db import (
+    connect_check,
+    create_tool_engine,
+    parse_url,
+    reading,
+    safe_url,
+    translate_errors,
+)
 from privacy_lock.engine import (
     Outcome,
     check_users,
@@ -75,8 +82,9 @@ from privacy_lock.policy import (
 )
 from privacy_lock.progress import RunStats
 from privacy_lock.render import outcome_rows, render, report_text
-from privacy_lock.requests import Request, load_requests, read_request_ids, text_problem
+from privacy_lock.requests import Request, load_requests, read_request_ids
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
+from privacy_lock.stored_text import TextLimit, stored_limits, text_problem
 from privacy_lock.vocabulary import Mode, Status
 
 Note = Callable[[str], None]
@@ -116,6 +124,12 @@ class Target:
         """The display zone's name: ``tz`` (the CLI's --tz or PRIVACY_LOCK_TZ), else the
         config's ``[display] timezone``, else UTC."""
         return tz or self.settings.timezone or "UTC"
+
+    @property
+    def text_limits(self) -> Mapping[str, tuple[TextLimit, ...]]:
+        """What the tool's columns hold on the target database (read from the URL's scheme:
+        checking a value needs no connection)."""
+        return stored_limits(parse_url(self.settings.database_url).get_backend_name())
 
     @property
     def url(self) -> str:
@@ -177,24 +191,28 @@ class Identity:
     ticket: str | None = None
     reason: str | None = None
 
-    def actor(self) -> Actor:
-        """The audited identity; a usage error names whichever of the three is missing."""
+    def actor(self, limits: Mapping[str, tuple[TextLimit, ...]] | None = None) -> Actor:
+        """The audited identity; a usage error names whichever of the three is missing, or
+        one that :meth:`check` refuses."""
         missing = [name for name, value in (("--operator", self.operator),
                                             ("--ticket", self.ticket),
                                             ("--reason", self.reason))
                    if not (value and value.strip())]
         if missing:
             raise UsageError(f"{', '.join(missing)} required: every change is audited with them")
-        self.check()
+        self.check(limits)
         assert self.operator and self.ticket and self.reason  # checked just above
         return Actor.current(self.operator.strip(), self.ticket.strip(), self.reason.strip())
 
-    def check(self) -> None:
-        """A usage error for a value given with a character a request file may not hold
-        (a control character other than tab; a reason may also hold line breaks)."""
+    def check(self, limits: Mapping[str, tuple[TextLimit, ...]] | None = None) -> None:
+        """A usage error for a value a request file could not hold either
+        (:func:`~privacy_lock.stored_text.text_problem`: not valid Unicode, a control character
+        other than tab — a reason may also hold line breaks —, longer than ``limits``, by
+        default the tool's columns on any database)."""
+        limits = stored_limits() if limits is None else limits
         for name, value in (("operator", self.operator), ("ticket", self.ticket),
                             ("reason", self.reason)):
-            if value and (found := text_problem(name, value.strip())):
+            if value and (found := text_problem(name, value.strip(), limits.get(name, ()))):
                 raise UsageError(f"--{name}: {found}")
 
 
@@ -431,9 +449,12 @@ def _run_requests(
                 unknown_users=partial(_read_once, conn, cmap.unknown_users),
                 missing_locks=partial(_read_once, conn, missing_locks),
                 encoding=encoding, delimiter=delimiter, note=target.note,
+                limits=target.text_limits,
+                spaces_hint=partial(_read_once, conn, cmap.spaces_hint),
             )
         else:
-            batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run)
+            batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run,
+                                       target.text_limits)
         if mode == "revert" and not dry_run and rules.revert_requires_approval:
             filed = FiledRequests(approvals.request_reverts(conn, cmap, batch))
             _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in filed.outcomes
@@ -443,27 +464,33 @@ def _run_requests(
                 filed.output, filed.output_error = _write(output_path, render(
                     rows, "json" if output_path.suffix == ".json" else "csv"))
             return filed
-        run = _TrackedRun(conn, cmap, mode, batch, dry_run, pacer, progress, target.note)
-        try:
-            done = run_batch(conn, cmap, mode, batch, pacer, dry_run, on_done=run.done,
-                             share_chunks=not target.settings.one_user_per_chunk)
-        finally:
-            stats = run.close()
-        if mode == "revert":
-            _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in done.outcomes
-                                               if o.status == Status.NOT_LOCKED])
-        if dry_run and policy.audit_reads:
-            record_views(conn, f"{mode} --dry-run", [
-                (Actor.current(o.request.operator, o.request.ticket or None,
-                               o.request.reason or None), o.user, o.lock_id)
-                for o in done.outcomes if o.user and not o.failed])
-    result = RunResult(mode, dry_run, done.outcomes, done.interrupted, stats)
-    if output_path:
-        try:
-            result.retry_file = output.write_outcomes(output_path, result.outcomes, mode)
-            result.output = output_path
-        except OutputError as exc:  # checked before the run, yet failed: the run stands
-            result.output_error = str(exc)
+        # From here Ctrl-C stops the run between chunks and never the writing of its results:
+        # the results file and NAME.failed.csv hold exactly what finished and what did not.
+        with pacer.stop_on_sigint():
+            run = _TrackedRun(conn, cmap, mode, batch, dry_run, pacer, progress, target.note)
+            try:
+                done = run_batch(conn, cmap, mode, batch, pacer, dry_run, on_done=run.done,
+                                 share_chunks=not target.settings.one_user_per_chunk)
+            finally:
+                stats = run.close()
+            if mode == "revert":
+                _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in done.outcomes
+                                                   if o.status == Status.NOT_LOCKED])
+            if dry_run and policy.audit_reads:
+                record_views(conn, f"{mode} --dry-run", [
+                    (Actor.current(o.request.operator, o.request.ticket or None,
+                                   o.request.reason or None), o.user, o.lock_id)
+                    for o in done.outcomes if o.user and not o.failed])
+            result = RunResult(mode, dry_run, done.outcomes, done.interrupted, stats)
+            if output_path:
+                try:
+                    with pacer.stop_on_sigint(second_aborts=False):
+                        result.retry_file = output.write_outcomes(output_path,
+                                                                  result.outcomes, mode)
+                    result.output = output_path
+                except OutputError as exc:  # checked before the run, yet failed: it stands
+                    result.output_error = str(exc)
+            result.interrupted = result.interrupted or pacer.stop_requested
     return result
 
 
@@ -495,14 +522,15 @@ def _read_once(conn: Connection, ask: Callable[[Connection, list[Any]], Any],
 def _argument_requests(
     conn: Connection, cmap: ContentMap, users: Sequence[str], lock_ids: Sequence[int],
     kinds: Sequence[str], identity: Identity, dry_run: bool,
+    limits: Mapping[str, tuple[TextLimit, ...]],
 ) -> list[Request]:
     """Requests from command-line arguments, checked like a request file's rows."""
     if dry_run:
-        identity.check()
+        identity.check(limits)
         operator, ticket, reason = (identity.operator or "", identity.ticket or "",
                                     identity.reason or "")
     else:
-        actor = identity.actor()
+        actor = identity.actor(limits)
         operator, ticket, reason = actor.operator, actor.ticket or "", actor.reason or ""
     cmap.select(tuple(kinds))  # unknown kinds are a usage error before anything runs
     subjects = check_users(conn, cmap, list(users))
@@ -579,7 +607,7 @@ def approve(
     """
     if not (operator and operator.strip()):
         raise UsageError("--operator required: the approval is audited under your name")
-    Identity(operator, None, reason).check()
+    Identity(operator, None, reason).check(target.text_limits)
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
     if output:
         check_writable(output)
@@ -627,7 +655,7 @@ def reject(
                if not (value and value.strip())]
     if missing:
         raise UsageError(f"{', '.join(missing)} required: a rejection is audited with them")
-    Identity(operator, None, reason).check()
+    Identity(operator, None, reason).check(target.text_limits)
     assert operator and reason  # checked just above
     rejecter = Actor.current(operator.strip(), None, reason.strip())
     with target.connect() as conn:
@@ -640,7 +668,7 @@ def status(
 ) -> list[dict[str, Any]]:
     """Each user's lock and counts per kind (with ``items``, every snapshotted item); logged
     as ``viewed`` under ``[policy] audit_reads``."""
-    Identity(operator).check()
+    Identity(operator).check(target.text_limits)
     with target.connect() as conn:
         cmap = target.content_map(conn)
         subjects = check_users(conn, cmap, list(users))
@@ -669,10 +697,22 @@ def locks(
     """Locks with their items, age, operator, ticket and dates (times shown in ``tz``, by
     default the config's zone, else UTC)."""
     zone, since_at, until_before = time_range(since, until, target.zone_name(tz))
-    filters = reporting.LockFilters(state, operator, user, ticket, None, since_at, until_before)
     with target.connect() as conn:
         target.require_tables(conn)
+        filters = reporting.LockFilters(state, operator, _user_filter(target, conn, user),
+                                        ticket, None, since_at, until_before)
         return reporting.lock_rows(conn, filters, zone)
+
+
+def _user_filter(target: Target, conn: Connection, user: str | None) -> str | None:
+    """A ``--user`` filter as locks and events store the user: by the content map's id rule
+    when a map is configured (on an integer owner column ``042`` is user 42; a string id is
+    taken exactly), else as written. Not checked for existence: a report may name a user
+    whose account is gone."""
+    if user is None or not target.settings.content:
+        return user
+    with reading(conn):  # not Target.content_map: a report needs no audit key
+        return bind_content_map(conn, target.settings).normalize_user(user)
 
 
 def requests(target: Target, *, state: str = "open", tz: str | None = None,
@@ -743,12 +783,12 @@ def audit_report(
     if output_path:
         output.check_writable(output_path)
     zone, since_at, until_before = time_range(since, until, tz)
-    filters = EventFilters(since_at, until_before, operator, user, tuple(actions), ticket,
-                           lock_id)
     words = reporting.describe_filters(since=since, until=until, operator=operator, user=user,
                                        action=tuple(actions), ticket=ticket, lock=lock_id)
     with target.connect() as conn:
         target.require_tables(conn)
+        filters = EventFilters(since_at, until_before, operator,
+                               _user_filter(target, conn, user), tuple(actions), ticket, lock_id)
         report = reporting.build_report(
             conn, filters, zone, database=target.url, filter_words=words,
             keep_events=fmt == "html" or not summary, verify=fmt in ("html", "table"),
@@ -773,7 +813,7 @@ def policy_show(target: Target) -> list[dict[str, Any]]:
 def policy_set(target: Target, rule: str, value: str, identity: Identity) -> PolicyChange:
     """Change one stored rule, audited as ``policy-changed`` in the same transaction (needs
     --operator, --ticket and --reason; the tool's own role may only read the policy)."""
-    actor = identity.actor()
+    actor = identity.actor(target.text_limits)
     check_rule(rule, value)  # a typo is a usage error before connecting
     with target.connect() as conn:
         target.require_tables(conn)

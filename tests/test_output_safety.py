@@ -292,8 +292,8 @@ def test_stored_control_characters_are_printed_escaped_everywhere(approval_sns, 
     """Text stored before validation refused control characters (or written by hand) never
     reaches a terminal or the HTML report raw."""
     sns = approval_sns
-    monkeypatch.setattr(service, "text_problem", lambda name, value: None)
-    monkeypatch.setattr(request_files, "text_problem", lambda name, value: None)
+    monkeypatch.setattr(service, "text_problem", lambda name, value, limits=(): None)
+    monkeypatch.setattr(request_files, "text_problem", lambda name, value, limits=(): None)
     ticket, operator = "\x1b[31mT-1", "mal\x1b]0;owned\x07lory"
     reason = "r\x1b[2J\x9b1m\u202egnp.exe"
     user = str(sns.users[0])

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
-from privacy_lock.render import echo_outcomes
+from privacy_lock.render import View, echo_outcomes
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns
 
@@ -272,7 +272,7 @@ def test_outcomes_are_built_only_in_the_shape_their_format_prints(fmt, capsys):
     def never():
         raise AssertionError("built for a format that does not print it")
 
-    echo_outcomes(fmt, never if fmt == "json" else lambda: rows,
+    echo_outcomes(View(fmt), never if fmt == "json" else lambda: rows,
                   (lambda: payload) if fmt == "json" else never)
     out = capsys.readouterr().out
     if fmt == "json":

@@ -305,7 +305,7 @@ def test_stored_control_characters_are_printed_escaped_everywhere(approval_sns, 
     raw = ("\x1b", "\x07", "\x9b", "\u202e")
     html_path = tmp_path / "report.html"
     outputs = [sns.run("locks").output, sns.run("requests").output,
-               sns.run("audit", "report").output,
+               sns.run("audit", "report", "--wide").output,  # in full: not cut to fit
                sns.run("audit", "report", "--ticket", ticket).output,
                sns.run("audit", "report", "--summary").output]
     sns.run("audit", "report", "--format", "html", "--ticket", ticket, "--output",

@@ -180,7 +180,8 @@ def listing_options(what: str, fields: list[str], formats: tuple[str, ...] = FOR
 
 def view_of(fmt: str) -> View:
     """The --format / --fields / --wide of the command being run."""
-    asked = click.get_current_context().meta.get(_VIEW, {})
+    ctx = click.get_current_context(silent=True)
+    asked = ctx.meta.get(_VIEW, {}) if ctx is not None else {}
     return View(fmt, asked.get("fields", ()), asked.get("wide", False))
 
 

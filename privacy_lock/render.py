@@ -214,7 +214,8 @@ class Listing:
     ``payload`` is the richer JSON shape printed when no ``--fields`` narrows the rows (a list
     is also what ndjson prints, one item per line). ``optional`` columns are left out, in this
     order, when a table is wider than the terminal; ``cut`` columns (free text) are then
-    shortened with an ellipsis, the first named first. ``id_column`` is what ``--format ids`` prints."""
+    shortened with an ellipsis, the first named first. ``id_column`` is what ``--format ids``
+    prints."""
 
     rows: Sequence[dict[str, Any]]
     columns: Sequence[str] = ()
@@ -331,7 +332,8 @@ def fitted_table(
     (wcwidth), so Japanese text lines up."""
     cells = {c: [_table_cell(row.get(c), c in listing.value_columns) for row in listing.rows]
              for c in columns}
-    widths = {c: max([cell_width(c), *(cell_width(v) for v in cells[c])]) for c in columns}
+    # tabulate's "simple" tables give a header two more cells than its text (MIN_PADDING)
+    widths = {c: max([cell_width(c) + 2, *(cell_width(v) for v in cells[c])]) for c in columns}
     shown = list(columns)
 
     def total() -> int:

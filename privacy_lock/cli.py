@@ -425,14 +425,17 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def full_table_hint(output: Path | None, action: str, started: str, dry_run: bool) -> str:
-    """Where the full table of a run printed as a summary is (or how to get it)."""
+def full_table_hint(output: Path | None, action: str, started: str, dry_run: bool,
+                    *, has_output: bool = True) -> str:
+    """Where the full table of a run printed as a summary is (or how to get it): the
+    --output file, else the run's own events in the audit trail (a dry run has none)."""
     if output:
         return f"the full table is in {output}"
     if dry_run:
         return "run it again with --output FILE (.csv .json .ndjson .tsv) for the full table"
-    return (f"the full table: --output FILE next time; this run's events: privacy-lock audit "
-            f"report --action {action} --since {started} --format csv")
+    first = "--output FILE next time; " if has_output else ""
+    return (f"the full table: {first}this run's events: privacy-lock audit report --action "
+            f"{action} --since {started} --format csv")
 
 
 def show_run(result: service.RunResult, fmt: str, started: str = "") -> None:
@@ -876,7 +879,7 @@ def show_approved(result: service.ApproveResult, fmt: str, started: str = "") ->
                   "approved_by": a.request["approved_by"], "resumed": a.resumed,
                   **a.outcome.as_dict()} for a in ran],
         columns=APPROVE_FIELDS, id_column="request",
-        full_hint=full_table_hint(None, "revert", started, False))
+        full_hint=full_table_hint(None, "revert", started, False, has_output=False))
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "

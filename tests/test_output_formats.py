@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 from wcwidth import wcswidth
@@ -188,3 +189,15 @@ def test_a_cut_cell_keeps_its_escapes_and_the_width():
                               ["id", "text", "note"], 80, wide=True)
     assert "x" * 200 in full and none == []
     assert View().fmt == "table"
+
+
+def test_the_summary_says_where_the_full_table_is_for_each_kind_of_run():
+    from privacy_lock.cli import full_table_hint
+
+    assert full_table_hint(Path("r.csv"), "apply", "T0", False) == "the full table is in r.csv"
+    assert "--output FILE" in full_table_hint(None, "apply", "T0", True)  # a dry run repeats
+    real = full_table_hint(None, "apply", "2026-12-01T00:00:00.000000Z", False)
+    assert real.endswith("privacy-lock audit report --action apply --since "
+                         "2026-12-01T00:00:00.000000Z --format csv")
+    # approve has no --output: its hint names only the trail
+    assert "--output" not in full_table_hint(None, "revert", "T0", False, has_output=False)

@@ -450,7 +450,7 @@ def outcome_summary(rows: Sequence[dict[str, Any]], full_hint: str) -> str:
                      for r in failed}.values())
         columns = [c for c in ("line", "request", "user", "lock", "status", "error")
                    if any(c in r for r in seen)]
-        lines += ["", f"failed ({len(seen):,}):",
+        lines += ["", f"errors ({len(seen):,}):",
                   fitted_table(Listing(seen[:FAILURES_LISTED], columns),
                                columns, table_width())[0]]
         if len(seen) > FAILURES_LISTED:

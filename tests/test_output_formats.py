@@ -157,7 +157,7 @@ def test_the_summary_lists_the_first_failures_and_counts_the_rest():
               "changed": 4, "already_private": 1}]
     text = outcome_summary(rows, "the full table is in r.csv")
     assert text.splitlines()[0] == "26 requests: 25 failed, 1 locked"
-    assert "failed (25):" in text and "boom 0" in text and "boom 19" in text
+    assert "errors (25):" in text and "boom 0" in text and "boom 19" in text
     assert "boom 20" not in text and "... and 5 more" in text
 
 

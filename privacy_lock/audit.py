@@ -496,6 +496,7 @@ class EventFilters:
     actions: tuple[str, ...] = ()
     ticket: str | None = None
     lock_id: int | None = None
+    after_seq: int | None = None  # only events after this one (the rest of a cut report)
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.actions if a not in ACTIONS]
@@ -526,8 +527,9 @@ class EventFilters:
 def query_events(
     conn: Connection, filters: EventFilters, batch: int = 5000
 ) -> Iterator[dict[str, Any]]:
-    """The matching events in chain order, as stored (fetched in batches of ``batch``)."""
-    after = 0
+    """The matching events in chain order, as stored (fetched in batches of ``batch``, each a
+    keyset query after the last seq read, so a million events are never held at once)."""
+    after = filters.after_seq or 0
     while True:
         rows = conn.execute(
             select(audit_events)

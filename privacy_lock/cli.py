@@ -37,17 +37,24 @@ from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
 from privacy_lock.render import (
     CSV_RAW_ENV,
+    FAILURES_LISTED,
     FORMATS,
     REPORT_FORMATS,
+    Listing,
+    View,
+    check_fields,
     csv_raw,
+    echo_listing,
     echo_outcomes,
     outcome_rows,
+    parse_fields,
     printable,
     render,
 )
-from privacy_lock.report import LOCK_COLUMNS, resolve_zone
+from privacy_lock.report import EVENT_COLUMNS, LOCK_COLUMNS, resolve_zone
 from privacy_lock.service import Identity, Target
 from privacy_lock.stored_text import unicode_problem
+from privacy_lock.vocabulary import utc_now
 
 
 def note(message: str) -> None:
@@ -200,9 +207,57 @@ class CommandGroup(click.Group):
 
 
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    "--format", "fmt", type=click.Choice(FORMATS[:3]), default="table", show_default=True,
     help="Output format.",
 )
+
+# The columns --fields may name, per command that prints rows.
+APPLY_FIELDS = ["line", "user", "lock", "status", "kind", "changed", "already_private", "error"]
+REVERT_FIELDS = ["line", "user", "lock", "status", "kind", "restored", "conflicts", "gone",
+                 "error", "request", "requested_by"]
+APPROVE_FIELDS = ["request", "user", "lock", "status", "kind", "restored", "conflicts", "gone",
+                  "error"]
+STATUS_FIELDS = ["row", "user", "lock", "state", "kind", "visible", "private", "snapshots",
+                 "pending", "restored", "conflicts", "gone", "item", "original", "item_state",
+                 "current"]
+REQUEST_FIELDS = ["request", "lock", "user", "state", "age_days", "requested_by",
+                  "requested_from", "ticket", "reason", "requested_at", "approved_by"]
+_VIEW = "privacy_lock.view"
+
+
+def listing_options(what: str, fields: list[str], formats: tuple[str, ...] = FORMATS) -> Any:
+    """--format, --fields and --wide, the same on every command that prints rows. --fields is
+    checked against ``fields`` while the options are parsed, before anything runs (exit 2)."""
+    def keep_fields(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        try:
+            ctx.meta.setdefault(_VIEW, {})["fields"] = check_fields(
+                parse_fields(value), fields, what)
+        except UsageError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    def keep_wide(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        ctx.meta.setdefault(_VIEW, {})["wide"] = value
+
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--wide", is_flag=True, expose_value=False, callback=keep_wide,
+            help="Tables show every column in full (by default they fit the terminal, "
+            "or 120 columns).")(func)
+        func = click.option(
+            "--fields", metavar="FIELD,...", expose_value=False, callback=keep_fields,
+            help=f"Only these columns, in this order: {', '.join(fields)}.")(func)
+        return click.option(
+            "--format", "fmt", type=click.Choice(formats), default="table", show_default=True,
+            help="Output format (ndjson: one JSON object a line; ids: the ids on one line; "
+            "count: how many).")(func)
+    return decorate
+
+
+def view_of(fmt: str) -> View:
+    """The --format / --fields / --wide of the command being run."""
+    ctx = click.get_current_context(silent=True)
+    asked = ctx.meta.get(_VIEW, {}) if ctx is not None else {}
+    return View(fmt, asked.get("fields", ()), asked.get("wide", False))
 
 
 def identity_options(func: Any) -> Any:
@@ -377,7 +432,7 @@ def demo(path: Path, force: bool, users: int) -> None:
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable); default all.")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would change; change nothing.")
 @pacing_options
-@format_option
+@listing_options("apply", APPLY_FIELDS)
 @click.pass_obj
 def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: Any) -> None:
     """Make every diary/photo of USER... visible to the owner only, remembering each old value.
@@ -394,8 +449,9 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
       privacy-lock apply 42 43 --kind diary --dry-run
       privacy-lock apply --from-file tickets.csv --operator alice --output result.csv
     """
+    started = utc_now()
     result = service.apply(app.target, users, kinds=kinds, **run_options(options))
-    show_run(result, options["fmt"])
+    show_run(result, options["fmt"], started)
 
 
 @cli.command()
@@ -405,7 +461,7 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
 @identity_options
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @pacing_options
-@format_option
+@listing_options("revert", REVERT_FIELDS)
 @click.pass_obj
 def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **options: Any) -> None:
     """Restore the items of a lock to their exact old values, where nobody changed them since.
@@ -419,11 +475,12 @@ def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **option
       privacy-lock revert --user 42 --dry-run
       privacy-lock revert --from-file returning.csv --operator alice
     """
+    started = utc_now()
     result = service.revert(app.target, lock_ids, users, **run_options(options))
     if isinstance(result, service.FiledRequests):
         show_filed(result, options["fmt"])
     else:
-        show_run(result, options["fmt"])
+        show_run(result, options["fmt"], started)
 
 
 def make_pacer(chunk_size: int, max_chunk_seconds: float | None, sleep: float,
@@ -455,7 +512,7 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def to_stdout(write: Callable[[], None]) -> str | None:
+def to_stdout(write: Callable[[], object]) -> str | None:
     """Run ``write`` (results for standard output); when the reader closes the pipe early
     (``| head -1``, a ``| tee`` killed by the same Ctrl-C) or Ctrl-C comes while it writes,
     stop writing there and say why, so that the caller still prints its summary on stderr
@@ -474,12 +531,35 @@ def to_stdout(write: Callable[[], None]) -> str | None:
         return "Ctrl-C while the results were written to standard output"
 
 
-def show_run(result: service.RunResult, fmt: str) -> None:
-    """Print the outcome table, where the results went, every failure, and a last line that
-    says how the run ended; exit 1 if any request failed or the run or its output was cut."""
+def full_table_hint(output: Path | None, action: str, started: str, dry_run: bool,
+                    *, has_output: bool = True) -> str:
+    """Where the full table of a run printed as a summary is (or how to get it): the
+    --output file, else the run's own events in the audit trail (a dry run has none)."""
+    if output:
+        return f"the full table is in {output}"
+    if dry_run:
+        return "run it again with --output FILE (.csv .json .ndjson .tsv) for the full table"
+    first = "--output FILE next time; " if has_output else ""
+    return (f"the full table: {first}this run's events: privacy-lock audit report --action "
+            f"{action} --since {started} --format csv")
+
+
+def show_run(result: service.RunResult, fmt: str, started: str = "") -> None:
+    """Print the outcome table (a summary when it is longer than a screen), where the results
+    went, the failures, and a last line that says how the run ended; exit 1 if any request
+    failed or the run or its output was cut."""
     mode = result.mode
-    cut = to_stdout(lambda: echo_outcomes(fmt, lambda: outcome_rows(result.outcomes, mode),
-                                          lambda: [o.as_dict() for o in result.outcomes]))
+    summarized = False
+
+    def write() -> None:
+        nonlocal summarized
+        summarized = echo_outcomes(
+            view_of(fmt), lambda: outcome_rows(result.outcomes, mode),
+            lambda: [o.as_dict() for o in result.outcomes],
+            columns=APPLY_FIELDS if mode == "apply" else REVERT_FIELDS,
+            full_hint=full_table_hint(result.output, mode, started, result.dry_run))
+
+    cut = to_stdout(write)
     if result.output:
         note(f"results written to {result.output}")
         if result.retry_file:
@@ -489,9 +569,12 @@ def show_run(result: service.RunResult, fmt: str) -> None:
     if mode == "revert" and stats.conflicts:
         note("conflicts were left as they are: the item was changed after the lock "
              "(see `status USER --items`)")
-    for outcome in failed:
-        if outcome.error:
-            note(f"privacy-lock: error: {outcome.label}: {outcome.error}")
+    erred = [o for o in failed if o.error]
+    for outcome in erred[:FAILURES_LISTED] if summarized else erred:
+        note(f"privacy-lock: error: {outcome.label}: {outcome.error}")
+    if summarized and len(erred) > FAILURES_LISTED:
+        note(f"privacy-lock: error: ... and {len(erred) - FAILURES_LISTED:,} more failed "
+             "requests (listed in the result file)")
     ending, total = result.ending, len(result.outcomes)
     if ending is service.Ending.INTERRUPTED:
         note(stats.summary_line(ending) + f"; {len(failed)} of {total} requests not finished: "
@@ -527,35 +610,47 @@ def finish(*, failed: bool, output_error: str | None = None, cut: str | None = N
     help="Your name, for the `viewed` event when [policy] audit_reads is on "
     "[env: PRIVACY_LOCK_OPERATOR].",
 )
-@format_option
+@listing_options("status", STATUS_FIELDS)
 @click.pass_obj
 def status(
     app: App, users: tuple[str, ...], items: bool, operator: str | None, fmt: str
 ) -> None:
     """Show a user's lock and how many items are visible, private and snapshotted.
 
+    With --items, a table shows two tables (counts per kind, then the items); csv, ndjson
+    and --fields give one table whose `row` column says which (`kind` or `item`).
+
     \b
     Example:
       privacy-lock status 42
       privacy-lock status 42 --items --format csv
     """
+    view = view_of(fmt)
     reports = service.status(app.target, users, items=items, operator=operator)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    item_rows: list[dict[str, Any]] = []
     for report in reports:
         lock = report["lock"] or {}
-        for kind in report["kinds"]:
-            rows.append({"user": report["user"], "lock": lock.get("lock_id"),
-                         "state": lock.get("state", "not locked"), **kind})
-    if fmt == "json":
-        click.echo(render(rows, fmt, payload=reports))
-        return
-    click.echo(render(rows, fmt))
-    if items:
-        item_rows = [{"user": r["user"], **item} for r in reports for item in r["items"]]
+        of_user = {"user": report["user"], "lock": lock.get("lock_id"),
+                   "state": lock.get("state", "not locked")}
+        rows += [{"row": "kind", **of_user, **kind} for kind in report["kinds"]]
+        item_rows += [{"row": "item", **of_user, "kind": item["kind"], "item": item["item"],
+                       "original": item["original"], "item_state": item["state"],
+                       "current": item["current"]} for item in report["items"]]
+    values = ("original", "current")
+    kind_columns = STATUS_FIELDS[1:12]
+    if fmt == "table" and items and not view.fields:
+        echo_listing(Listing(rows, kind_columns, id_column="user",
+                             optional=("pending", "gone", "lock")), view)
         click.echo("")
-        click.echo(render(item_rows, fmt, columns=["user", "kind", "item", "original", "state",
-                                                   "current"],
-                          value_columns=("original", "current")))
+        echo_listing(Listing(item_rows, ["user", "kind", "item", "original", "item_state",
+                                         "current"], value_columns=values), view)
+        return
+    # One table: with --items, the kind rows then the item rows, told apart by `row`.
+    columns = STATUS_FIELDS if items else kind_columns
+    echo_listing(Listing(rows + item_rows, columns, id_column="user",
+                         payload=reports, value_columns=values,
+                         optional=("pending", "gone", "lock")), view)
 
 
 TZ_ENV = "PRIVACY_LOCK_TZ"
@@ -620,7 +715,7 @@ def when_options(what: str) -> Any:
 @click.option("--ticket", help="Only locks opened under this ticket.")
 @when_options("Opened")
 @tz_option
-@format_option
+@listing_options("locks", LOCK_COLUMNS)
 @click.pass_obj
 def locks_command(
     app: App, state: str, operator: str | None, user: str | None, ticket: str | None,
@@ -635,7 +730,9 @@ def locks_command(
     """
     rows = service.locks(app.target, state=state, operator=operator, user=user, ticket=ticket,
                          since=since, until=until, tz=tz_name)
-    click.echo(render(rows, fmt, columns=LOCK_COLUMNS))
+    echo_listing(Listing(rows, LOCK_COLUMNS, id_column="lock_id",
+                         optional=("reverted_by", "reverted_at", "age_days"),
+                         cut=("reason", "ticket")), view_of(fmt))
     note_zone(tz_name)
 
 
@@ -649,8 +746,13 @@ def audit() -> None:
               help="A head hash published earlier; it must still be in the chain.")
 @click.option("--checkpoints", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="A file of `audit checkpoint` lines; the trail must hold every one.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True,
+              help="json: the result as one object (ok, valid, total, head_hash, broken_seq, "
+              "problem, ...), for monitoring; the exit code is the same.")
 @click.pass_obj
-def audit_verify(app: App, expect_head: str | None, checkpoints: Path | None) -> None:
+def audit_verify(app: App, expect_head: str | None, checkpoints: Path | None,
+                 fmt: str) -> None:
     """Recompute the audit chain and name the first event that was edited, removed or inserted.
 
     Prints "N/N events valid" and the head hash to publish (e.g. in the monthly compliance
@@ -661,10 +763,17 @@ def audit_verify(app: App, expect_head: str | None, checkpoints: Path | None) ->
     Example:
       privacy-lock audit verify
       privacy-lock audit verify --expect-head 3f7a...
+      privacy-lock audit verify --format json
       privacy-lock --audit-key-file /etc/privacy-lock/audit.key audit verify \\
           --checkpoints checkpoints.txt
     """
     result = service.audit_verify(app.target, expect_head, checkpoints)
+    if fmt == "json":
+        click.echo(render([], "json", payload={
+            **result.as_dict(), "seals": result.seals, "unsealed_locks": result.unsealed_locks}))
+        if not result.ok:
+            raise FailuresReported("the audit chain is broken")
+        return
     if not result.ok:
         show_broken(result)
     click.echo(f"{result.valid}/{result.total} events valid")
@@ -745,6 +854,29 @@ def audit_checkpoint(app: App, output: Path | None) -> None:
         click.echo(result.line)
 
 
+REPORT_FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".ndjson": "ndjson",
+                       ".html": "html", ".htm": "html", ".txt": "table"}
+
+
+def report_format(ctx: click.Context, fmt: str, output: Path | None) -> str:
+    """audit report's format: --format, else the --output file's extension. A --format that
+    the file's name contradicts (--format csv --output r.json) is refused (exit 2)."""
+    if output is None:
+        return fmt
+    named = REPORT_FILE_FORMATS.get(output.suffix.lower())
+    given = ctx.get_parameter_source("fmt") is not click.core.ParameterSource.DEFAULT
+    if given:
+        if named is not None and named != fmt:
+            raise UsageError(f"--format {fmt} but --output {output.name} names {named}: "
+                             "drop one, or make them agree")
+        return fmt
+    if named is None:
+        exts = " ".join(f"NAME{ext}" for ext in REPORT_FILE_FORMATS)
+        raise UsageError(f"cannot tell the format of {output.name} from its extension: name "
+                         f"it {exts}, or give --format")
+    return named
+
+
 @audit.command("report")
 @when_options("Events")
 @tz_option
@@ -754,53 +886,73 @@ def audit_checkpoint(app: App, output: Path | None) -> None:
               help="Only this action (repeatable).")
 @click.option("--ticket", help="Only events under this ticket.")
 @click.option("--lock", "lock_id", type=LOCK_ID, help="Only events of this lock id.")
+@click.option("--after", "after", type=IdParam("event number"), metavar="SEQ",
+              help="Only events after this event number (the rest of a report cut by --limit).")
 @click.option("--summary", is_flag=True,
-              help="Counts per action x operator x day, and active locks by age.")
-@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table",
-              show_default=True, help="Output format (html: one self-contained page).")
+              help="Figures, counts per action x operator x day, and active locks by age; "
+              "no events (in html too).")
+@click.option("--limit", type=click.IntRange(0), metavar="N",
+              help="List at most N events (default: 50 in a table, 1000 in html, every one "
+              "in csv/json/ndjson; 0 = every one). The report says how to get the rest.")
+@listing_options("audit report", EVENT_COLUMNS, formats=REPORT_FORMATS)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report to this file instead of standard output.")
-@click.pass_obj
+              help="Write the report to this file instead of standard output; without "
+              "--format, its extension (.csv .tsv .json .ndjson .html .txt) says the format.")
+@click.pass_context
 def audit_report(
-    app: App, since: str | None, until: str | None, tz_name: str, operator: str | None,
-    user: str | None, actions: tuple[str, ...], ticket: str | None, lock_id: int | None,
-    summary: bool, fmt: str, output: Path | None,
+    ctx: click.Context, since: str | None, until: str | None, tz_name: str,
+    operator: str | None, user: str | None, actions: tuple[str, ...], ticket: str | None,
+    lock_id: int | None, after: int | None, summary: bool, limit: int | None, fmt: str,
+    output: Path | None,
 ) -> None:
     """Who changed whose content, when, under which ticket and reason.
 
     Every filter applies to every format. Times are stored and compared in UTC and shown in
-    --tz; the html page also holds the summary, a chart of applies/reverts per day and the
-    result of `audit verify` with the head hash.
+    --tz; the html page also holds the figures (locks opened and closed, items hidden and
+    restored, conflicts), a chart of applies/reverts per day and the result of `audit verify`
+    with the head hash. csv, json and ndjson exports stream any number of events. When the
+    chain is broken, the report is still written and the command exits 1.
 
     \b
     Example:
       privacy-lock audit report --since 2026-11-01 --until 2026-11-30 --tz Asia/Tokyo
-      privacy-lock audit report --user 42 --format csv --output user-42.csv
+      privacy-lock audit report --user 42 --output user-42.csv
       privacy-lock audit report --summary --since 2026-11-01
-      privacy-lock audit report --format html --output audit-2026-11.html
+      privacy-lock audit report --output audit-2026-11.html
     """
+    app: App = ctx.obj
+    fmt = report_format(ctx, fmt, output)
+    view = view_of(fmt)
     result = service.audit_report(
         app.target, since=since, until=until, tz=tz_name, operator=operator, user=user,
         actions=actions, ticket=ticket, lock_id=lock_id, summary=summary, fmt=fmt,
-        output_path=output)
+        output_path=output, limit=limit, after=after, fields=view.fields, wide=view.wide,
+        echo=lambda text: click.echo(text, nl=False))
     report = result.report
-    if result.output is None:
+    if result.output is None and result.exported is None:
         click.echo(result.text)
+    for line in result.notes:
+        note(line)
     if result.output:
-        note(f"wrote {result.output} ({report.event_total} events)")
+        note(f"wrote {result.output} ({report.event_total:,} events)")
+    if result.more and result.last_seq is not None:
+        note(f"the first {report.event_total:,} events (--limit); the rest: "
+             f"{report.rest_command(result.last_seq, 'csv' if fmt == 'table' else fmt)}")
     if report.verify is not None and not report.verify.ok:
         note(f"warning: the audit chain is BROKEN: {report.verify.problem} "
              "(run `privacy-lock audit verify`)")
-    elif report.verify is not None and fmt == "table":
-        note(f"{report.event_total} events; chain: {report.verify.valid}/"
+        raise FailuresReported("the audit chain is broken")
+    if report.verify is not None and fmt == "table":
+        note(f"{report.event_total:,} events; chain: {report.verify.valid}/"
              f"{report.verify.total} events valid, head {report.verify.head_hash}")
 
 
 def show_filed(result: service.FiledRequests, fmt: str) -> None:
     """revert under [policy] revert_requires_approval: the requests filed, and who runs them."""
     rows = [o.as_dict() for o in result.outcomes]
-    cut = to_stdout(lambda: click.echo(render(
-        rows, fmt, columns=["request", "lock", "user", "status", "requested_by"])))
+    columns = ["request", "lock", "user", "status", "requested_by"]
+    cut = to_stdout(lambda: echo_listing(Listing(rows, columns, id_column="request"),
+                                         view_of(fmt)))
     if result.output:
         note(f"results written to {result.output}")
     waiting = result.waiting
@@ -847,7 +999,7 @@ APPROVE_HINT_IDS = 20  # request ids named in the approve hint before it names r
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the per-request results here (.json or .csv).")
 @pacing_options
-@format_option
+@listing_options("approve", APPROVE_FIELDS)
 @click.pass_obj
 def approve(
     app: App, request_ids: tuple[str, ...], operator: str | None, reason: str | None,
@@ -876,10 +1028,11 @@ def approve(
         raise UsageError("--ticket, --requested-by and --yes go with --all-pending")
     ids = parse_id_ranges(list(request_ids), "request id") if request_ids else []
     pending = service.PendingFilter(ticket, requested_by, yes) if all_pending else None
+    started = utc_now()
     result = service.approve(app.target, ids, operator=operator, reason=reason,
                              pacer=make_pacer(**pacing), progress=progress_factory(quiet),
                              from_file=from_file, all_pending=pending, output=output)
-    show_approved(result, fmt)
+    show_approved(result, fmt, started)
 
 
 @cli.command()
@@ -914,14 +1067,16 @@ def reject(app: App, request_ids: tuple[str, ...], operator: str | None, reason:
          f"{'its lock stays' if count == 1 else 'their locks stay'} active")
 
 
-def show_approved(result: service.ApproveResult, fmt: str) -> None:
+def show_approved(result: service.ApproveResult, fmt: str, started: str = "") -> None:
     """The reverts approve ran, what to know about them, and a last line for a batch."""
     ran, stats = result.approved, result.stats
     cut = to_stdout(lambda: echo_outcomes(
-        fmt,
+        view_of(fmt),
         lambda: [{"request": item.request["request_id"], **row} for item in ran
                  for row in outcome_rows([item.outcome], "revert")],
-        lambda: [service.approval_row(a) for a in ran]))
+        lambda: [service.approval_row(a) for a in ran],
+        columns=APPROVE_FIELDS, id_column="request",
+        full_hint=full_table_hint(result.output, "revert", started, False)))
     if len(ran) == 1:
         req, outcome = ran[0].request, ran[0].outcome
         note(f"request {req['request_id']}: requested by {req['requested_by']}, approved by "
@@ -970,9 +1125,7 @@ def show_approved(result: service.ApproveResult, fmt: str) -> None:
 @click.option("--ticket", help="Only requests under this ticket.")
 @click.option("--requested-by", metavar="NAME", help="Only requests this operator filed.")
 @tz_option
-@click.option("--format", "fmt", type=click.Choice([*FORMATS, "ids"]), default="table",
-              show_default=True,
-              help="Output format (ids: the request ids as ranges on one line, for approve).")
+@listing_options("requests", REQUEST_FIELDS)
 @click.pass_obj
 def requests_command(app: App, state: str, ticket: str | None, requested_by: str | None,
                      tz_name: str, fmt: str) -> None:
@@ -987,13 +1140,13 @@ def requests_command(app: App, state: str, ticket: str | None, requested_by: str
     """
     rows = service.requests(app.target, state=state, tz=tz_name, ticket=ticket,
                             requested_by=requested_by)
-    if fmt == "ids":
+    if fmt == "ids":  # ranges on one line: what approve --from-file reads, 20,000 ids in a line
         click.echo(id_ranges([r["request"] for r in rows]).replace(", ", " "))
         note(f"{len(rows):,} request(s)")
         return
-    columns = ["request", "lock", "user", "state", "age_days", "requested_by",
-               "requested_from", "ticket", "reason", "requested_at", "approved_by"]
-    click.echo(render(rows, fmt, columns=columns))
+    echo_listing(Listing(rows, REQUEST_FIELDS, id_column="request",
+                         optional=("requested_from", "age_days", "approved_by"),
+                         cut=("reason", "ticket")), view_of(fmt))
     note_zone(tz_name)
 
 

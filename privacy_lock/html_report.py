@@ -42,6 +42,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.null { color: #999; font-style: italic; }
 td.time { white-space: nowrap; }
 td.hash { font-size: 11px; }
+tr.broken td { background: #ffcdd2; font-weight: 600; }
+.broken-note { color: #b71c1c; font-weight: 600; }
 .cards { display: flex; gap: 1rem; flex-wrap: wrap; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: .5rem 1rem; min-width: 8rem; }
 .card b { display: block; font-size: 1.4rem; }
@@ -62,8 +64,11 @@ def html_document(
     return _page("privacy-lock", _table(rows, list(columns or (rows[0] if rows else []))))
 
 
-def report_html(report: Report) -> str:
-    """The audit report page: verify result, summary, chart, active locks, events."""
+def report_html(report: Report, summary_only: bool = False) -> str:
+    """The audit report page: verify result, figures, chart, active locks, and the events the
+    report kept (the first ``--limit``, 1,000 by default), with the count of the rest and the
+    command that lists them; ``summary_only``: no events. Its size is bounded by the events
+    kept, the days charted and the active locks listed, never by the trail's length."""
     zone = zone_name(report.zone)
     parts = [
         "<h1>privacy-lock audit report</h1>",
@@ -82,11 +87,34 @@ def report_html(report: Report) -> str:
         "<h2>Active locks by age (days since applied)</h2>",
         _table(report.ages, ["age", "locks", "oldest_days"], table_id="ages"),
         _active_locks(report),
-        f"<h2>Events ({len(report.events)})</h2>",
-        _table([{**row, "details": details_text(row["details"])} for row in report.events],
-               [*EVENT_TABLE_COLUMNS, "hash"], table_id="events"),
     ]
+    if not summary_only:
+        parts += _events(report)
+    else:
+        parts.append(f'<p id="events-omitted">{report.event_total:,} events selected; '
+                     "<code>--summary</code> lists none.</p>")
     return _page("privacy-lock audit report", "\n".join(parts))
+
+
+def _events(report: Report) -> list[str]:
+    """The events section: the events kept, the tampered one marked, and the rest counted."""
+    shown, total = len(report.events), report.event_total
+    title = (f"Events ({total:,})" if shown >= total
+             else f"Events (the first {shown:,} of {total:,})")
+    broken = report.verify.broken_seq if report.verify and not report.verify.ok else None
+    parts = [f"<h2>{title}</h2>"]
+    if broken is not None:
+        parts.append(f'<p class="broken-note">Event {broken} is where the chain breaks'
+                     + (" (marked below)." if any(r["seq"] == broken for r in report.events)
+                        else "; it is not among the events listed here.") + "</p>")
+    parts.append(_table([{**row, "details": details_text(row["details"])}
+                         for row in report.events],
+                        [*EVENT_TABLE_COLUMNS, "hash"], table_id="events", broken_seq=broken))
+    if shown < total and report.events:
+        rest = report.rest_command(report.events[-1]["seq"])
+        parts.append(f'<p id="events-rest">{total - shown:,} more events are not listed '
+                     f"here (<code>--limit</code>). They are: <code>{escape(rest)}</code></p>")
+    return parts
 
 
 def _text(text: str) -> str:
@@ -131,14 +159,36 @@ def _verify_block(report: Report) -> str:
     )
 
 
+
+
+
+# The cards: (label, Figures attribute or None for computed ones, what it counts).
+_FIGURE_CARDS = [
+    ("locks opened", "locks_opened", "lock events: rows of `privacy-lock locks --state all`"),
+    ("locks closed", "locks_closed", "revert events: rows of `locks --state reverted`"),
+    ("items hidden", "items_hidden",
+     "items the locks hold as of their last apply here: the `items` column of `locks`"),
+    ("items restored", "items_restored", "`restored` in `privacy-lock status`"),
+    ("conflicts", "conflicts",
+     "items changed after the lock, left as they were: `conflicts` in `status`"),
+    ("gone", "gone", "items deleted after the lock: `gone` in `status`"),
+    ("apply runs", "apply_runs", "apply events, re-runs that changed nothing included"),
+]
+
+
 def _cards(report: Report) -> str:
-    actions: dict[str, int] = {}
-    for row in report.counts:
-        actions[row["action"]] = actions.get(row["action"], 0) + row["events"]
-    cards = [("events", report.event_total), ("applies", actions.get("apply", 0)),
-             ("reverts", actions.get("revert", 0)), ("active locks", len(report.active_locks)),
-             ("operators", len({r["operator"] for r in report.counts if r["operator"]}))]
-    inner = "".join(f'<div class="card">{escape(name)}<b>{n}</b></div>' for name, n in cards)
+    """The figures an auditor reconciles with `locks` and `status`, each with what it counts
+    (its tooltip), then the events, active locks and operators."""
+    figures = report.figures
+    cards = [(name, getattr(figures, attr), what, attr.replace("_", "-"))
+             for name, attr, what in _FIGURE_CARDS]
+    cards += [("events", report.event_total, "audit events selected by the filters", "events"),
+              ("active locks", len(report.active_locks), "`privacy-lock locks` (same filters)",
+               "active-locks"),
+              ("operators", len({r["operator"] for r in report.counts if r["operator"]}),
+               "distinct operator names among the events", "operators")]
+    inner = "".join(f'<div class="card" id="card-{key}" title="{escape(what)}">{escape(name)}'
+                    f"<b>{n:,}</b></div>" for name, n, what, key in cards)
     return f'<div class="cards" id="summary">{inner}</div>'
 
 
@@ -203,7 +253,10 @@ _CELL_CLASS = {"hash": ' class="hash"', "prev_hash": ' class="hash"', "time": ' 
                "created_at": ' class="time"', "day": ' class="time"'}
 
 
-def _table(rows: Sequence[dict[str, Any]], columns: list[str], table_id: str = "") -> str:
+def _table(rows: Sequence[dict[str, Any]], columns: list[str], table_id: str = "",
+           broken_seq: int | None = None) -> str:
+    """A table; an empty cell shows "-" (as in the terminal), the row of ``broken_seq`` (the
+    event where the chain breaks) is marked."""
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
@@ -213,7 +266,7 @@ def _table(rows: Sequence[dict[str, Any]], columns: list[str], table_id: str = "
         for column in columns:
             value = row.get(column)
             if value is None:
-                cells.append('<td class="null">NULL</td>')
+                cells.append('<td class="null">-</td>')
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 cells.append(f'<td class="num">{value}</td>')
             elif column in ("hash", "prev_hash"):
@@ -224,6 +277,10 @@ def _table(rows: Sequence[dict[str, Any]], columns: list[str], table_id: str = "
             else:
                 css = _CELL_CLASS.get(column, "")
                 cells.append(f"<td{css}>{_text(str(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
+        if broken_seq is not None and row.get("seq") == broken_seq:
+            body.append(f'<tr class="broken" id="broken-event" title="the audit chain breaks '
+                        f'here">{"".join(cells)}</tr>')
+        else:
+            body.append(f"<tr>{''.join(cells)}</tr>")
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

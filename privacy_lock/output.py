@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from privacy_lock.errors import OutputError, UsageError
-from privacy_lock.render import csv_raw, json_pieces, outcome_rows, render
+from privacy_lock.render import FILE_FORMATS, csv_raw, json_pieces, outcome_rows, render
 from privacy_lock.requests import COLUMNS
 from privacy_lock.vocabulary import Mode
 
@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 def failed_path(path: Path) -> Path:
     """Where the failed requests of a run with ``--output path`` go: ``NAME.failed.csv``."""
     return path.with_name(path.stem + ".failed.csv")
+
+
+def file_format(path: Path, formats: dict[str, str] = FILE_FORMATS) -> str:
+    """The format a result file is written in, from its name's extension (``.csv``, ``.json``,
+    ``.ndjson``, ``.tsv``); a usage error (exit 2, before anything changes) for any other
+    name: ``result.txt`` used to get CSV without a word."""
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot tell the format of {path.name} from its extension: name it "
+                         f"{' '.join('NAME' + ext for ext in formats)}; nothing was changed")
+    return fmt
 
 
 def check_writable(path: Path, *, with_failed: bool = False) -> None:
@@ -68,12 +79,16 @@ def write_text(path: Path, text: str | Iterable[str]) -> None:
 
 
 def write_outcomes(path: Path, outcomes: Sequence[Outcome], mode: Mode) -> Path | None:
-    """Write a run's per-request results to ``path`` (JSON for .json, else CSV); when some
-    failed, also write :func:`failed_path`, a request file of just those rows, and return it."""
-    if path.suffix.lower() == ".json":
+    """Write a run's per-request results to ``path`` in the format its extension names
+    (:func:`file_format`); when some failed, also write :func:`failed_path`, a request file of
+    just those rows, and return it."""
+    fmt = file_format(path)
+    if fmt == "json":
         write_text(path, json_pieces([o.as_dict() for o in outcomes]))
+    elif fmt == "ndjson":
+        write_text(path, render([], fmt, payload=[o.as_dict() for o in outcomes]))
     else:
-        write_text(path, render(outcome_rows(outcomes, mode), "csv"))
+        write_text(path, render(outcome_rows(outcomes, mode), fmt))
     failed = [o for o in outcomes if o.failed]
     if not failed:
         return None

@@ -9,7 +9,8 @@ breaks (closed pipe), progress goes quiet and the work goes on.
 
 from __future__ import annotations
 
-import shutil
+import io
+import os
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ class Progress:
         self.is_tty = _isatty(self.stream) if is_tty is None else is_tty
         self.interval = interval
         self.clock = clock
-        self.width = width if width is not None else _terminal_width()
+        self.width = width if width is not None else terminal_width(self.stream)
         self.items_done = 0
         self.users_done = 0
         self.started = clock()
@@ -182,8 +183,19 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _terminal_width() -> int:
-    return shutil.get_terminal_size((80, 24)).columns
+def terminal_width(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` (the progress line's own, stderr) is on.
+
+    ``shutil.get_terminal_size`` measures stdout (after $COLUMNS): with ``> out.csv`` it
+    fell back to 80 and cut the bar at 80 columns on a wide terminal. $COLUMNS still wins, as
+    it does there; a stream that is no terminal gets 80."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 80
 
 
 def format_clock(seconds: float) -> str:

@@ -9,6 +9,7 @@ export can never show more (or less) than the screen did.
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -35,6 +36,13 @@ EVENT_COLUMNS = ["seq", "time", "occurred_at", "action", "user", "lock", "operat
 EVENT_TABLE_COLUMNS = ["seq", "time", "action", "user", "lock", "operator", "ticket", "reason",
                        "details"]
 COUNT_COLUMNS = ["day", "action", "operator", "events"]
+# The figures an auditor reconciles with `locks` and `status` (see Figures).
+FIGURE_NAMES = ["locks_opened", "locks_closed", "items_hidden", "items_restored", "conflicts",
+                "gone", "apply_runs", "revert_runs"]
+# Events an html report lists unless --limit says otherwise (the rest: --after SEQ).
+HTML_EVENTS = 1000
+# Events a terminal table lists unless --limit says otherwise.
+TABLE_EVENTS = 50
 LOCK_COLUMNS = ["lock_id", "user", "state", "items", "age_days", "operator", "ticket",
                 "created_at", "reverted_at", "reverted_by", "reason"]
 
@@ -268,8 +276,65 @@ def age_buckets(active: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Figures:
+    """What the selected events did, in the units `locks` and `status` count, so an auditor
+    can reconcile them (counting events would not: a re-run that changed nothing is an
+    ``apply`` event too, 8 of them for 5 locks).
+
+    - ``locks_opened``: ``lock`` events, one per lock opened (``locks --state all`` rows);
+    - ``locks_closed``: ``revert`` events, one per lock closed (``locks --state reverted``);
+    - ``items_hidden``: per lock, the items it holds as of its last ``apply`` event among the
+      selected ones (that event's per-kind ``snapshotted``), summed: ``locks``' items column;
+    - ``items_restored``, ``conflicts``, ``gone``: summed from ``revert`` events (each closes
+      its lock with the lock's totals): ``status``' restored / conflicts / gone columns;
+    - ``apply_runs``, ``revert_runs``: the events themselves, re-runs included.
+    """
+
+    locks_opened: int = 0
+    locks_closed: int = 0
+    items_restored: int = 0
+    conflicts: int = 0
+    gone: int = 0
+    apply_runs: int = 0
+    revert_runs: int = 0
+    held: dict[Any, int] = field(default_factory=dict)  # lock id -> items at its last apply
+
+    @property
+    def items_hidden(self) -> int:
+        return sum(self.held.values())
+
+    def count(self, event: dict[str, Any]) -> None:
+        """Add one event (apply, revert and lock events count; the others are ignored)."""
+        action = event["action"]
+        if action == "lock":
+            self.locks_opened += 1
+            return
+        if action not in ("apply", "revert"):
+            return
+        try:
+            kinds = json.loads(event["details"]).get("kinds", {})
+        except (ValueError, AttributeError):
+            kinds = {}
+        per_kind = [v for v in kinds.values() if isinstance(v, dict)]
+        if action == "apply":
+            self.apply_runs += 1
+            self.held[event["lock_id"]] = sum(int(v.get("snapshotted", 0)) for v in per_kind)
+            return
+        self.revert_runs += 1
+        self.locks_closed += 1
+        self.items_restored += sum(int(v.get("restored", 0)) for v in per_kind)
+        self.conflicts += sum(int(v.get("conflicts", 0)) for v in per_kind)
+        self.gone += sum(int(v.get("gone", 0)) for v in per_kind)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in FIGURE_NAMES}
+
+
+@dataclass
 class Report:
-    """Everything the report formats show, computed once from the filtered rows."""
+    """Everything the report formats show, computed once from the filtered rows. ``events``
+    holds at most the first ``keep_events`` (the html page's list); ``event_total`` counts
+    them all."""
 
     zone: tzinfo
     filters: EventFilters
@@ -282,8 +347,16 @@ class Report:
     active_locks: list[dict[str, Any]] = field(default_factory=list)
     ages: list[dict[str, Any]] = field(default_factory=list)
     event_total: int = 0
+    figures: Figures = field(default_factory=Figures)
     verify: VerifyResult | None = None
     tool_version: str = __version__
+    filter_args: list[str] = field(default_factory=list)  # the filters as command arguments
+
+    def rest_command(self, last_seq: int, fmt: str = "csv") -> str:
+        """The command that lists the events after ``last_seq`` with the same filters."""
+        args = ["privacy-lock", "audit", "report", *self.filter_args, "--after", str(last_seq),
+                "--format", fmt, "--output", f"rest.{fmt}"]
+        return shlex.join(args)
 
     def summary_json(self) -> dict[str, Any]:
         """The --summary shape for JSON."""
@@ -291,6 +364,7 @@ class Report:
             "time_zone": zone_name(self.zone),
             "filters": self.filter_words,
             "events": self.event_total,
+            "figures": self.figures.as_dict(),
             "counts": self.counts,
             "active_locks_by_age": self.ages,
             "verify": self.verify.as_dict() if self.verify else None,
@@ -304,13 +378,14 @@ def build_report(
     *,
     database: str,
     filter_words: list[str],
-    keep_events: bool = True,
+    keep_events: int | None = None,
     verify: bool = True,
     now: datetime | None = None,
 ) -> Report:
-    """Read the filtered events once and compute rows, counts per action x operator x day, the
-    applies/reverts per day, the matching active locks by age and (optionally) the chain check.
-    """
+    """Read the filtered events once and compute rows (the first ``keep_events``, every one
+    when None), counts per action x operator x day, the applies/reverts per day, the figures,
+    the matching active locks by age and (optionally) the chain check. Memory stays bounded
+    by ``keep_events`` and the number of days, operators and locks, never by the events."""
     now = now or now_utc()
     report = Report(zone, filters, filter_words, database, show_time(to_stored(now), zone) or "")
     counts: Counter[tuple[str, str, str | None]] = Counter()
@@ -322,7 +397,8 @@ def build_report(
             if event["action"] in ("apply", "revert"):
                 daily[(day, event["action"])] += 1
             report.event_total += 1
-            if keep_events:
+            report.figures.count(event)
+            if keep_events is None or len(report.events) < keep_events:
                 report.events.append(event_row(event, zone))
     report.counts = [
         {"day": day, "action": action, "operator": operator, "events": n}
@@ -365,13 +441,19 @@ def _daily_series(daily: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
 
 def describe_filters(**values: Any) -> list[str]:
     """The filters as ``--option value`` words, for report headers."""
-    words = []
+    args = filter_args(**values)
+    return [f"{args[i]} {args[i + 1]}" for i in range(0, len(args), 2)]
+
+
+def filter_args(**values: Any) -> list[str]:
+    """The filters as command-line arguments (``["--since", "2026-11-01", ...]``)."""
+    args = []
     for name, value in values.items():
         if value in (None, (), ""):
             continue
         for item in value if isinstance(value, tuple) else (value,):
-            words.append(f"--{name.replace('_', '-')} {item}")
-    return words
+            args += [f"--{name.replace('_', '-')}", str(item)]
+    return args
 
 
 def closed_lock_lines(conn: Connection, named: list[tuple[int | None, str | None]],

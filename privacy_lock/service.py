@@ -40,6 +40,7 @@ from privacy_lock.audit import (
     Actor,
     EventFilters,
     VerifyResult,
+    query_events,
     record_views,
     utc_now,
     verify_chain,
@@ -81,7 +82,7 @@ from privacy_lock.policy import (
     set_rule,
 )
 from privacy_lock.progress import RunStats
-from privacy_lock.render import outcome_rows, render, report_text
+from privacy_lock.render import outcome_rows, render, report_pieces, report_text
 from privacy_lock.requests import Request, load_requests, read_request_ids
 from privacy_lock.schema import create_tool_tables, ddl_for, require_tool_tables
 from privacy_lock.stored_text import TextLimit, stored_limits, text_problem
@@ -430,6 +431,7 @@ def _run_requests(
     if not from_file and (encoding or delimiter):
         raise UsageError("--encoding and --delimiter describe a --from-file request file")
     if output_path:
+        output.file_format(output_path)
         output.check_writable(output_path, with_failed=True)
     pacer = pacer or Pacer()
     policy = target.settings.policy
@@ -461,8 +463,9 @@ def _run_requests(
                                                if o.status == Status.NOT_LOCKED])
             if output_path:
                 rows = [o.as_dict() for o in filed.outcomes]
+                fmt = output.file_format(output_path)
                 filed.output, filed.output_error = _write(output_path, render(
-                    rows, "json" if output_path.suffix == ".json" else "csv"))
+                    rows, fmt, payload=rows if fmt == "ndjson" else None))
             return filed
         # From here Ctrl-C stops the run between chunks and never the writing of its results:
         # the results file and NAME.failed.csv hold exactly what finished and what did not.
@@ -768,35 +771,102 @@ def audit_checkpoint(target: Target, output_path: Path | None = None) -> Checkpo
 @dataclass
 class AuditReport:
     report: reporting.Report
-    text: str  # the report in the format asked
+    text: str  # the report in the format asked ("" when it was streamed)
     output: Path | None = None  # where it was written (else the caller shows ``text``)
+    exported: int | None = None  # events an export wrote (csv, json, ndjson, ids, count)
+    last_seq: int | None = None  # the last event an export wrote
+    more: bool = False  # --limit stopped an export before the last selected event
+    notes: list[str] = field(default_factory=list)  # for stderr (columns left out to fit)
+
+
+# Formats whose events are read and written in pieces, never held: any number of events.
+EXPORT_FORMATS = ("csv", "tsv", "json", "ndjson", "ids", "count")
 
 
 def audit_report(
     target: Target, *, since: str | None = None, until: str | None = None, tz: str = "UTC",
     operator: str | None = None, user: str | None = None, actions: Sequence[str] = (),
     ticket: str | None = None, lock_id: int | None = None, summary: bool = False,
-    fmt: str = "table", output_path: Path | None = None,
+    fmt: str = "table", output_path: Path | None = None, limit: int | None = None,
+    after: int | None = None, fields: Sequence[str] = (), wide: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> AuditReport:
-    """Who changed whose content, when, under which ticket and reason, as ``fmt`` text;
-    written whole to ``output_path`` when given (checked writable before reading)."""
+    """Who changed whose content, when, under which ticket and reason, in ``fmt``; written
+    whole to ``output_path`` when given (checked writable before reading).
+
+    The exports (csv, tsv, json, ndjson, ids, count) stream: events are read in keyset
+    batches and written (to ``output_path``, else through ``echo``) as they come, in constant
+    memory. The table and the html page list the first ``limit`` events (50 and 1,000 by
+    default; 0 = all) and say how to get the rest (``--after SEQ``); ``summary``: none."""
     if output_path:
         output.check_writable(output_path)
     zone, since_at, until_before = time_range(since, until, tz)
-    words = reporting.describe_filters(since=since, until=until, operator=operator, user=user,
-                                       action=tuple(actions), ticket=ticket, lock=lock_id)
+    named = {"since": since, "until": until, "operator": operator, "user": user,
+             "action": tuple(actions), "ticket": ticket, "lock": lock_id}
+    words = reporting.describe_filters(**named, after=after)
+    args = reporting.filter_args(**named, tz=None if tz.upper() in ("UTC", "Z") else tz)
+    streamed = fmt in EXPORT_FORMATS and not summary
     with target.connect() as conn:
         target.require_tables(conn)
         filters = EventFilters(since_at, until_before, operator,
-                               _user_filter(target, conn, user), tuple(actions), ticket, lock_id)
-        report = reporting.build_report(
-            conn, filters, zone, database=target.url, filter_words=words,
-            keep_events=fmt == "html" or not summary, verify=fmt in ("html", "table"),
-        )
-    result = AuditReport(report, report_text(report, fmt, summary))
+                               _user_filter(target, conn, user), tuple(actions), ticket,
+                               lock_id, after)
+        if streamed:
+            return _export_report(conn, filters, zone, fmt, fields, limit, output_path, echo,
+                                  reporting.Report(zone, filters, words, target.url, "",
+                                                   filter_args=args))
+        if summary:
+            keep: int | None = 0
+        elif limit is None:
+            keep = reporting.HTML_EVENTS if fmt == "html" else reporting.TABLE_EVENTS
+        else:
+            keep = limit or None  # 0: every event
+        report = reporting.build_report(conn, filters, zone, database=target.url,
+                                        filter_words=words, keep_events=keep,
+                                        verify=fmt in ("html", "table"))
+    report.filter_args = args
+    notes: list[str] = []
+    result = AuditReport(report, report_text(report, fmt, summary, fields, wide, notes),
+                         notes=notes)
     if output_path:
         output.write_text(output_path, result.text)
         result.output = output_path
+    return result
+
+
+def _export_report(
+    conn: Connection, filters: EventFilters, zone: Any, fmt: str, fields: Sequence[str],
+    limit: int | None, output_path: Path | None, echo: Callable[[str], None] | None,
+    report: reporting.Report,
+) -> AuditReport:
+    """Stream the selected events (the first ``limit``, when given) as ``fmt`` to
+    ``output_path`` or ``echo``, inside one read transaction; count them in ``report``."""
+    result = AuditReport(report, "", exported=0)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for event in query_events(conn, filters):
+            if limit and report.event_total >= limit:
+                result.more = True
+                return
+            report.event_total += 1
+            result.last_seq = event["seq"]
+            yield reporting.event_row(event, zone)
+
+    with reading(conn):
+        pieces = report_pieces(rows(), fmt, fields)
+        if output_path:
+            output.write_text(output_path, pieces)
+            result.output = output_path
+        else:
+            write = echo or (lambda text: print(text, end=""))
+            last = ""
+            for piece in pieces:
+                if piece:
+                    write(piece)
+                    last = piece
+            if not last.endswith("\n"):
+                write("\n")
+    result.exported = report.event_total
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select as os_select
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
-from privacy_lock.render import echo_outcomes
+from privacy_lock.render import View, echo_outcomes
 from privacy_lock.schema import audit_events
 from sns import IDENTITY, build_sns
 
@@ -177,12 +178,21 @@ def test_pause_file_holds_the_run_between_chunks(sns, tmp_path):
     before = sns.items_of(user)
     proc = subprocess.Popen(cli_cmd(sns, "apply", str(user), *IDENTITY, "--pause-file",
                                     str(pause), "--chunk-size", "4"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Wait for the tool to say it is paused (however long start-up takes on a loaded machine),
+    # reading the raw pipe so that nothing sits unseen in a buffer.
+    said = b""
+    deadline = time.monotonic() + 120
+    while b"paused:" not in said and time.monotonic() < deadline and proc.poll() is None:
+        if os_select.select([proc.stderr], [], [], 0.5)[0]:
+            said += os.read(proc.stderr.fileno(), 65536)
+    assert b"paused:" in said, said
+    time.sleep(0.5)  # paused means paused: nothing moves while the file is there
     assert proc.poll() is None  # still waiting
     assert sns.items_of(user) == before
     pause.unlink()
-    out, err = proc.communicate(timeout=60)
+    out, rest = proc.communicate(timeout=60)
+    err = (said + rest).decode()
     assert proc.returncode == 0, err
     assert "paused:" in err and str(pause) in err and "resumed" in err
     assert all(v == sns.private for v in sns.items_of(user).values())
@@ -272,7 +282,7 @@ def test_outcomes_are_built_only_in_the_shape_their_format_prints(fmt, capsys):
     def never():
         raise AssertionError("built for a format that does not print it")
 
-    echo_outcomes(fmt, never if fmt == "json" else lambda: rows,
+    echo_outcomes(View(fmt), never if fmt == "json" else lambda: rows,
                   (lambda: payload) if fmt == "json" else never)
     out = capsys.readouterr().out
     if fmt == "json":

@@ -245,3 +245,23 @@ def test_summary_line_of_nothing_at_all():
 def test_time_formats(seconds, clock, duration):
     assert format_clock(seconds) == clock
     assert format_duration(seconds) == duration
+
+
+def test_the_bar_measures_stderr_not_stdout(monkeypatch, capsys):
+    """`apply ... > out.csv` cut the bar at 80 columns on a 200-column terminal: the width was
+    stdout's (a file), not that of stderr, where the bar is drawn."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    main, side = os.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    with os.fdopen(side, "w", closefd=True) as terminal:
+        # stdout is pytest's capture here, as it is a file under `> out.csv`
+        assert Progress(10, 1, stream=terminal).width == 200
+    os.close(main)
+    assert Progress(10, 1, stream=io.StringIO()).width == 80  # no terminal at all
+    monkeypatch.setenv("COLUMNS", "132")
+    assert Progress(10, 1, stream=io.StringIO()).width == 132  # as the shell says

@@ -51,7 +51,15 @@ from privacy_lock.config import (
     load_settings,
     missing_owner_indexes,
 )
-from privacy_lock.db import connect_check, create_tool_engine, reading, safe_url, translate_errors
+from privacy_lock.db import (
+    CHANGED,
+    DEFAULT_LOCK_TIMEOUT,
+    connect_check,
+    create_tool_engine,
+    reading,
+    safe_url,
+    translate_errors,
+)
 from privacy_lock.engine import (
     Outcome,
     check_users,
@@ -90,11 +98,14 @@ def ignore(_message: str) -> None:
 
 class Target:
     """The settings a command runs under and the database they name: one engine (NullPool),
-    opened on first use and announced once through ``note`` (password hidden)."""
+    opened on first use and announced once through ``note`` (password hidden). Every
+    connection waits at most ``lock_timeout`` seconds for any lock (:meth:`use_lock_timeout`)."""
 
-    def __init__(self, settings: Settings, note: Note = ignore) -> None:
+    def __init__(self, settings: Settings, note: Note = ignore,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         self.settings = settings
         self.note = note
+        self.lock_timeout = lock_timeout
         self._engine: Engine | None = None
         self._audit_key: AuditKey | None = None
 
@@ -122,9 +133,20 @@ class Target:
             self._engine = self.open_engine(create=False)
         return self._engine
 
+    def use_lock_timeout(self, seconds: float) -> None:
+        """Make every later connection wait at most ``seconds`` for a lock (a run's
+        ``--lock-timeout``); an engine already open with another timeout is replaced."""
+        if seconds == self.lock_timeout:
+            return
+        self.lock_timeout = seconds
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = create_tool_engine(self.settings.database_url, seconds)
+
     def open_engine(self, create: bool) -> Engine:
         """Connect once to fail early; ``create`` allows a new SQLite file (``init``)."""
-        engine = create_tool_engine(self.settings.database_url)  # a malformed URL stops here
+        # a malformed URL stops here
+        engine = create_tool_engine(self.settings.database_url, self.lock_timeout)
         self.note(f"database: {self.url}")
         connect_check(engine, create=create)
         self._engine = engine
@@ -134,9 +156,18 @@ class Target:
     def connect(self) -> Iterator[Connection]:
         """One connection for the whole command; work on it is done in short transactions.
         Driver errors leave it as one-line DatabaseErrors naming the database. The audit key
-        (checked before connecting) travels with the connection to every append and verify."""
+        (checked before connecting) travels with the connection to every append and verify.
+        A lock wait that ran out is the one "could not lock" error: exit 2 until a writing
+        transaction of this connection has committed, exit 1 after."""
         key = self.audit_key
-        with translate_errors(self.settings.database_url), self.engine.connect() as conn:
+        infos: list[dict[Any, Any]] = []  # the connection's info outlives its closing
+
+        def changed() -> bool:
+            return any(info.get(CHANGED) for info in infos)
+
+        with (translate_errors(self.settings.database_url, self.lock_timeout, changed),
+              self.engine.connect() as conn):
+            infos.append(conn.info)
             if key is not None:
                 conn.execution_options(**{KEY_OPTION: key})
             yield conn
@@ -326,13 +357,13 @@ def init(target: Target) -> InitResult:
     (from the config's [policy], else the defaults; audited); suggest the content tables'
     missing (owner, id) indexes."""
     target.open_engine(create=True)
+    suggestions: list[str] = []
+    if target.settings.content:  # read first: a wait here (a locked table) changes nothing
+        with target.connect() as conn, reading(conn):
+            suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
     with target.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
         seeded = seed_policy(conn, target.settings.policy)
-    suggestions: list[str] = []
-    if target.settings.content:
-        with target.connect() as conn, reading(conn):
-            suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
     return InitResult(created, suggestions, seeded)
 
 
@@ -400,6 +431,7 @@ def _run_requests(
     if output_path:
         output.check_writable(output_path, with_failed=True)
     pacer = pacer or Pacer()
+    target.use_lock_timeout(pacer.lock_timeout)
     policy = target.settings.policy
     with target.connect() as conn:
         cmap = target.content_map(conn)
@@ -502,6 +534,7 @@ def approve(
     Identity(operator, None, reason).check()
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
     pacer = pacer or Pacer()
+    target.use_lock_timeout(pacer.lock_timeout)
     with target.connect() as conn:
         cmap = target.content_map(conn)
         approved = approvals.approve_requests(conn, cmap, request_ids, approver)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from privacy_lock import approvals, output
 from privacy_lock import report as reporting
@@ -60,6 +61,7 @@ from privacy_lock.db import (
     safe_url,
     translate_errors,
 )
+from privacy_lock.dialects import for_connection
 from privacy_lock.engine import (
     Outcome,
     check_users,
@@ -458,6 +460,8 @@ def _run_requests(
                 filed.output, filed.output_error = _write(output_path, render(
                     rows, "json" if output_path.suffix == ".json" else "csv"))
             return filed
+        if mode == "revert" and not dry_run:
+            _fresh_snapshot_statistics(conn)
         run = _TrackedRun(conn, cmap, mode, batch, dry_run, pacer, progress, target.note)
         try:
             done = run_batch(conn, cmap, mode, batch, pacer, dry_run, on_done=run.done,
@@ -477,6 +481,18 @@ def _run_requests(
         except OutputError as exc:  # checked before the run, yet failed: the run stands
             result.output_error = str(exc)
     return result
+
+
+def _fresh_snapshot_statistics(conn: Connection) -> None:
+    """Let the database gather the snapshot table's statistics before a revert plans on it,
+    when the strategy says so (:meth:`privacy_lock.dialects.Dialect.refresh_snapshot_statistics`).
+    Best effort, in a transaction of its own: a lock wait or a refusal only leaves the plans
+    as they would have been."""
+    try:
+        with reading(conn):  # changes no row: a lock wait after it is still "nothing changed"
+            for_connection(conn).refresh_snapshot_statistics(conn)
+    except DBAPIError:
+        pass
 
 
 def _write(path: Path, text: str) -> tuple[Path | None, str | None]:
@@ -540,6 +556,7 @@ def approve(
         approved = approvals.approve_requests(conn, cmap, request_ids, approver)
         if not approved.runnable:  # each was finished or approved by another since we looked
             raise UsageError("; ".join(approved.finished_meanwhile))
+        _fresh_snapshot_statistics(conn)
         run = _TrackedRun(conn, cmap, "revert", approved.requests, False, pacer, progress,
                           target.note)
         try:

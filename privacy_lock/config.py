@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Table, cast, inspect, select
+from sqlalchemy import Column, Connection, MetaData, Table, cast, false, inspect, select
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import NoSuchTableError
 
@@ -392,6 +392,11 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
                 )
         kinds[spec.name] = BoundKind(spec, table, id_col, owner_col, vis_col, value_kind)
     _refuse_overlapping_kinds(list(settings.content.values()))
+    for kind in kinds.values():
+        # Open each table as a read does: a table another session holds locked (LOCK TABLES,
+        # a migration's DDL) stops the command here, before any change, after --lock-timeout
+        # (reflection reads the catalog, which MariaDB serves past such a lock).
+        conn.execute(select(kind.id_col).where(false()))
 
     accounts_table = accounts_id = None
     if settings.accounts:

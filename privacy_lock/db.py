@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,19 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from privacy_lock import errors
-from privacy_lock.errors import DatabaseError, UsageError
+from privacy_lock.errors import (
+    DatabaseError,
+    LockTimeoutError,
+    LockWaitError,
+    UsageError,
+    could_not_lock,
+    is_lock_conflict,
+)
 
 DEFAULT_DATABASE_URL = "sqlite:///privacy-lock.db"
+DEFAULT_LOCK_TIMEOUT = 2.0  # seconds; --lock-timeout
+LOCK_TIMEOUT_SET = "privacy_lock_lock_timeout"  # connection info: the lock timeout in force (ms)
+CHANGED = "privacy_lock_changed"  # connection info: a writing transaction has committed
 
 _DRIVER_HINTS = {
     "postgresql": "pip install 'privacy-lock[postgresql]'  (psycopg 3)",
@@ -115,13 +125,23 @@ def hide_secrets(message: str, url: str | URL) -> str:
     return message
 
 
-def create_tool_engine(url: str) -> Engine:
+def timeout_millis(seconds: float) -> int:
+    """A lock timeout in whole milliseconds, at least 1 (0 would mean "wait forever")."""
+    return max(1, int(seconds * 1000))
+
+
+def create_tool_engine(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
     """An engine for ``url`` set up the way the tool needs on each dialect.
 
     - NullPool: a command connects, works in short transactions and leaves.
+    - Every connection waits at most ``lock_timeout`` seconds for any lock, from its first
+      statement (schema reflection, ``init``, the plan, the audit head, every chunk): set at
+      connect time by the dialect's strategy (:meth:`privacy_lock.dialects.Dialect.
+      session_timeouts`). No statement timeout is set: a long statement that holds no one up
+      is not the problem, a wait behind the site's lock is.
     - SQLite: every transaction starts with ``BEGIN IMMEDIATE`` (SQLite has no ``SELECT ... FOR
       UPDATE``; taking the write lock up front is what makes read-then-write chunks safe against a
-      concurrent writer), and waits up to 30 s for a busy database instead of failing at once.
+      concurrent writer); its busy timeout is the lock timeout.
     - MySQL/MariaDB: READ COMMITTED, so a chunk's locking reads take row locks only, not the
       gap locks REPEATABLE READ would hold on the live site's rows; utf8mb4 by default.
     """
@@ -131,7 +151,7 @@ def create_tool_engine(url: str) -> Engine:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
     kwargs: dict[str, Any] = {"poolclass": NullPool}
     if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": lock_timeout}
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
         if "charset" not in parsed.query:
@@ -145,7 +165,38 @@ def create_tool_engine(url: str) -> Engine:
         raise UsageError(f"no driver for {backend} ({exc.name}): {hint}") from None
     if backend == "sqlite":
         _use_begin_immediate(engine)
+    _bound_lock_waits(engine, backend, lock_timeout)
+    _remember_changes(engine)
     return engine
+
+
+def _bound_lock_waits(engine: Engine, backend: str, seconds: float) -> None:
+    """Run the strategy's lock-timeout statements on every new connection, before SQLAlchemy
+    or the tool runs anything on it, and remember the timeout in force."""
+    from privacy_lock.dialects import named  # dialects imports config, which imports us
+
+    statements = named(backend).session_timeouts(seconds)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # psycopg opened a transaction for the SET: keep it
+        record.info[LOCK_TIMEOUT_SET] = timeout_millis(seconds)
+
+
+def _remember_changes(engine: Engine) -> None:
+    """Mark a connection once a transaction that may have written commits (every one but
+    :func:`reading`'s): a lock wait after that is no longer "nothing was changed"."""
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn: Connection) -> None:
+        if not conn.info.get(_READING):
+            conn.info[CHANGED] = True
 
 
 def _use_begin_immediate(engine: Engine) -> None:
@@ -188,11 +239,19 @@ first_line = errors.first_line  # the driver's first line; errors.error_text is 
 
 
 @contextlib.contextmanager
-def translate_errors(url: str) -> Iterator[None]:
-    """Turn driver errors into one-line DatabaseErrors that name the (password-free) database."""
+def translate_errors(url: str, lock_timeout: float | None = None,
+                     changed: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """Turn driver errors into one-line DatabaseErrors that name the (password-free) database.
+
+    A lock wait that ran out (``lock_timeout`` given) becomes the one "could not lock" message:
+    exit 2 when ``changed()`` says no transaction that writes has committed, else exit 1."""
     try:
         yield
     except SQLAlchemyError as exc:
+        if lock_timeout is not None and is_lock_conflict(exc):
+            if changed():
+                raise LockTimeoutError(could_not_lock(lock_timeout, changed=True)) from exc
+            raise LockWaitError(could_not_lock(lock_timeout)) from exc
         raise DatabaseError(hide_secrets(errors.error_text(exc, safe_url(url)), url)) from exc
 
 

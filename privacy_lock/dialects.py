@@ -264,14 +264,27 @@ class Dialect:
     def plan_for_actual_keys(self, conn: Connection) -> None:
         """Make the rest of this transaction plan for its actual owner and keys (PostgreSQL)."""
 
+    def session_timeouts(self, seconds: float) -> list[str]:
+        """The statements that bound every lock wait of a session to ``seconds``, run on each
+        new connection (:func:`privacy_lock.db.create_tool_engine`): here MariaDB/MySQL's
+        ``lock_wait_timeout`` (metadata locks: ``LOCK TABLES``, DDL, reflection) and
+        ``innodb_lock_wait_timeout`` (row locks), both in whole seconds, at least 1."""
+        whole = max(1, round(seconds))
+        return [f"SET SESSION lock_wait_timeout = {whole}, innodb_lock_wait_timeout = {whole}"]
+
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
-        """Bound row-lock waits for this connection's session (inside a transaction)."""
-        # InnoDB takes whole seconds, at least 1.
-        conn.exec_driver_sql(
-            f"SET SESSION innodb_lock_wait_timeout = {max(1, round(seconds))}")
+        """Bound lock waits for this connection's session (inside a transaction)."""
+        for statement in self.session_timeouts(seconds):
+            conn.exec_driver_sql(statement)
 
     def before_transaction(self, conn: Connection, seconds: float) -> None:
         """What must be set on the driver connection before a transaction begins (SQLite)."""
+
+    def refresh_snapshot_statistics(self, conn: Connection) -> bool:
+        """Before a revert reads the snapshot table: gather its statistics if it grew a lot
+        since it was last analysed (PostgreSQL); whether it did. Nothing here: MariaDB's and
+        SQLite's plans of the revert statements do not depend on them (tests/test_fresh_plans)."""
+        return False
 
     def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows (of text, integer and NULL values) in one round trip: executemany,
@@ -641,6 +654,11 @@ class SqliteDialect(_SetBasedRestore):
         """``x COLLATE BINARY`` (a column may be declared ``COLLATE NOCASE``)."""
         return col.collate("BINARY")
 
+    def session_timeouts(self, seconds: float) -> list[str]:
+        """The busy timeout: how long any statement (a BEGIN, a read) waits for the database
+        lock another connection holds."""
+        return [f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}"]
+
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """SQLite has no row locks: its wait is the busy timeout (:meth:`before_transaction`)."""
 
@@ -729,8 +747,27 @@ class PostgresqlDialect(_SetBasedRestore):
         of the owner for each chunk (a 100,000-item revert took 24-150 s instead of 10)."""
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
 
-    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
-        conn.exec_driver_sql(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+    def session_timeouts(self, seconds: float) -> list[str]:
+        """``lock_timeout`` (any lock: a table's, a row's, the catalog's). ``statement_timeout``
+        is left as the DBA set it: it would also end a long read that holds no one up."""
+        return [f"SET lock_timeout = {max(1, int(seconds * 1000))}"]
+
+    def refresh_snapshot_statistics(self, conn: Connection) -> bool:
+        """``ANALYZE`` the snapshot table when at least a chunk's worth of rows (1,000) and a
+        fifth of it came since its last analysis (never analysed: all of them), as autovacuum
+        would, but now, before the revert plans on it. With no statistics the planner took the
+        chunk's snapshot range for one row and joined it again for every item (1,000 x 1,000
+        rows, 1.1 s per chunk, holding the row locks; docs/BENCHMARKS.md). ANALYZE samples at
+        most 30,000 rows (0.2 s here), takes no lock the site's statements wait for and, by a
+        role that does not own the table, is skipped with a warning."""
+        grown = conn.execute(text(
+            "SELECT n_mod_since_analyze >= 1000 AND n_mod_since_analyze > "
+            "0.2 * GREATEST(c.reltuples, 0) FROM pg_stat_user_tables s JOIN pg_class c "
+            "ON c.oid = s.relid WHERE s.relid = to_regclass(:name)"), {"name": snapshots.name}
+        ).scalar()
+        if grown:
+            conn.execute(text(f"ANALYZE {snapshots.name}"))
+        return bool(grown)
 
     def after_create_tables(self, conn: Connection) -> list[str]:
         """The triggers that keep the audit trail append-only at the database level."""

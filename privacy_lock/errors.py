@@ -13,7 +13,7 @@ Exit codes (decided by :func:`exit_code`, used by the CLI in one place):
 
 from __future__ import annotations
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 
 class PrivacyLockError(Exception):
@@ -54,7 +54,50 @@ class LockStateError(PrivacyLockError):
 
 
 class LockTimeoutError(PrivacyLockError):
-    """A chunk could not get its row locks within the retries; nothing in it changed."""
+    """A chunk could not get its row locks within the retries; nothing in it changed (or: a
+    wait outside the chunks ran out after earlier transactions had committed). Exit 1."""
+
+
+class LockWaitError(PrivacyLockError):
+    """A statement outside the chunks (schema reflection, init, the plan, the audit head)
+    waited ``--lock-timeout`` for a lock another session holds, before this command had
+    committed anything. Exit 2: nothing was changed."""
+
+    exit_code = 2
+
+
+# Driver error codes that mean "someone else holds the lock; try again later".
+_PG_LOCK_CONFLICT = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
+_MYSQL_LOCK_CONFLICT = {1205, 1213}  # lock wait timeout (row or metadata lock), deadlock
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether a database error is a lock wait timeout or deadlock: PostgreSQL's
+    ``lock_timeout``, MariaDB's ``lock_wait_timeout``/``innodb_lock_wait_timeout`` and
+    SQLite's busy timeout all end in one of these."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_LOCK_CONFLICT:
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in _MYSQL_LOCK_CONFLICT:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def could_not_lock(seconds: float, *, retries: int | None = None,
+                   changed: bool = False) -> str:
+    """The one "could not lock" message, with its advice: after a chunk's ``retries``, or
+    for a wait outside the chunks (``changed``: transactions had committed before it)."""
+    if retries is not None:
+        return (f"could not lock the rows within {seconds:g} s after {retries} retries (the "
+                "site holds them); nothing in that chunk changed, re-run later")
+    done = ("the transactions committed before it stand; re-run the same command later to "
+            "finish" if changed else "nothing was changed; re-run later")
+    return (f"could not lock within {seconds:g} s (--lock-timeout): another session holds a "
+            f"lock on a table or rows this command needs; {done}")
 
 
 class StaleChunk(PrivacyLockError):

@@ -22,33 +22,23 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-# Both live in errors.py with every other exception; imported here, where they are raised, so
-# that ``pacing.Interrupted`` and ``pacing.LockTimeoutError`` keep working.
+# They live in errors.py with every other exception; imported here, where they are raised, so
+# that ``pacing.Interrupted``, ``pacing.LockTimeoutError`` and ``pacing.is_lock_conflict`` keep
+# working.
+from privacy_lock.db import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_SET, timeout_millis
 from privacy_lock.dialects import for_connection
-from privacy_lock.errors import Interrupted, LockTimeoutError, UsageError
+from privacy_lock.errors import (
+    Interrupted,
+    LockTimeoutError,
+    UsageError,
+    could_not_lock,
+    is_lock_conflict,
+)
 
 DEFAULT_CHUNK_SIZE = 1000
 MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
 T = TypeVar("T")
-_TIMEOUT_SET = "privacy_lock_lock_timeout"  # connection info key: the lock timeout in force
-
-# Driver error codes that mean "someone else holds the lock; try again later".
-_PG_RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
-_MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock
-
-
-def is_lock_conflict(exc: BaseException) -> bool:
-    """Whether a database error is a lock wait timeout or deadlock (worth a retry)."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _PG_RETRYABLE:
-        return True
-    args = getattr(orig, "args", ())
-    if args and args[0] in _MYSQL_RETRYABLE:
-        return True
-    text = str(orig).lower()
-    return "database is locked" in text or "database table is locked" in text
+_TIMEOUT_SET = LOCK_TIMEOUT_SET  # connection info key: the lock timeout in force
 
 
 class AbortedBySecondCtrlC(KeyboardInterrupt):
@@ -63,7 +53,7 @@ class Pacer:
     size: int = DEFAULT_CHUNK_SIZE
     sleep: float = 0.0
     max_chunk_seconds: float | None = None
-    lock_timeout: float = 2.0
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     retries: int = 5
     backoff: float = 0.5
     pause_file: Path | None = None
@@ -106,11 +96,8 @@ class Pacer:
                 if not is_lock_conflict(exc):
                     raise
                 if attempt == self.retries:
-                    raise LockTimeoutError(
-                        f"could not lock the rows within {self.lock_timeout:g} s after "
-                        f"{self.retries} retries (the site holds them); nothing in that chunk "
-                        "changed, re-run later"
-                    ) from exc
+                    raise LockTimeoutError(could_not_lock(self.lock_timeout,
+                                                          retries=self.retries)) from exc
                 self.retried += 1
                 delay = self.backoff * (2 ** attempt)
                 self.note(f"lock conflict, retry {attempt + 1}/{self.retries} in {delay:g} s")
@@ -185,8 +172,10 @@ class Pacer:
             signal.signal(signal.SIGINT, previous)
 
     def _set_lock_timeout(self, conn: Connection) -> None:
-        """Bound lock waits for this connection's session (once; cheap on every later chunk)."""
-        millis = max(1, int(self.lock_timeout * 1000))
+        """Bound lock waits for this connection's session: the engine set it at connect time
+        (:func:`privacy_lock.db.create_tool_engine`); only a pacer with another timeout than
+        its engine's sets its own."""
+        millis = timeout_millis(self.lock_timeout)
         if conn.info.get(_TIMEOUT_SET) == millis:
             return
         for_connection(conn).set_lock_timeout(conn, self.lock_timeout)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from privacy_lock import approvals, output
 from privacy_lock import report as reporting
@@ -53,6 +54,8 @@ from privacy_lock.config import (
     missing_owner_indexes,
 )
 from privacy_lock.db import (
+    CHANGED,
+    DEFAULT_LOCK_TIMEOUT,
     connect_check,
     create_tool_engine,
     parse_url,
@@ -60,6 +63,7 @@ from privacy_lock.db import (
     safe_url,
     translate_errors,
 )
+from privacy_lock.dialects import for_connection
 from privacy_lock.engine import (
     Outcome,
     check_users,
@@ -100,11 +104,14 @@ def ignore(_message: str) -> None:
 
 class Target:
     """The settings a command runs under and the database they name: one engine (NullPool),
-    opened on first use and announced once through ``note`` (password hidden)."""
+    opened on first use and announced once through ``note`` (password hidden). Every
+    connection waits at most ``lock_timeout`` seconds for any lock (:meth:`use_lock_timeout`)."""
 
-    def __init__(self, settings: Settings, note: Note = ignore) -> None:
+    def __init__(self, settings: Settings, note: Note = ignore,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         self.settings = settings
         self.note = note
+        self.lock_timeout = lock_timeout
         self._engine: Engine | None = None
         self._audit_key: AuditKey | None = None
 
@@ -143,9 +150,20 @@ class Target:
             self._engine = self.open_engine(create=False)
         return self._engine
 
+    def use_lock_timeout(self, seconds: float) -> None:
+        """Make every later connection wait at most ``seconds`` for a lock (a run's
+        ``--lock-timeout``); an engine already open with another timeout is replaced."""
+        if seconds == self.lock_timeout:
+            return
+        self.lock_timeout = seconds
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = create_tool_engine(self.settings.database_url, seconds)
+
     def open_engine(self, create: bool) -> Engine:
         """Connect once to fail early; ``create`` allows a new SQLite file (``init``)."""
-        engine = create_tool_engine(self.settings.database_url)  # a malformed URL stops here
+        # a malformed URL stops here
+        engine = create_tool_engine(self.settings.database_url, self.lock_timeout)
         self.note(f"database: {self.url}")
         connect_check(engine, create=create)
         self._engine = engine
@@ -155,9 +173,18 @@ class Target:
     def connect(self) -> Iterator[Connection]:
         """One connection for the whole command; work on it is done in short transactions.
         Driver errors leave it as one-line DatabaseErrors naming the database. The audit key
-        (checked before connecting) travels with the connection to every append and verify."""
+        (checked before connecting) travels with the connection to every append and verify.
+        A lock wait that ran out is the one "could not lock" error: exit 2 until a writing
+        transaction of this connection has committed, exit 1 after."""
         key = self.audit_key
-        with translate_errors(self.settings.database_url), self.engine.connect() as conn:
+        infos: list[dict[Any, Any]] = []  # the connection's info outlives its closing
+
+        def changed() -> bool:
+            return any(info.get(CHANGED) for info in infos)
+
+        with (translate_errors(self.settings.database_url, self.lock_timeout, changed),
+              self.engine.connect() as conn):
+            infos.append(conn.info)
             if key is not None:
                 conn.execution_options(**{KEY_OPTION: key})
             yield conn
@@ -353,13 +380,13 @@ def init(target: Target) -> InitResult:
     (from the config's [policy], else the defaults; audited); suggest the content tables'
     missing (owner, id) indexes."""
     target.open_engine(create=True)
+    suggestions: list[str] = []
+    if target.settings.content:  # read first: a wait here (a locked table) changes nothing
+        with target.connect() as conn, reading(conn):
+            suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
     with target.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
         seeded = seed_policy(conn, target.settings.policy)
-    suggestions: list[str] = []
-    if target.settings.content:
-        with target.connect() as conn, reading(conn):
-            suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
     return InitResult(created, suggestions, seeded)
 
 
@@ -434,6 +461,7 @@ def _run_requests(
         output.file_format(output_path)
         output.check_writable(output_path, with_failed=True)
     pacer = pacer or Pacer()
+    target.use_lock_timeout(pacer.lock_timeout)
     policy = target.settings.policy
     with target.connect() as conn:
         cmap = target.content_map(conn)
@@ -467,6 +495,8 @@ def _run_requests(
                 filed.output, filed.output_error = _write(output_path, render(
                     rows, fmt, payload=rows if fmt == "ndjson" else None))
             return filed
+        if mode == "revert" and not dry_run:
+            _fresh_snapshot_statistics(conn)
         # From here Ctrl-C stops the run between chunks and never the writing of its results:
         # the results file and NAME.failed.csv hold exactly what finished and what did not.
         with pacer.stop_on_sigint():
@@ -504,6 +534,18 @@ def _say_why_not_locked(conn: Connection, target: Target,
     if named:
         for line in reporting.closed_lock_lines(conn, named):
             target.note(line)
+
+
+def _fresh_snapshot_statistics(conn: Connection) -> None:
+    """Let the database gather the snapshot table's statistics before a revert plans on it,
+    when the strategy says so (:meth:`privacy_lock.dialects.Dialect.refresh_snapshot_statistics`).
+    Best effort, in a transaction of its own: a lock wait or a refusal only leaves the plans
+    as they would have been."""
+    try:
+        with reading(conn):  # changes no row: a lock wait after it is still "nothing changed"
+            for_connection(conn).refresh_snapshot_statistics(conn)
+    except DBAPIError:
+        pass
 
 
 def _write(path: Path, text: str) -> tuple[Path | None, str | None]:
@@ -615,12 +657,14 @@ def approve(
     if output:
         check_writable(output)
     pacer = pacer or Pacer()
+    target.use_lock_timeout(pacer.lock_timeout)
     with target.connect() as conn:
         cmap = target.content_map(conn)
         ids = _approval_ids(conn, target, request_ids, from_file, all_pending, approver)
         approved = approvals.approve_requests(conn, cmap, ids, approver)
         if not approved.runnable:  # each was finished or approved by another since we looked
             raise UsageError("; ".join(approved.finished_meanwhile))
+        _fresh_snapshot_statistics(conn)
         run = _TrackedRun(conn, cmap, "revert", approved.requests, False, pacer, progress,
                           target.note)
         try:

@@ -62,6 +62,9 @@ ACTIONS = {
                       "approval = distinct-accounts shares the requester's OS account or "
                       "database login)",
     "policy-changed": "a rule of the stored policy was changed (`privacy-lock policy set`)",
+    "find": "a search for an account from what a caller remembers (fragments masked or "
+            "keyed-hashed, the candidates listed, a coarse count)",
+    "find-refused": "a search was refused (a fragment too short, the rate limit)",
 }
 
 

@@ -840,6 +840,49 @@ def policy_set(app: App, rule: str, value: str, operator: str | None, ticket: st
         click.echo(f"policy {change.rule} is already {change.value}; nothing was changed")
 
 
+@cli.command("find")
+@click.option("--mail-fragment", "mail", multiple=True, metavar="TEXT",
+              help="Part of an address the caller had, now or before (repeatable): 'taro85', "
+              "'taro@ezweb', 'vodafone'.")
+@click.option("--nickname", metavar="TEXT", help="The nickname, or part of it.")
+@click.option("--joined", metavar="WHEN", help="When they joined: 2006, 2006-04 or "
+              "2006-04..2007-03.")
+@click.option("--text", "texts", multiple=True, metavar="TEXT",
+              help="Text they remember writing (a diary title, a community), repeatable.")
+@identity_options
+@format_option
+@click.pass_obj
+def find_command(app: App, mail: tuple[str, ...], nickname: str | None, joined: str | None,
+                 texts: tuple[str, ...], operator: str | None, ticket: str | None,
+                 reason: str | None, fmt: str) -> None:
+    """Find the account of a caller who cannot log in, from what they remember.
+
+    Fragments match anywhere, forgive a typo, case and width (ｔａｒｏ = taro), and a carrier's
+    renamed domains (ezweb.ne.jp = au.com; jp-t.ne.jp = vodafone = softbank). Addresses are
+    shown masked, dates as year-month. Every search is audited (fragments masked) and
+    rate-limited; a search too weak to tell people apart shows only a coarse count.
+
+    \b
+    Example:
+      privacy-lock find --mail-fragment miyuki503 --mail-fragment @vodafone \\
+          --operator alice --ticket SUP-1234 --reason "caller lost their login"
+      privacy-lock find --nickname みゆき --joined 2005 --text 花火 --format json \\
+          --operator alice --ticket SUP-1234 --reason "caller lost their login"
+    """
+    result = service.find(app.target, mail=mail, nickname=nickname, joined=joined, texts=texts,
+                          identity=Identity(operator, ticket, reason))
+    rows = [{"user": c.user, "score": f"{c.score:.2f}", "joined": c.joined,
+             "evidence": "; ".join(c.evidence)} for c in result.candidates]
+    payload = [c.as_dict() for c in result.candidates]
+    click.echo(render(rows, fmt, columns=["user", "score", "joined", "evidence"],
+                      payload=payload))
+    for line in result.notes:
+        note(line)
+    if result.more:
+        note("more candidates fit than are listed: add a fragment to narrow the search")
+    note(f"search recorded as audit event {result.event_seq}")
+
+
 @cli.command("sql")
 @click.option("--dialect", type=click.Choice(["sqlite", "postgresql", "mysql"]),
               default="sqlite", show_default=True)

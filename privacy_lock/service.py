@@ -655,6 +655,30 @@ def policy_set(target: Target, rule: str, value: str, identity: Identity) -> Pol
         return set_rule(conn, rule, value, actor)
 
 
+def find(
+    target: Target, *, mail: Sequence[str] = (), nickname: str | None = None,
+    joined: str | None = None, texts: Sequence[str] = (), identity: Identity = Identity(),
+) -> Any:
+    """Rank the accounts that fit what a caller remembers (masked evidence), audited and
+    rate-limited; a search too weak to list anyone gets a coarse count (finder.py)."""
+    from privacy_lock import finder
+    from privacy_lock.config import bind_identity
+    from privacy_lock.identity import remembered
+
+    actor = identity.actor()
+    with target.connect() as conn:
+        target.require_tables(conn)
+        with reading(conn):
+            require_key_if_keyed(conn)
+            bound = bind_identity(conn, target.settings)
+        try:
+            memory = remembered(mail, nickname, joined, texts)
+        except UsageError as exc:  # too short a fragment: refused, and the refusal audited
+            raise finder.refuse(conn, actor, str(exc), {"fragments": len(mail) + len(texts)
+                                                        + (nickname is not None)}) from None
+        return finder.search(conn, bound, memory, actor)
+
+
 def sql(dialect: str, role: str | None = None, settings: Settings | None = None) -> str:
     """The DDL of the tool's tables for ``dialect``; with ``role``, the least-privilege GRANTs
     instead (column grants from the settings' content map)."""

@@ -238,8 +238,9 @@ def init(app: App) -> None:
         click.echo(f"policy stored: {', '.join(result.policy_seeded)} (see `privacy-lock "
                    "policy show`)")
     if result.index_suggestions:
-        note("note: these content tables have no (owner, id) index; each chunk would scan "
-             "the table. Ask a DBA to review and create:")
+        note("note: these indexes are missing (a content table without its (owner, id) "
+             "index makes each chunk scan it; `find` without its trigram indexes scans the "
+             "searched columns). Ask a DBA to review and create:")
         for line in result.index_suggestions:
             note(f"  {line}")
 
@@ -849,12 +850,14 @@ def policy_set(app: App, rule: str, value: str, operator: str | None, ticket: st
               "2006-04..2007-03.")
 @click.option("--text", "texts", multiple=True, metavar="TEXT",
               help="Text they remember writing (a diary title, a community), repeatable.")
+@click.option("--reindex", is_flag=True,
+              help="Only rebuild the search index the tool maintains (SQLite's FTS5 table).")
 @identity_options
 @format_option
 @click.pass_obj
 def find_command(app: App, mail: tuple[str, ...], nickname: str | None, joined: str | None,
-                 texts: tuple[str, ...], operator: str | None, ticket: str | None,
-                 reason: str | None, fmt: str) -> None:
+                 texts: tuple[str, ...], reindex: bool, operator: str | None,
+                 ticket: str | None, reason: str | None, fmt: str) -> None:
     """Find the account of a caller who cannot log in, from what they remember.
 
     Fragments match anywhere, forgive a typo, case and width (ｔａｒｏ = taro), and a carrier's
@@ -868,9 +871,13 @@ def find_command(app: App, mail: tuple[str, ...], nickname: str | None, joined: 
           --operator alice --ticket SUP-1234 --reason "caller lost their login"
       privacy-lock find --nickname みゆき --joined 2005 --text 花火 --format json \\
           --operator alice --ticket SUP-1234 --reason "caller lost their login"
+      privacy-lock find --reindex      # SQLite: rebuild the trigram index (from cron)
     """
     result = service.find(app.target, mail=mail, nickname=nickname, joined=joined, texts=texts,
-                          identity=Identity(operator, ticket, reason))
+                          identity=Identity(operator, ticket, reason), reindex=reindex)
+    if isinstance(result, str):
+        click.echo(result)
+        return
     rows = [{"user": c.user, "score": f"{c.score:.2f}", "joined": c.joined,
              "evidence": "; ".join(c.evidence)} for c in result.candidates]
     payload = [c.as_dict() for c in result.candidates]
@@ -898,7 +905,7 @@ def sql_command(app: App, dialect: str, role: str | None) -> None:
       privacy-lock sql --dialect postgresql > review.sql
       privacy-lock --config sns.toml sql --dialect postgresql --grants privacy_lock_tool
     """
-    settings = app.target.settings if role is not None else None
+    settings = app.target.settings if role is not None or app.config else None
     click.echo(service.sql(dialect, role, settings), nl=False)
 
 

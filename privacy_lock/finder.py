@@ -34,6 +34,7 @@ from privacy_lock.approvals import operator_keys
 from privacy_lock.audit import Actor, append_event
 from privacy_lock.config import BoundIdentity, bind_value
 from privacy_lock.db import reading
+from privacy_lock.dialects import for_connection
 from privacy_lock.errors import UsageError
 from privacy_lock.identity import (
     MIN_EVIDENCE,
@@ -113,6 +114,7 @@ def search(conn: Connection, bound: BoundIdentity, memory: Remembered, actor: Ac
     with reading(conn):
         pool, broad = _candidate_owners(conn, bound, memory)
         facts = _facts(conn, bound, memory, pool)
+        how = for_connection(conn).find_index_state(conn, bound)
     scored = sorted((score_account(f, memory) for f in facts),
                     key=lambda c: (-c.points, -c.score, c.user))
     strong = memory.evidence_possible() >= MIN_EVIDENCE
@@ -138,7 +140,7 @@ def search(conn: Connection, bound: BoundIdentity, memory: Remembered, actor: Ac
             over, seq = False, int(event["seq"])
     if over:
         raise UsageError(f"rate limit: {spec.searches_per_hour} searches per hour reached")
-    notes = []
+    notes = [how]
     if not strong:
         notes.append(f"not enough to list anyone: give two fragments, or a mail fragment of "
                      f"at least 6 characters (matched: {matched})")
@@ -146,6 +148,20 @@ def search(conn: Connection, bound: BoundIdentity, memory: Remembered, actor: Ac
         notes.append("a fragment matched too many accounts to rank: add another one")
     return FindResult(listed, bool(listed), matched, len(qualified) > len(listed),
                       seq, notes)
+
+
+def reindex(conn: Connection, bound: BoundIdentity) -> str:
+    """`find --reindex`: rebuild the index the tool maintains on this database (SQLite's FTS5
+    table), in one transaction; say what was done."""
+    with conn.begin():
+        return for_connection(conn).rebuild_find_index(conn, bound)
+
+
+def index_ddl(conn: Connection, bound: BoundIdentity) -> list[str]:
+    """The index statements a DBA should still run for `find` on this database (PostgreSQL's
+    pg_trgm indexes); empty where there are none or the tool maintains its own."""
+    with reading(conn):
+        return for_connection(conn).missing_find_index_ddl(conn, bound)
 
 
 def bucket(count: int, cap: int) -> str:
@@ -190,16 +206,11 @@ def _full_width(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
-def _sources(bound: BoundIdentity, kind: str) -> list[tuple[Column, Column]]:
-    """(owner column, text column) a fragment of ``kind`` is looked for in."""
-    if kind == "mail":
-        found = [(bound.account_id, bound.mail)]
-        if bound.history_owner is not None and bound.history_address is not None:
-            found.append((bound.history_owner, bound.history_address))
-        return found
-    if kind == "nickname":
-        return [(bound.account_id, bound.nickname)] if bound.nickname is not None else []
-    return [(m.owner, m.text) for m in bound.memory]
+def _sources(bound: BoundIdentity, kind: str) -> list[tuple[str, Column, Column]]:
+    """(source name, owner column, text column) a fragment of ``kind`` is looked for in."""
+    wanted = {"mail": ("mail", "mail_history"), "nickname": ("nickname",)}.get(kind)
+    return [(name, owner, col) for name, owner, col in bound.text_columns()
+            if (name in wanted if wanted else name.startswith("memory:"))]
 
 
 def _candidate_owners(conn: Connection, bound: BoundIdentity, memory: Remembered
@@ -209,10 +220,16 @@ def _candidate_owners(conn: Connection, bound: BoundIdentity, memory: Remembered
     fragment, the join range or carrier alone is counted (never listed)."""
     pool: dict[str, None] = {}
     broad = False
+    strategy = for_connection(conn)
     for kind, text in memory.fragments():
-        found: dict[str, None] = {}
-        for owner, col in _sources(bound, kind):
-            rows = conn.execute(select(owner).where(like_any(col, search_pieces(text)))
+        sources = _sources(bound, kind)
+        pieces = search_pieces(text)
+        indexed = strategy.fragment_owners(
+            conn, [name for name, _o, _c in sources],
+            [v for p in pieces for v in dict.fromkeys((p, _full_width(p)))], POOL + 1)
+        found: dict[str, None] = dict.fromkeys(indexed) if indexed is not None else {}
+        for _name, owner, col in sources if indexed is None else []:
+            rows = conn.execute(select(owner).where(like_any(col, pieces))
                                 .distinct().limit(POOL + 1 - len(found))).scalars()
             found.update((str(r), None) for r in rows)
             if len(found) > POOL:

@@ -333,6 +333,14 @@ def init(target: Target) -> InitResult:
     if target.settings.content:
         with target.connect() as conn, reading(conn):
             suggestions = missing_owner_indexes(conn, bind_content_map(conn, target.settings))
+    if target.settings.identity:
+        from privacy_lock.config import bind_identity
+        from privacy_lock.finder import index_ddl
+
+        with target.connect() as conn:
+            with reading(conn):
+                bound = bind_identity(conn, target.settings)
+            suggestions += [f"{s};" for s in index_ddl(conn, bound)]
     return InitResult(created, suggestions, seeded)
 
 
@@ -658,19 +666,26 @@ def policy_set(target: Target, rule: str, value: str, identity: Identity) -> Pol
 def find(
     target: Target, *, mail: Sequence[str] = (), nickname: str | None = None,
     joined: str | None = None, texts: Sequence[str] = (), identity: Identity = Identity(),
+    reindex: bool = False,
 ) -> Any:
     """Rank the accounts that fit what a caller remembers (masked evidence), audited and
-    rate-limited; a search too weak to list anyone gets a coarse count (finder.py)."""
+    rate-limited; a search too weak to list anyone gets a coarse count (finder.py). With
+    ``reindex`` only rebuild the index the tool maintains (a str saying what was done)."""
     from privacy_lock import finder
     from privacy_lock.config import bind_identity
     from privacy_lock.identity import remembered
 
-    actor = identity.actor()
+    if reindex and (mail or nickname or joined or texts):
+        raise UsageError("--reindex takes no search: run it alone, then search")
+    actor = None if reindex else identity.actor()
     with target.connect() as conn:
         target.require_tables(conn)
         with reading(conn):
             require_key_if_keyed(conn)
             bound = bind_identity(conn, target.settings)
+        if reindex:
+            return finder.reindex(conn, bound)
+        assert actor is not None
         try:
             memory = remembered(mail, nickname, joined, texts)
         except UsageError as exc:  # too short a fragment: refused, and the refusal audited
@@ -679,11 +694,37 @@ def find(
         return finder.search(conn, bound, memory, actor)
 
 
+def find_index_sql(dialect: str, settings: Settings) -> str:
+    """The indexes `find` wants on the site's tables for ``dialect`` (from the config's
+    [identity]), as commented SQL for a DBA; empty where the tool keeps its own or none."""
+    from privacy_lock.dialects import named
+
+    spec = settings.identity
+    if spec is None or settings.accounts is None:
+        return ""
+    columns = [(settings.accounts.table, spec.mail)]
+    if spec.mail_history:
+        columns.append((spec.mail_history.table, spec.mail_history.address))
+    if spec.nickname:
+        columns.append((settings.accounts.table, spec.nickname))
+    columns += [(m.table, m.text) for m in spec.memory]
+    statements = named(dialect).find_index_ddl(columns)
+    if not statements:
+        return ""
+    lines = ["", "-- `privacy-lock find` ([identity]): trigram indexes on the searched columns of "
+             "the site's tables.", "-- Not created by the tool; review and run yourself "
+             "(CONCURRENTLY: outside a transaction)."]
+    return "\n".join(lines + [f"{s};" for s in statements]) + "\n"
+
+
 def sql(dialect: str, role: str | None = None, settings: Settings | None = None) -> str:
     """The DDL of the tool's tables for ``dialect``; with ``role``, the least-privilege GRANTs
     instead (column grants from the settings' content map)."""
     if role is None:
-        return ddl_for(dialect)
+        ddl = ddl_for(dialect)
+        if settings is not None and settings.identity is not None:
+            ddl += find_index_sql(dialect, settings)
+        return ddl
     from privacy_lock.roles import grants_sql
 
     if settings is None:

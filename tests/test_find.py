@@ -230,3 +230,40 @@ def test_the_rate_limit_is_per_person_kept_in_the_database_and_audited(db_url, t
         assert conn.execute(select(func.count()).select_from(find_usage)).scalar_one() == 2
     assert len(trail(sns, "find")) == 2 and len(trail(sns, "find-refused")) == 3
     assert sns.run("audit", "verify").exit_code == 0
+
+
+def test_each_database_searches_its_own_trigram_index(db_url, dialect, tmp_path):
+    """SQLite: the FTS5 table `find --reindex` builds; PostgreSQL: the pg_trgm indexes init
+    prints for a DBA (without them, or without the extension, find still works and says so);
+    MariaDB: a scan, said so. The same searches find the same accounts either way."""
+    sns = build_identity_sns(db_url, tmp_path)
+    searches = [("--mail-fragment", "tar01985@au.com", "--nickname", "たろう"),
+                ("--mail-fragment", "ＨＡＮＡＫＯ７７"), ("--mail-fragment", "kenji.@",
+                                                        "--text", "nemui")]
+    before = [find(sns, *s) for s in searches]
+    printed = sns.run("sql", "--dialect", "postgresql").stdout  # for a DBA, from any database
+    assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_mail_history_address_trgm ON " \
+           "mail_history USING gin (lower(address) gin_trgm_ops);" in printed
+    unindexed = sns.run("find", *searches[0], *WHO)
+    assert ("no trigram index" in unindexed.stderr
+            or "no pg_trgm index" in unindexed.stderr)
+    if dialect == "sqlite":
+        built = sns.run("find", "--reindex")
+        assert "rebuilt the FTS5 trigram index privacy_lock_find_fts" in built.stdout
+        used = "searched the FTS5 trigram index"
+    elif dialect == "postgresql":
+        init = sns.run("init")
+        ddl = [line.strip() for line in init.stderr.splitlines()
+               if line.strip().startswith("CREATE ")]
+        assert any("gin_trgm_ops" in line and "ON members" in line for line in ddl)
+        with sns.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for statement in ddl:
+                conn.exec_driver_sql(statement.rstrip(";"))
+        assert "gin_trgm_ops" not in sns.run("init").stderr  # nothing left to suggest
+        used = "searched with the pg_trgm GIN indexes"
+    else:
+        assert "nothing to rebuild" in sns.run("find", "--reindex").stdout
+        used = "no trigram index: MariaDB/MySQL"
+    after = [find(sns, *s) for s in searches]
+    assert after == before and [c[0]["user"] for c in after] == ["1", "2", "3"]
+    assert used in sns.run("find", *searches[0], *WHO).stderr

@@ -85,6 +85,12 @@ class IdParam(click.ParamType):
 LOCK_ID, REQUEST_ID = IdParam("lock id"), IdParam("request id")
 
 
+identity_check_option = click.option(
+    "--identity-check", "identity_check", type=IdParam("audit event"), metavar="EVENT",
+    help="The passed identity-verdict event (verify-identity) this change is made on; "
+    "recorded in the change's events.")
+
+
 @dataclass
 class App:
     """The global options, and the target they name once a command asks for it."""
@@ -291,6 +297,7 @@ def demo(path: Path, force: bool, users: int) -> None:
 @identity_options
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable); default all.")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would change; change nothing.")
+@identity_check_option
 @pacing_options
 @format_option
 @click.pass_obj
@@ -319,6 +326,7 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
 @batch_options
 @identity_options
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
+@identity_check_option
 @pacing_options
 @format_option
 @click.pass_obj
@@ -366,7 +374,9 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
                             options["sleep"], options["pause_file"], options["lock_timeout"],
                             options["retries"]),
         "progress": progress_factory(options["quiet"]),
+        "identity_check": options["identity_check"],
     }
+
 
 
 def show_run(result: service.RunResult, fmt: str) -> None:
@@ -888,6 +898,58 @@ def find_command(app: App, mail: tuple[str, ...], nickname: str | None, joined: 
     if result.more:
         note("more candidates fit than are listed: add a fragment to narrow the search")
     note(f"search recorded as audit event {result.event_seq}")
+
+
+class PromptInterview:
+    """verify-identity on the terminal: ask, take what the caller said, reveal, confirm."""
+
+    def ask(self, number: int, question: Any) -> str:
+        click.echo(f"\nquestion {number}: {question.text}")
+        return str(click.prompt("  what the caller said (empty: does not know)", default="",
+                                show_default=False))
+
+    def reveal(self, question: Any, judged_right: bool) -> bool:
+        shown = ", ".join(printable(a) for a in question.answers[:5])
+        click.echo(f"  the account holds: {shown}")
+        click.echo(f"  the tool judges the answer {'RIGHT' if judged_right else 'WRONG'} "
+                   "(recorded)")
+        return click.confirm("  is the answer right?", default=judged_right)
+
+    def confirm_verdict(self, passed: bool, right: int, asked: int) -> bool:
+        click.echo(f"\nverdict: {'PASSED' if passed else 'NOT PASSED'} ({right} of {asked} "
+                   "answers right)")
+        return click.confirm("  confirm and record this verdict?", default=False)
+
+
+@cli.command("verify-identity")
+@click.argument("user")
+@click.option("--operator", envvar="PRIVACY_LOCK_OPERATOR",
+              help="Your name as the audit trail should show it [env: PRIVACY_LOCK_OPERATOR].")
+@click.option("--ticket", help="The support ticket the find was made under.")
+@click.pass_obj
+def verify_identity(app: App, user: str, operator: str | None, ticket: str | None) -> None:
+    """Ask the caller questions only the owner of USER should know, from the account's data.
+
+    USER must have been listed by a `find` under the same ticket. Type what the caller said;
+    the tool records the answer as right or wrong before it shows you what the account holds;
+    you may correct its judgement (recorded too). At the end, confirm the verdict: its audit
+    event number is what apply/revert --identity-check cites.
+
+    \b
+    Example:
+      privacy-lock verify-identity 42 --operator alice --ticket SUP-1234
+      privacy-lock apply 42 --identity-check 57 --operator alice --ticket SUP-1234 \\
+          --reason "caller verified; asked to hide"
+    """
+    outcome = service.verify_identity(app.target, user, PromptInterview(),
+                                      identity=Identity(operator, ticket))
+    state = "passed" if outcome.passed else "not passed"
+    if not outcome.confirmed:
+        state += " (not confirmed by the operator)"
+    click.echo(f"identity of user {outcome.user}: {state}; recorded as audit event "
+               f"{outcome.verdict_event}")
+    if outcome.passed:
+        click.echo(f"cite it with: --identity-check {outcome.verdict_event}")
 
 
 @cli.command("sql")

@@ -369,12 +369,13 @@ def apply(
     target: Target, users: Sequence[str] = (), *, kinds: Sequence[str] = (),
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory | None = None, identity_check: int | None = None,
 ) -> RunResult:
     """Hide every item of the users (or of each row of ``from_file``) that is not owner-only,
-    remembering each old value; a dry run counts what would change."""
+    remembering each old value; a dry run counts what would change. ``identity_check``: the
+    passed identity-verdict event of the one user named, recorded in its events."""
     result = _run_requests(target, "apply", users, (), kinds, from_file, identity, dry_run,
-                           pacer, output, progress)
+                           pacer, output, progress, identity_check)
     assert isinstance(result, RunResult)  # only revert files requests
     return result
 
@@ -383,21 +384,25 @@ def revert(
     target: Target, lock_ids: Sequence[int] = (), users: Sequence[str] = (), *,
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory | None = None, identity_check: int | None = None,
 ) -> RunResult | FiledRequests:
     """Restore the locks (by id, by user, or each row of ``from_file``) where nobody changed
     an item since; under ``[policy] revert_requires_approval`` (not in a dry run) only file
     requests for a second operator."""
     return _run_requests(target, "revert", users, lock_ids, (), from_file, identity, dry_run,
-                         pacer, output, progress)
+                         pacer, output, progress, identity_check)
 
 
 def _run_requests(
     target: Target, mode: Mode, users: Sequence[str], lock_ids: Sequence[int],
     kinds: Sequence[str], from_file: Path | None, identity: Identity, dry_run: bool,
     pacer: Pacer | None, output_path: Path | None, progress: ProgressFactory | None,
+    identity_check: int | None = None,
 ) -> RunResult | FiledRequests:
     """Validate every request and the output path, then run them as one batch."""
+    if identity_check is not None and (from_file or len(users) + len(lock_ids) != 1):
+        raise UsageError("--identity-check cites the verification of one person: name one "
+                         "USER (or one LOCK_ID), not a request file")
     if from_file and (users or lock_ids):
         raise UsageError("give USER/LOCK_ID arguments or --from-file, not both")
     if not from_file and not (users or lock_ids):
@@ -427,7 +432,13 @@ def _run_requests(
             )
         else:
             batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run)
+        if identity_check is not None:
+            batch = [_cite_identity_check(conn, batch[0], identity_check)]
         if mode == "revert" and not dry_run and rules.revert_requires_approval:
+            if identity_check is not None:
+                raise UsageError("--identity-check is not yet carried by a revert request "
+                                 "that waits for approval ([policy] revert_requires_approval); "
+                                 "cite the verification in --reason")
             filed = FiledRequests(approvals.request_reverts(conn, cmap, batch))
             if output_path:
                 rows = [o.as_dict() for o in filed.outcomes]
@@ -491,6 +502,21 @@ def _argument_requests(
     made = [Request(0, s, None, ticket, reason, operator, tuple(kinds)) for s in subjects]
     made += [Request(0, None, lock_id, ticket, reason, operator, ()) for lock_id in lock_ids]
     return made
+
+
+def _cite_identity_check(conn: Connection, request: Request, event: int) -> Request:
+    """The request with the verification it cites, checked: a passed identity-verdict about
+    the request's user (a lock's subject for a LOCK_ID)."""
+    from dataclasses import replace
+
+    from privacy_lock.verify import check_identity_event
+
+    subject = request.user_id
+    if subject is None and request.lock_id is not None:
+        with reading(conn):
+            subject = find_lock(conn, request.lock_id).subject
+    check_identity_event(conn, event, str(subject))
+    return replace(request, identity_check=event)
 
 
 def approve(
@@ -692,6 +718,34 @@ def find(
             raise finder.refuse(conn, actor, str(exc), {"fragments": len(mail) + len(texts)
                                                         + (nickname is not None)}) from None
         return finder.search(conn, bound, memory, actor)
+
+
+def verify_identity(target: Target, user: str, talk: Any, *,
+                    identity: Identity = Identity(), rng: Any = None) -> Any:
+    """Ask the caller questions built from ``user``'s own data, each answer recorded (right or
+    wrong) before support sees the account's; end with the verdict the operator confirms
+    (verify.py). ``talk`` is a :class:`privacy_lock.verify.Interview`."""
+    import random
+
+    from privacy_lock import verify
+    from privacy_lock.config import bind_identity
+
+    if not (identity.operator and identity.operator.strip()
+            and identity.ticket and identity.ticket.strip()):
+        raise UsageError("--operator and --ticket required: every verification is audited "
+                         "with them")
+    identity.check()
+    actor = Actor.current(identity.operator.strip(), identity.ticket.strip(),
+                          (identity.reason or "").strip() or None)
+    with target.connect() as conn:
+        target.require_tables(conn)
+        with reading(conn):
+            require_key_if_keyed(conn)
+            bound = bind_identity(conn, target.settings)
+        cmap = target.content_map(conn)
+        [subject] = check_users(conn, cmap, [user])
+        return verify.interview(conn, bound, subject, actor, talk,
+                                rng or random.SystemRandom())
 
 
 def find_index_sql(dialect: str, settings: Settings) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,6 @@ from sqlalchemy import Column, ColumnElement, Connection, and_, func, or_, selec
 from sqlalchemy import types as sqltypes
 
 from privacy_lock.anchors import key_of
-from privacy_lock.approvals import operator_keys
 from privacy_lock.audit import Actor, append_event
 from privacy_lock.config import BoundIdentity, bind_value
 from privacy_lock.db import reading
@@ -52,6 +52,7 @@ from privacy_lock.schema import audit_head, find_usage
 from privacy_lock.vocabulary import TIME_FORMAT
 
 POOL = 500  # owners read per fragment; a fragment matching more is too broad to rank by
+FUZZY_POOL = 100  # owners a fragment's pieces may find (a typo) and still be scored
 _IN_BATCH = 500  # owners per IN (...) when reading their facts
 _TEXTS_PER_OWNER = 20  # remembered texts read per candidate and source
 
@@ -175,7 +176,10 @@ def bucket(count: int, cap: int) -> str:
 
 
 def _operator_key(actor: Actor) -> str:
-    return min(operator_keys(actor.operator)) or fold(actor.operator)
+    """The operator's name as the rate limit counts it: width, case, spaces and punctuation
+    folded away (``Ａｌｉｃｅ`` is ``alice``). Look-alike letters from other scripts are not
+    (the OS account is counted too, which a new name does not change)."""
+    return re.sub(r"[\W_]+", "", fold(actor.operator)) or fold(actor.operator)
 
 
 def _searches_last_hour(conn: Connection, operator_key: str, os_account: str) -> int:
@@ -223,21 +227,16 @@ def _candidate_owners(conn: Connection, bound: BoundIdentity, memory: Remembered
     strategy = for_connection(conn)
     for kind, text in memory.fragments():
         sources = _sources(bound, kind)
-        pieces = search_pieces(text)
-        indexed = strategy.fragment_owners(
-            conn, [name for name, _o, _c in sources],
-            [v for p in pieces for v in dict.fromkeys((p, _full_width(p)))], POOL + 1)
-        found: dict[str, None] = dict.fromkeys(indexed) if indexed is not None else {}
-        for _name, owner, col in sources if indexed is None else []:
-            rows = conn.execute(select(owner).where(like_any(col, pieces))
-                                .distinct().limit(POOL + 1 - len(found))).scalars()
-            found.update((str(r), None) for r in rows)
-            if len(found) > POOL:
-                break
-        if len(found) > POOL:
+        # The fragment whole first; its pieces (a typo) only when that finds no one, and only
+        # when they are rare enough to score (a common half finds thousands).
+        exact = _owners_holding(conn, strategy, sources, [text], POOL)
+        if exact is None:
             broad = True
-        else:
-            pool.update(found)
+            continue
+        pool.update(exact)
+        pieces = search_pieces(text)
+        if not exact and pieces != [text]:
+            pool.update(_owners_holding(conn, strategy, sources, pieces, FUZZY_POOL) or {})
     if not memory.fragments():
         condition = _joined_or_carrier(bound, memory)
         if condition is not None:
@@ -245,6 +244,23 @@ def _candidate_owners(conn: Connection, bound: BoundIdentity, memory: Remembered
             pool.update((str(r[0]), None) for r in ids)
             broad = len(pool) > POOL
     return list(pool)[:POOL], broad
+
+
+def _owners_holding(conn: Connection, strategy: Any, sources: list[tuple[str, Column, Column]],
+                    pieces: list[str], limit: int) -> dict[str, None] | None:
+    """Owners (as text) whose ``sources`` hold any of ``pieces``: from the index the tool
+    maintains when there is one, else filtered in SQL; None when more than ``limit``."""
+    variants = [v for p in pieces for v in dict.fromkeys((p, _full_width(p)))]
+    indexed = strategy.fragment_owners(conn, [name for name, _o, _c in sources], variants,
+                                       limit + 1)
+    found: dict[str, None] = dict.fromkeys(indexed) if indexed is not None else {}
+    for _name, owner, col in sources if indexed is None else []:
+        rows = conn.execute(select(owner).where(like_any(col, pieces))
+                            .distinct().limit(limit + 1 - len(found))).scalars()
+        found.update((str(r), None) for r in rows)
+        if len(found) > limit:
+            break
+    return None if len(found) > limit else found
 
 
 def _joined_or_carrier(bound: BoundIdentity, memory: Remembered) -> Any:

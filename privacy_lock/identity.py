@@ -17,6 +17,7 @@ audit around them. Three rules hold everywhere:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -89,10 +90,11 @@ def family_of_hint(text: str) -> str | None:
 # --- similarity --------------------------------------------------------------------------------
 
 
-def trigrams(text: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def trigrams(text: str) -> frozenset[str]:
     """The trigrams of ``text`` padded as pg_trgm pads a word (two spaces before, one after)."""
     padded = f"  {text} "
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+    return frozenset(padded[i:i + 3] for i in range(len(padded) - 2))
 
 
 def similarity(a: str, b: str) -> float:
@@ -109,13 +111,21 @@ def fragment_score(fragment: str, value: str) -> float:
         return 0.0
     if fragment in value:
         return 1.0
+    wanted = trigrams(fragment)
+    # No stretch of the value shares more trigrams with the fragment than the whole value
+    # does: when even that is below the threshold, the windows need not be tried.
+    bound = len(wanted & trigrams(value)) / len(wanted)
+    if bound < MATCH_THRESHOLD:
+        return bound * MATCH_THRESHOLD
     n = len(fragment)
     best = similarity(fragment, value) if len(value) <= n + 1 else 0.0
-    for size in (n - 1, n, n + 1):
-        if size < MIN_FRAGMENT or size > len(value):
+    for size in (n, n - 1, n + 1):  # a changed letter first; a missing or extra one after
+        if best >= MATCH_THRESHOLD or size < MIN_FRAGMENT or size > len(value):
             continue
         for start in range(len(value) - size + 1):
-            best = max(best, similarity(fragment, value[start:start + size]))
+            window = value[start:start + size]
+            if window[0] in fragment or window[-1] in fragment:  # else no better than others
+                best = max(best, similarity(fragment, window))
     return best
 
 
@@ -184,6 +194,7 @@ class MailFragment:
     text: str  # folded; "" when only a domain was remembered
     family: str | None
     domain_text: str  # folded domain part (not a carrier one), "" when none
+    hint: str = ""  # the domain or carrier word as remembered ("vodafone.ne.jp", "ezweb")
 
 
 def parse_mail_fragment(raw: str) -> MailFragment:
@@ -194,7 +205,7 @@ def parse_mail_fragment(raw: str) -> MailFragment:
     if not at:
         family = family_of_hint(folded)
         if family is not None:
-            return MailFragment(raw, "", family, "")
+            return MailFragment(raw, "", family, "", folded.lstrip("@"))
         return MailFragment(raw, folded, None, "")
     family = family_of_hint(domain) if domain else None
     domain_text = "" if family or not domain else domain
@@ -203,7 +214,7 @@ def parse_mail_fragment(raw: str) -> MailFragment:
     text = local + "@" if local and not domain else local
     if domain_text:
         text = f"{local}@{domain_text}" if local else "@" + domain_text
-    return MailFragment(raw, text, family, domain_text)
+    return MailFragment(raw, text, family, domain_text, domain if family else "")
 
 
 @dataclass(frozen=True)
@@ -365,7 +376,9 @@ def score_account(facts: AccountFacts, memory: Remembered) -> Candidate:
             if not family_ok:
                 continue
             score = fragment_score(fragment.text, folded) if fragment.text else 1.0
-            if score > best:
+            # equal scores: the address on the domain the person remembered is the evidence
+            if score > best or (score == best > 0 and fragment.hint
+                                and fragment.hint in folded.rpartition("@")[2]):
                 when = "current" if current else f"past, until {month}" if month else "past"
                 best, where = score, f"{mask_address(address)} ({when})"
         if fragment.text and best >= MATCH_THRESHOLD:

@@ -649,8 +649,10 @@ class SqliteDialect(_SetBasedRestore):
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (FIND_FTS,)).first()
         if exists is None:
             return None
+        # By rowid: the source column is not indexed, a search by it would read every row.
         row = conn.exec_driver_sql(
-            f"SELECT value FROM {FIND_FTS} WHERE source = ? LIMIT 1", (FIND_FTS_BUILT,)).first()
+            f"SELECT value FROM {FIND_FTS} WHERE rowid = ? AND source = ?",
+            (FIND_FTS_BUILT_ROWID, FIND_FTS_BUILT)).first()
         return row[0] if row else None
 
     def rebuild_find_index(self, conn: Connection, bound: Any) -> str:
@@ -667,7 +669,9 @@ class SqliteDialect(_SetBasedRestore):
                 ["owner", "source", "value"],
                 select(cast(owner, Text), literal(source), col).where(col.is_not(None)))
             ).rowcount
-        conn.execute(insert(fts).values(owner="", source=FIND_FTS_BUILT, value=utc_now()))
+        conn.exec_driver_sql(
+            f"INSERT INTO {FIND_FTS} (rowid, owner, source, value) VALUES (?, '', ?, ?)",
+            (FIND_FTS_BUILT_ROWID, FIND_FTS_BUILT, utc_now()))
         return f"rebuilt the FTS5 trigram index {FIND_FTS}: {rows:,} values"
 
     def fragment_owners(self, conn: Connection, sources: Sequence[str], pieces: Sequence[str],
@@ -1074,6 +1078,7 @@ def named(name: str) -> Dialect:
 
 FIND_FTS = "privacy_lock_find_fts"  # SQLite: the FTS5 trigram index `find --reindex` builds
 FIND_FTS_BUILT = "#built"  # its row holding when it was built
+FIND_FTS_BUILT_ROWID = -1
 
 
 def table_of_fts() -> Table:

@@ -267,3 +267,46 @@ def test_each_database_searches_its_own_trigram_index(db_url, dialect, tmp_path)
     after = [find(sns, *s) for s in searches]
     assert after == before and [c[0]["user"] for c in after] == ["1", "2", "3"]
     assert used in sns.run("find", *searches[0], *WHO).stderr
+
+
+def test_the_readme_walk_through_is_what_the_tool_prints(tmp_path, monkeypatch):
+    """README "Finding the account": find -> verify-identity -> apply, run again on a fresh
+    demo (the questions fixed as in the README's run, the caller's answers typed as shown)."""
+    import random
+    import shlex
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from privacy_lock.cli import cli
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Finding the account of a caller", 1)[1]
+    block = block.split("```console\n", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PRIVACY_LOCK_CONFIG", raising=False)
+    monkeypatch.delenv("PRIVACY_LOCK_DATABASE_URL", raising=False)
+    monkeypatch.setattr(random, "SystemRandom", lambda: random.Random(4))
+    CliRunner().invoke(cli, ["demo"], catch_exceptions=False)
+    typed = "ライブに行った日記\ny\nいろいろあった日\n\n2005年10月\n\ny\n"
+
+    def normal(lines: list[str]) -> list[str]:
+        text = "\n".join(lines).replace(str(tmp_path.resolve()) + "/", "/home/you/")
+        text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
+        text = re.sub(r"in \d+\.\d s \(\d+ items/s\)", "in T s", text)
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    assert [shlex.split(c)[1] for c, _ in steps] == ["find", "find", "find", "verify-identity",
+                                                     "apply"]
+    for command, expected in steps:
+        args = shlex.split(command)[1:]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False,
+                                    input=typed if args[0] == "verify-identity" else None)
+        assert result.exit_code == 0, (command, result.output)
+        assert normal(result.output.splitlines()) == normal(expected), command

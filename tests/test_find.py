@@ -310,3 +310,22 @@ def test_the_readme_walk_through_is_what_the_tool_prints(tmp_path, monkeypatch):
                                     input=typed if args[0] == "verify-identity" else None)
         assert result.exit_code == 0, (command, result.output)
         assert normal(result.output.splitlines()) == normal(expected), command
+
+
+def test_with_an_audit_key_fragments_are_kept_as_keyed_hashes(db_url, tmp_path):
+    import hashlib
+    import hmac
+
+    sns = build_identity_sns(db_url, tmp_path)
+    key = tmp_path / "audit.key"
+    key.write_bytes(b"k" * 32)
+    sns.config_path.write_text(f'[audit]\nkey_file = "{key}"\n\n'
+                               + sns.config_path.read_text(encoding="utf-8"), encoding="utf-8")
+    find(sns, "--mail-fragment", "taro1985", "--text", "花火大会")
+    [event] = trail(sns, "find")
+    records = event["details"]["fragments"]
+    expected = hmac.new(b"k" * 32, b"privacy-lock find v1:mail:taro1985",
+                        hashlib.sha256).hexdigest()
+    assert records[0] == {"kind": "mail", "masked": "t***(8)", "hmac": expected}
+    assert records[1]["masked"] == "花***(4)" and len(records[1]["hmac"]) == 64
+    assert "taro1985" not in json.dumps(event) and event["mac"]  # the event itself is keyed

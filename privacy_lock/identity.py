@@ -324,8 +324,10 @@ def evidence_points(matches: Iterable[tuple[str, str, float]], joined: bool) -> 
     matched whole; one for a join date in the remembered range. A carrier domain is worth
     nothing: it is shared by millions."""
     points, seen = 0, set()
-    for kind, text, score in matches:
-        if (kind, text) in seen or score < MATCH_THRESHOLD:
+    for kind, text, score in sorted(matches, key=lambda m: -len(m[1])):  # longest counts
+        # Overlapping fragments of one kind ("taro" and "aro1") are one memory, not two.
+        if score < MATCH_THRESHOLD or any(k == kind and (t in text or text in t)
+                                          for k, t in seen):
             continue
         seen.add((kind, text))
         strong = kind == "mail" and len(text.strip("@.")) >= STRONG_FRAGMENT and score >= 1.0

@@ -92,6 +92,9 @@ def test_evidence_needs_two_fragments_or_one_long_mail_fragment():
     assert remembered(mail=["taro"]).evidence_possible() == 1
     assert remembered(mail=["taro19"]).evidence_possible() == 2
     assert remembered(mail=["taro"], nickname="たろう").evidence_possible() == 2
+    assert remembered(mail=["taro", "taro1"]).evidence_possible() == 1  # one memory, split
+    assert remembered(mail=["taro", "1985"]).evidence_possible() == 2
+    assert remembered(mail=["taro", "taro1985"]).evidence_possible() == 2  # the long one
     assert remembered(mail=["@ezweb.ne.jp"]).evidence_possible() == 0  # a domain is no one's
     assert remembered(joined="2005..2012").evidence_possible() == 0  # too wide to count
     assert remembered(joined="2006").evidence_possible() == 1

@@ -323,7 +323,7 @@ def evidence_points(matches: Iterable[tuple[str, str, float]], joined: bool) -> 
     distinct fragment, two for a mail fragment of :data:`STRONG_FRAGMENT` characters or more
     matched whole; one for a join date in the remembered range. A carrier domain is worth
     nothing: it is shared by millions."""
-    points, seen = 0, set()
+    points, seen = 0, set[tuple[str, str]]()
     for kind, text, score in sorted(matches, key=lambda m: -len(m[1])):  # longest counts
         # Overlapping fragments of one kind ("taro" and "aro1") are one memory, not two.
         if score < MATCH_THRESHOLD or any(k == kind and (t in text or text in t)

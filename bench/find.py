@@ -45,7 +45,7 @@ def _case(column: str, values: tuple[str, ...]) -> str:
 
 def _numbers(dialect: str, n: int) -> str:
     if dialect == "postgresql":
-        return f"(SELECT generate_series(1, {n}) AS i) AS n"
+        return f"(SELECT generate_series(1::bigint, {n}) AS i) AS n"
     if dialect == "mysql":
         return f"(SELECT seq AS i FROM seq_1_to_{n}) AS n"
     return f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) " \

@@ -783,18 +783,23 @@ class PostgresqlDialect(_SetBasedRestore):
     def missing_trgm_indexes(self, conn: Connection, bound: Any) -> list[str]:
         """``table.column`` of each searched column no pg_trgm index on ``lower(column)``
         covers."""
+        columns = [col for _source, _owner, col in bound.text_columns()]
+        tables = sorted({col.table.name for col in columns})
+        # Two catalog queries for all the columns: this runs on every search (its note).
+        kinds: dict[str, str] = dict(conn.exec_driver_sql(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE n.nspname = ANY (current_schemas(false)) AND c.relname = "
+            "ANY (%(t)s)", {"t": tables}).all())
+        definitions = conn.exec_driver_sql(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = ANY "
+            "(current_schemas(false)) AND tablename = ANY (%(t)s) AND indexdef LIKE "
+            "'%%gin_trgm_ops%%'", {"t": tables}).all()
         missing = []
-        for _source, _owner, col in bound.text_columns():
-            kind = conn.exec_driver_sql(
-                "SELECT relkind FROM pg_class WHERE oid = to_regclass(%(t)s)",
-                {"t": col.table.name}).scalar()
-            if kind not in ("r", "p"):  # a view: its tables are indexed, not it
+        for col in columns:
+            if kinds.get(col.table.name) not in ("r", "p"):  # a view: its tables are indexed
                 continue
-            found = conn.exec_driver_sql(
-                "SELECT 1 FROM pg_indexes WHERE tablename = %(t)s AND schemaname = "
-                "ANY (current_schemas(false)) AND indexdef LIKE %(d)s",
-                {"t": col.table.name, "d": f"%lower(({col.name})::text)%gin_trgm_ops%"}).first()
-            if found is None:
+            wanted = f"lower(({col.name})::text)"
+            if not any(t == col.table.name and wanted in d for t, d in definitions):
                 missing.append(f"{col.table.name}.{col.name}")
         return missing
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     Column,
     Connection,
     DateTime,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     func,
     insert,
     select,
@@ -143,6 +145,12 @@ community_members_table = Table(
     Index("ix_community_members_user_id", "user_id"),
 )
 
+# What a person remembers of their communities, one row per membership: `find --text` and
+# verify-identity read it as a memory source ([[identity.memory]] maps a table or a view).
+event.listen(metadata, "after_create", DDL(
+    "CREATE VIEW member_communities AS SELECT m.user_id, c.name, m.joined_at "
+    "FROM community_members m JOIN communities c ON c.id = m.community_id"))
+
 COMMUNITY_NAMES = (
     "猫好き集まれ", "ラーメン部", "平成生まれ", "mixi初心者", "写メ日記の会", "J-POP好き",
     "朝が苦手", "カラオケ同好会", "旅行好き", "ケータイ小説", "サッカー観戦", "夜更かし部",
@@ -219,9 +227,6 @@ def build_demo(
             _insert_in_batches(conn, mail_history_table, history)
             _insert_in_batches(conn, communities_table, communities)
             _insert_in_batches(conn, community_members_table, members)
-            conn.exec_driver_sql(
-                "CREATE VIEW member_communities AS SELECT m.user_id, c.name, m.joined_at "
-                "FROM community_members m JOIN communities c ON c.id = m.community_id")
             visibility_counts = {
                 "diary": _count_visibility(conn, diaries_table.c.visibility),
                 "photo": _count_visibility(conn, photos_table.c.scope),

@@ -64,6 +64,14 @@ ACTIONS = {
                       "approval = distinct-accounts shares the requester's OS account or "
                       "database login)",
     "policy-changed": "a rule of the stored policy was changed (`privacy-lock policy set`)",
+    "find": "a search for an account from what a caller remembers (fragments masked or "
+            "keyed-hashed, the candidates listed, a coarse count)",
+    "find-refused": "a search was refused (a fragment too short, the rate limit)",
+    "identity-answer": "verify-identity: a caller's answer judged right or wrong (by the tool, "
+                       "or corrected by the operator); never the answer itself",
+    "identity-verdict": "verify-identity: the verdict the operator confirmed (passed or not)",
+    "identity-refused": "verify-identity was refused (no find under the ticket listed the "
+                        "account, too little data to ask)",
 }
 
 

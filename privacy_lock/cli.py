@@ -100,6 +100,12 @@ class IdParam(click.ParamType):
 LOCK_ID = IdParam("lock id")
 
 
+identity_check_option = click.option(
+    "--identity-check", "identity_check", type=IdParam("audit event"), metavar="EVENT",
+    help="The passed identity-verdict event (verify-identity) this change is made on; "
+    "recorded in the change's events.")
+
+
 @dataclass
 class App:
     """The global options, and the target they name once a command asks for it."""
@@ -378,8 +384,9 @@ def init(app: App) -> None:
         click.echo(f"policy stored: {', '.join(result.policy_seeded)} (see `privacy-lock "
                    "policy show`)")
     if result.index_suggestions:
-        note("note: these content tables have no (owner, id) index; each chunk would scan "
-             "the table. Ask a DBA to review and create:")
+        note("note: these indexes are missing (a content table without its (owner, id) "
+             "index makes each chunk scan it; `find` without its trigram indexes scans the "
+             "searched columns). Ask a DBA to review and create:")
         for line in result.index_suggestions:
             note(f"  {line}")
 
@@ -431,6 +438,7 @@ def demo(path: Path, force: bool, users: int) -> None:
 @identity_options
 @click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable); default all.")
 @click.option("--dry-run", is_flag=True, help="Show exactly what would change; change nothing.")
+@identity_check_option
 @pacing_options
 @listing_options("apply", APPLY_FIELDS)
 @click.pass_obj
@@ -460,6 +468,7 @@ def apply(app: App, users: tuple[str, ...], kinds: tuple[str, ...], **options: A
 @batch_options
 @identity_options
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
+@identity_check_option
 @pacing_options
 @listing_options("revert", REVERT_FIELDS)
 @click.pass_obj
@@ -509,6 +518,7 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
                             options["sleep"], options["pause_file"], options["lock_timeout"],
                             options["retries"]),
         "progress": progress_factory(options["quiet"]),
+        "identity_check": options["identity_check"],
     }
 
 
@@ -1200,6 +1210,107 @@ def policy_set(app: App, rule: str, value: str, operator: str | None, ticket: st
         click.echo(f"policy {change.rule} is already {change.value}; nothing was changed")
 
 
+@cli.command("find")
+@click.option("--mail-fragment", "mail", multiple=True, metavar="TEXT",
+              help="Part of an address the caller had, now or before (repeatable): 'taro85', "
+              "'taro@ezweb', 'vodafone'.")
+@click.option("--nickname", metavar="TEXT", help="The nickname, or part of it.")
+@click.option("--joined", metavar="WHEN", help="When they joined: 2006, 2006-04 or "
+              "2006-04..2007-03.")
+@click.option("--text", "texts", multiple=True, metavar="TEXT",
+              help="Text they remember writing (a diary title, a community), repeatable.")
+@click.option("--reindex", is_flag=True,
+              help="Only rebuild the search index the tool maintains (SQLite's FTS5 table).")
+@identity_options
+@format_option
+@click.pass_obj
+def find_command(app: App, mail: tuple[str, ...], nickname: str | None, joined: str | None,
+                 texts: tuple[str, ...], reindex: bool, operator: str | None,
+                 ticket: str | None, reason: str | None, fmt: str) -> None:
+    """Find the account of a caller who cannot log in, from what they remember.
+
+    Fragments match anywhere, forgive a typo, case and width (ｔａｒｏ = taro), and a carrier's
+    renamed domains (ezweb.ne.jp = au.com; jp-t.ne.jp = vodafone = softbank). Addresses are
+    shown masked, dates as year-month. Every search is audited (fragments masked) and
+    rate-limited; a search too weak to tell people apart shows only a coarse count.
+
+    \b
+    Example:
+      privacy-lock find --mail-fragment miyuki503 --mail-fragment @vodafone \\
+          --operator alice --ticket SUP-1234 --reason "caller lost their login"
+      privacy-lock find --nickname みゆき --joined 2005 --text 花火 --format json \\
+          --operator alice --ticket SUP-1234 --reason "caller lost their login"
+      privacy-lock find --reindex      # SQLite: rebuild the trigram index (from cron)
+    """
+    result = service.find(app.target, mail=mail, nickname=nickname, joined=joined, texts=texts,
+                          identity=Identity(operator, ticket, reason), reindex=reindex)
+    if isinstance(result, str):
+        click.echo(result)
+        return
+    rows = [{"user": c.user, "score": f"{c.score:.2f}", "joined": c.joined,
+             "evidence": "; ".join(c.evidence)} for c in result.candidates]
+    payload = [c.as_dict() for c in result.candidates]
+    click.echo(render(rows, fmt, columns=["user", "score", "joined", "evidence"],
+                      payload=payload))
+    for line in result.notes:
+        note(line)
+    if result.more:
+        note("more candidates fit than are listed: add a fragment to narrow the search")
+    note(f"search recorded as audit event {result.event_seq}")
+
+
+class PromptInterview:
+    """verify-identity on the terminal: ask, take what the caller said, reveal, confirm."""
+
+    def ask(self, number: int, question: Any) -> str:
+        click.echo(f"\nquestion {number}: {question.text}")
+        return str(click.prompt("  what the caller said (empty: does not know)", default="",
+                                show_default=False))
+
+    def reveal(self, question: Any, judged_right: bool) -> bool:
+        shown = ", ".join(printable(a) for a in question.answers[:5])
+        click.echo(f"  the account holds: {shown}")
+        click.echo(f"  the tool judges the answer {'RIGHT' if judged_right else 'WRONG'} "
+                   "(recorded)")
+        return click.confirm("  is the answer right?", default=judged_right)
+
+    def confirm_verdict(self, passed: bool, right: int, asked: int) -> bool:
+        click.echo(f"\nverdict: {'PASSED' if passed else 'NOT PASSED'} ({right} of {asked} "
+                   "answers right)")
+        return click.confirm("  confirm and record this verdict?", default=False)
+
+
+@cli.command("verify-identity")
+@click.argument("user")
+@click.option("--operator", envvar="PRIVACY_LOCK_OPERATOR",
+              help="Your name as the audit trail should show it [env: PRIVACY_LOCK_OPERATOR].")
+@click.option("--ticket", help="The support ticket the find was made under.")
+@click.pass_obj
+def verify_identity(app: App, user: str, operator: str | None, ticket: str | None) -> None:
+    """Ask the caller questions only the owner of USER should know, from the account's data.
+
+    USER must have been listed by a `find` under the same ticket. Type what the caller said;
+    the tool records the answer as right or wrong before it shows you what the account holds;
+    you may correct its judgement (recorded too). At the end, confirm the verdict: its audit
+    event number is what apply/revert --identity-check cites.
+
+    \b
+    Example:
+      privacy-lock verify-identity 42 --operator alice --ticket SUP-1234
+      privacy-lock apply 42 --identity-check 57 --operator alice --ticket SUP-1234 \\
+          --reason "caller verified; asked to hide"
+    """
+    outcome = service.verify_identity(app.target, user, PromptInterview(),
+                                      identity=Identity(operator, ticket))
+    state = "passed" if outcome.passed else "not passed"
+    if not outcome.confirmed:
+        state += " (not confirmed by the operator)"
+    click.echo(f"identity of user {outcome.user}: {state}; recorded as audit event "
+               f"{outcome.verdict_event}")
+    if outcome.passed:
+        click.echo(f"cite it with: --identity-check {outcome.verdict_event}")
+
+
 @cli.command("sql")
 @click.option("--dialect", type=click.Choice(["sqlite", "postgresql", "mysql"]),
               default="sqlite", show_default=True,
@@ -1216,7 +1327,7 @@ def sql_command(app: App, dialect: str, role: str | None) -> None:
       privacy-lock sql --dialect postgresql > review.sql
       privacy-lock --config sns.toml sql --dialect postgresql --grants privacy_lock_tool
     """
-    settings = app.target.settings if role is not None else None
+    settings = app.target.settings if role is not None or app.config else None
     click.echo(service.sql(dialect, role, settings), nl=False)
 
 

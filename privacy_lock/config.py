@@ -30,7 +30,13 @@ _KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "table": str, "id": str, "owner": str, "visibility": str, "private": (str, int),
 }
-_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit", "display"}
+_ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit", "display",
+                       "identity"}
+_IDENTITY_KEYS = {"mail", "nickname", "joined", "max_candidates", "searches_per_hour",
+                  "mail_history", "memory"}
+_HISTORY_KEYS = ("table", "owner", "address", "changed_at")
+_MEMORY_KEYS = ("name", "table", "owner", "text")
+_MEMORY_OPTIONAL = ("at",)
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
@@ -67,6 +73,41 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class MailHistory:
+    """``[identity.mail_history]``: the addresses an account had before, one row each."""
+
+    table: str
+    owner: str
+    address: str
+    changed_at: str
+
+
+@dataclass(frozen=True)
+class MemorySource:
+    """One ``[[identity.memory]]``: text a person may remember (diary titles, communities), with
+    the column of when it was written (``at``, optional: verify-identity asks about it)."""
+
+    name: str
+    table: str
+    owner: str
+    text: str
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The ``[identity]`` section: where `find` and `verify-identity` look."""
+
+    mail: str
+    nickname: str | None = None
+    joined: str | None = None
+    max_candidates: int = 10
+    searches_per_hour: int = 30
+    mail_history: MailHistory | None = None
+    memory: tuple[MemorySource, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a command needs to know before it touches the database."""
 
@@ -84,6 +125,7 @@ class Settings:
     # [display] timezone: the IANA zone times are shown in and bare dates are days of, when
     # neither --tz nor PRIVACY_LOCK_TZ names one (checked when a command shows times).
     timezone: str | None = None
+    identity: IdentityConfig | None = None
 
 
 def load_settings(config_option: str | None, url_option: str | None,
@@ -106,7 +148,8 @@ def load_settings(config_option: str | None, url_option: str | None,
     url = url_option or settings.database_url or DEFAULT_DATABASE_URL
     key_file = Path(key_file_option) if key_file_option else settings.audit_key_file
     return Settings(url, path, settings.content, settings.accounts, settings.policy,
-                    settings.one_user_per_chunk, key_file, settings.timezone)
+                    settings.one_user_per_chunk, key_file, settings.timezone,
+                    settings.identity)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -177,8 +220,57 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
     display = _section(data, "display", where)
     _reject_unknown(display, {"timezone"}, where, "key", "display")
     timezone = _required_str(display, "timezone", where, "display") if display else None
+    identity = _parse_identity(data, where, accounts)
     return Settings(url, path, content, accounts, policy, one_user_per_chunk, key_file,
-                    timezone)
+                    timezone, identity)
+
+
+def _parse_identity(data: dict[str, Any], where: str,
+                    accounts: Accounts | None) -> IdentityConfig | None:
+    """``[identity]``, ``[identity.mail_history]`` and ``[[identity.memory]]``: names only;
+    :func:`bind_identity` checks them against the live schema."""
+    if "identity" not in data:
+        return None
+    section = _section(data, "identity", where)
+    _reject_unknown(section, _IDENTITY_KEYS, where, "key", "identity")
+    if accounts is None:
+        raise ConfigError(f"{where}: [identity] needs [accounts] (the table whose column "
+                          "identity.mail holds each account's address)")
+    mail = _required_str(section, "mail", where, "identity")
+    optional: dict[str, str | None] = {}
+    for key in ("nickname", "joined"):
+        optional[key] = _required_str(section, key, where, "identity") if key in section \
+            else None
+    limits: dict[str, int] = {}
+    for key, default, top in (("max_candidates", 10, 100), ("searches_per_hour", 30, 10_000)):
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ConfigError(f"{where}: identity.{key} must be an integer from 1 to {top}, "
+                              f"got {value!r}")
+        limits[key] = value
+    history = None
+    if "mail_history" in section:
+        sub = _section(section, "mail_history", where)
+        _reject_unknown(sub, set(_HISTORY_KEYS), where, "key", "identity.mail_history")
+        history = MailHistory(*(_required_str(sub, k, where, "identity.mail_history")
+                                for k in _HISTORY_KEYS))
+    memory = []
+    raw_memory = section.get("memory", [])
+    if not isinstance(raw_memory, list) or not all(isinstance(m, dict) for m in raw_memory):
+        raise ConfigError(f"{where}: identity.memory must be tables like [[identity.memory]]")
+    for number, item in enumerate(raw_memory, start=1):
+        prefix = f"identity.memory[{number}]"
+        _reject_unknown(item, {*_MEMORY_KEYS, *_MEMORY_OPTIONAL}, where, "key", prefix)
+        name, table, owner, text = (_required_str(item, k, where, prefix) for k in _MEMORY_KEYS)
+        at = _required_str(item, "at", where, prefix) if "at" in item else None
+        memory.append(MemorySource(name, table, owner, text, at))
+    names = [m.name for m in memory]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: two [[identity.memory]] share the name "
+                          f"{next(n for n in names if names.count(n) > 1)!r}")
+    return IdentityConfig(mail, optional["nickname"], optional["joined"],
+                          limits["max_candidates"], limits["searches_per_hour"], history,
+                          tuple(memory))
 
 
 def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -627,3 +719,91 @@ def value_kind_of(col: Column) -> str | None:
     """Which snapshot column keeps a visibility column's originals: "int", "text", or None
     (a type the tool does not support)."""
     return _value_kind(col)
+
+
+# --- the [identity] section bound to the live schema ------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundMemory:
+    """A memory source checked against the live schema."""
+
+    name: str
+    table: Table
+    owner: Column
+    text: Column
+    at: Column | None
+
+
+@dataclass(frozen=True)
+class BoundIdentity:
+    """``[identity]`` checked against the live schema, with the columns `find` reads."""
+
+    spec: IdentityConfig
+    accounts: Table
+    account_id: Column
+    mail: Column
+    nickname: Column | None
+    joined: Column | None
+    history: Table | None
+    history_owner: Column | None
+    history_address: Column | None
+    history_changed: Column | None
+    memory: tuple[BoundMemory, ...]
+
+    def text_columns(self) -> list[tuple[str, Column, Column]]:
+        """(source, owner column, text column) of every column a fragment is looked for in."""
+        found = [("mail", self.account_id, self.mail)]
+        if self.history_address is not None and self.history_owner is not None:
+            found.append(("mail_history", self.history_owner, self.history_address))
+        if self.nickname is not None:
+            found.append(("nickname", self.account_id, self.nickname))
+        found += [(f"memory:{m.name}", m.owner, m.text) for m in self.memory]
+        return found
+
+
+def bind_identity(conn: Connection, settings: Settings) -> BoundIdentity:
+    """Reflect every table and column ``[identity]`` names; a clear error for a wrong one, and
+    for a config without ``[identity]``."""
+    spec, accounts = settings.identity, settings.accounts
+    if spec is None or accounts is None:
+        where = settings.config_path or "no config file"
+        raise ConfigError(f"no [identity] section is configured ({where}): find and "
+                          "verify-identity need it (see docs/OPERATORS.md, \"Finding the "
+                          "account\")")
+    meta = MetaData()
+    _refuse_tool_table(accounts.table, "accounts.table")
+    table = _reflect(conn, meta, accounts.table, "accounts.table")
+    account_id = _column(table, accounts.id, "accounts.id")
+    mail = _text_column(table, spec.mail, "identity.mail")
+    nickname = _text_column(table, spec.nickname, "identity.nickname") if spec.nickname \
+        else None
+    joined = _column(table, spec.joined, "identity.joined") if spec.joined else None
+    history = h_owner = h_address = h_changed = None
+    if spec.mail_history:
+        h = spec.mail_history
+        _refuse_tool_table(h.table, "identity.mail_history.table")
+        history = _reflect(conn, meta, h.table, "identity.mail_history.table")
+        h_owner = _column(history, h.owner, "identity.mail_history.owner")
+        h_address = _text_column(history, h.address, "identity.mail_history.address")
+        h_changed = _column(history, h.changed_at, "identity.mail_history.changed_at")
+    memory = []
+    for number, source in enumerate(spec.memory, start=1):
+        prefix = f"identity.memory[{number}]"
+        _refuse_tool_table(source.table, f"{prefix}.table")
+        m_table = (meta.tables[source.table] if source.table in meta.tables
+                   else _reflect(conn, meta, source.table, f"{prefix}.table"))
+        memory.append(BoundMemory(
+            source.name, m_table, _column(m_table, source.owner, f"{prefix}.owner"),
+            _text_column(m_table, source.text, f"{prefix}.text"),
+            _column(m_table, source.at, f"{prefix}.at") if source.at else None))
+    return BoundIdentity(spec, table, account_id, mail, nickname, joined, history, h_owner,
+                         h_address, h_changed, tuple(memory))
+
+
+def _text_column(table: Table, name: str, key: str) -> Column:
+    col = _column(table, name, key)
+    if not isinstance(col.type, sqltypes.String):
+        raise ConfigError(f"{key}: column {table.name}.{name} has type {col.type}; it must "
+                          "hold text")
+    return col

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     Column,
     Connection,
     DateTime,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     func,
     insert,
     select,
@@ -33,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import NullPool
 
 from privacy_lock.errors import UsageError
+from privacy_lock.identity import carrier_family
 
 __all__ = ["DemoSummary", "build_demo"]
 
@@ -113,6 +116,55 @@ photos_table = Table(
 )
 
 
+# Addresses the person had before (privacy-lock find searches them): the carriers' own renames
+# and the docomo addresses of before 2009 that broke RFC 5322 ("taro..85@", "taro.@"), stored
+# exactly as they were.
+mail_history_table = Table(
+    "mail_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, nullable=False),
+    Column("address", String(200), nullable=False),
+    Column("changed_at", DateTime, nullable=False),
+    Index("ix_mail_history_user_id", "user_id"),
+)
+
+communities_table = Table(
+    "communities",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+)
+
+community_members_table = Table(
+    "community_members",
+    metadata,
+    Column("community_id", Integer, primary_key=True),
+    Column("user_id", Integer, primary_key=True),
+    Column("joined_at", DateTime, nullable=False),
+    Index("ix_community_members_user_id", "user_id"),
+)
+
+# What a person remembers of their communities, one row per membership: `find --text` and
+# verify-identity read it as a memory source ([[identity.memory]] maps a table or a view).
+event.listen(metadata, "after_create", DDL(
+    "CREATE VIEW member_communities AS SELECT m.user_id, c.name, m.joined_at "
+    "FROM community_members m JOIN communities c ON c.id = m.community_id"))
+
+COMMUNITY_NAMES = (
+    "猫好き集まれ", "ラーメン部", "平成生まれ", "mixi初心者", "写メ日記の会", "J-POP好き",
+    "朝が苦手", "カラオケ同好会", "旅行好き", "ケータイ小説", "サッカー観戦", "夜更かし部",
+)
+# A carrier's domains in the order the person would have had them (the renames).
+DOMAIN_HISTORIES = (
+    ("jp-t.ne.jp", "t.vodafone.ne.jp", "softbank.ne.jp"),
+    ("jp-k.ne.jp", "k.vodafone.ne.jp", "softbank.ne.jp", "i.softbank.jp"),
+    ("ezweb.ne.jp", "au.com"),
+    ("docomo.ne.jp",),
+)
+DEMO_FIND_SEED = 17  # its own stream: the accounts, diaries and photos stay as they were
+
+
 @dataclass(frozen=True)
 class DemoSummary:
     """What `build_demo` created, for the CLI to print."""
@@ -170,6 +222,11 @@ def build_demo(
             _insert_in_batches(conn, users_table, user_rows)
             _insert_in_batches(conn, diaries_table, diary_rows)
             _insert_in_batches(conn, photos_table, photo_rows)
+            history, communities, members = _generate_identity(
+                random.Random(DEMO_FIND_SEED), user_rows, sample_user_id)
+            _insert_in_batches(conn, mail_history_table, history)
+            _insert_in_batches(conn, communities_table, communities)
+            _insert_in_batches(conn, community_members_table, members)
             visibility_counts = {
                 "diary": _count_visibility(conn, diaries_table.c.visibility),
                 "photo": _count_visibility(conn, photos_table.c.scope),
@@ -209,6 +266,37 @@ def _generate_users(rng: random.Random, count: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _generate_identity(
+    rng: random.Random, user_rows: Sequence[dict[str, Any]], sample_user_id: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Past addresses (0-3 per person, along a carrier's renames, some of docomo's RFC-breaking
+    ones), communities and who joined them when."""
+    history: list[dict[str, Any]] = []
+    for user in user_rows:
+        local, _, current = user["email"].partition("@")
+        family = carrier_family(current)
+        domains = rng.choice([h for h in DOMAIN_HISTORIES if carrier_family(h[-1]) == family]
+                             or DOMAIN_HISTORIES)
+        past = 2 if user["id"] == sample_user_id else rng.choice((0, 1, 1, 2, 2, 3))
+        when = user["created_at"]
+        for step in range(past):
+            when = when + timedelta(days=rng.randrange(200, 900))
+            domain = domains[min(step, len(domains) - 1)]
+            name = local if rng.random() < 0.6 else f"{local[:4]}{rng.randrange(1, 99)}"
+            if domain == "docomo.ne.jp" and rng.random() < 0.5:
+                name = rng.choice((f"{name[:3]}..{name[3:]}", f"{name}."))
+            history.append({"id": len(history) + 1, "user_id": user["id"],
+                            "address": f"{name}@{domain}", "changed_at": min(when, SITE_FROZEN)})
+    communities = [{"id": i, "name": name} for i, name in enumerate(COMMUNITY_NAMES, start=1)]
+    members = []
+    for user in user_rows:
+        for community in rng.sample(communities, rng.randrange(0, 4)):
+            joined = user["created_at"] + timedelta(days=rng.randrange(0, 1500))
+            members.append({"community_id": community["id"], "user_id": user["id"],
+                            "joined_at": min(joined, SITE_FROZEN)})
+    return history, communities, members
 
 
 def _plan_item_counts(rng: random.Random, user_count: int) -> tuple[list[int], list[int], int]:
@@ -363,6 +451,35 @@ id = "id"
 owner = "owner_id"
 visibility = "scope"
 private = "self"
+
+[identity]
+# `privacy-lock find` and `verify-identity`: where an account's address, nickname and join date
+# are, the addresses it had before, and text the person may remember.
+mail = "email"
+nickname = "name"
+joined = "created_at"
+max_candidates = 10
+searches_per_hour = 30
+
+[identity.mail_history]
+table = "mail_history"
+owner = "user_id"
+address = "address"
+changed_at = "changed_at"
+
+[[identity.memory]]
+name = "diary titles"
+table = "diaries"
+owner = "user_id"
+text = "title"
+at = "created_at"
+
+[[identity.memory]]
+name = "communities"
+table = "member_communities"
+owner = "user_id"
+text = "name"
+at = "joined_at"
 
 [policy]
 # Reverting makes hidden content visible again, so it takes two people: `revert` only files a

@@ -304,6 +304,34 @@ class Dialect:
         revert requests and approvals; None where the database has no logins (SQLite)."""
         return None
 
+    # --- find (issue #17): the trigram search each database does best ---
+
+    def find_index_ddl(self, columns: Sequence[tuple[str, str]],
+                       ops_schema: str | None = None) -> list[str]:
+        """The statements a DBA reviews and runs so that `find` uses an index on each
+        (table, column) it searches (none here)."""
+        return []
+
+    def missing_find_index_ddl(self, conn: Connection, bound: Any) -> list[str]:
+        """Of :meth:`find_index_ddl`, what this database still lacks."""
+        return []
+
+    def find_index_state(self, conn: Connection, bound: Any) -> str:
+        """One line on how `find` searches this database."""
+        return ("no trigram index: MariaDB/MySQL InnoDB has no n-gram parser here, so each "
+                "fragment scans its columns (docs/BENCHMARKS.md measures it)")
+
+    def rebuild_find_index(self, conn: Connection, bound: Any) -> str:
+        """`find --reindex`: rebuild what the tool maintains; say what was done."""
+        return "nothing to rebuild: " + self.find_index_state(conn, bound)
+
+    def fragment_owners(self, conn: Connection, sources: Sequence[str], pieces: Sequence[str],
+                        limit: int) -> list[str] | None:
+        """Owners (as text) whose ``sources`` (names of :meth:`BoundIdentity.text_columns`)
+        hold any of ``pieces``, at most ``limit``, from an index the tool maintains; None when
+        there is none (the caller filters the site's columns itself)."""
+        return None
+
     # --- apply: snapshots ---
 
     def insert_snapshots_from(
@@ -646,6 +674,55 @@ class SqliteDialect(_SetBasedRestore):
         database, so that a request file valid here is valid on the production servers."""
         return _declared_length(type_)
 
+    def find_index_state(self, conn: Connection, bound: Any) -> str:
+        built = self._fts_built(conn)
+        if built is None:
+            return (f"no trigram index ({FIND_FTS} is missing): each fragment scans its "
+                    "columns; run `privacy-lock find --reindex` to build it")
+        return (f"searched the FTS5 trigram index {FIND_FTS} built at {built} (rows added "
+                "to the site since are not in it: `find --reindex` rebuilds it)")
+
+    def _fts_built(self, conn: Connection) -> str | None:
+        exists = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (FIND_FTS,)).first()
+        if exists is None:
+            return None
+        # By rowid: the source column is not indexed, a search by it would read every row.
+        row = conn.exec_driver_sql(
+            f"SELECT value FROM {FIND_FTS} WHERE rowid = ? AND source = ?",
+            (FIND_FTS_BUILT_ROWID, FIND_FTS_BUILT)).first()
+        return row[0] if row else None
+
+    def rebuild_find_index(self, conn: Connection, bound: Any) -> str:
+        """Drop and refill the FTS5 table from every text column `find` searches (one
+        INSERT ... SELECT per column, in the caller's transaction)."""
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {FIND_FTS}")
+        conn.exec_driver_sql(
+            f"CREATE VIRTUAL TABLE {FIND_FTS} USING fts5(owner UNINDEXED, source UNINDEXED, "
+            "value, tokenize = 'trigram')")
+        fts = table_of_fts()
+        rows = 0
+        for source, owner, col in bound.text_columns():
+            rows += conn.execute(insert(fts).from_select(
+                ["owner", "source", "value"],
+                select(cast(owner, Text), literal(source), col).where(col.is_not(None)))
+            ).rowcount
+        conn.exec_driver_sql(
+            f"INSERT INTO {FIND_FTS} (rowid, owner, source, value) VALUES (?, '', ?, ?)",
+            (FIND_FTS_BUILT_ROWID, FIND_FTS_BUILT, utc_now()))
+        return f"rebuilt the FTS5 trigram index {FIND_FTS}: {rows:,} values"
+
+    def fragment_owners(self, conn: Connection, sources: Sequence[str], pieces: Sequence[str],
+                        limit: int) -> list[str] | None:
+        if self._fts_built(conn) is None:
+            return None
+        phrases = " OR ".join('"' + p.replace('"', '""') + '"' for p in pieces)
+        fts = table_of_fts()
+        query = (select(fts.c.owner).where(
+            literal_column(FIND_FTS).op("MATCH")(f"value : ({phrases})"),
+            fts.c.source.in_(list(sources))).distinct().limit(limit))
+        return [str(o) for o in conn.execute(query).scalars()]
+
     def integer_bits(self, col: Any) -> int:
         """64: SQLite stores any integer in 64 bits, whatever the declared type."""
         return 64
@@ -731,6 +808,72 @@ class PostgresqlDialect(_SetBasedRestore):
     def text_limit(self, type_: Any) -> tuple[int, str] | None:
         """varchar(n) holds n characters; text holds up to 1 GB: unlimited here."""
         return _declared_length(type_)
+
+    def find_index_ddl(self, columns: Sequence[tuple[str, str]],
+                       ops_schema: str | None = None) -> list[str]:
+        """pg_trgm GIN indexes on ``lower(column)``: what `find`'s ``lower(col) LIKE
+        '%piece%'`` filters use. The site's tables are the DBA's: the tool prints these
+        (``init``, ``sql``), it never runs them."""
+        ops = f"{ops_schema}.gin_trgm_ops" if ops_schema else "gin_trgm_ops"
+        out = ["CREATE EXTENSION IF NOT EXISTS pg_trgm"]
+        for table, column in dict.fromkeys(columns):
+            name = f"ix_{table}_{column}_trgm"[:63]
+            out.append(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} "
+                       f"USING gin (lower({column}) {ops})")
+        return out
+
+    def trgm_schema(self, conn: Connection) -> str | None:
+        """The schema pg_trgm is installed in, or None when it is not installed."""
+        return conn.exec_driver_sql(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension "
+            "WHERE extname = 'pg_trgm'").scalar()
+
+    def missing_trgm_indexes(self, conn: Connection, bound: Any) -> list[str]:
+        """``table.column`` of each searched column no pg_trgm index on ``lower(column)``
+        covers."""
+        columns = [col for _source, _owner, col in bound.text_columns()]
+        tables = sorted({col.table.name for col in columns})
+        # Two catalog queries for all the columns: this runs on every search (its note).
+        kinds: dict[str, str] = dict(conn.exec_driver_sql(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE n.nspname = ANY (current_schemas(false)) AND c.relname = "
+            "ANY (%(t)s)", {"t": tables}).all())
+        definitions = conn.exec_driver_sql(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = ANY "
+            "(current_schemas(false)) AND tablename = ANY (%(t)s) AND indexdef LIKE "
+            "'%%gin_trgm_ops%%'", {"t": tables}).all()
+        missing = []
+        for col in columns:
+            if kinds.get(col.table.name) not in ("r", "p"):  # a view: its tables are indexed
+                continue
+            wanted = f"lower(({col.name})::text)"
+            if not any(t == col.table.name and wanted in d for t, d in definitions):
+                missing.append(f"{col.table.name}.{col.name}")
+        return missing
+
+    def missing_find_index_ddl(self, conn: Connection, bound: Any) -> list[str]:
+        schema = self.trgm_schema(conn)
+        statements = self.find_index_ddl(
+            [(col.table.name, col.name) for _s, _o, col in bound.text_columns()], schema)
+        if schema is None:
+            return statements
+        missing = self.missing_trgm_indexes(conn, bound)
+        return [s for s in statements[1:]
+                if any(f" ON {m.split('.')[0]} " in s and f"(lower({m.split('.')[1]})" in s
+                       for m in missing)]
+
+    def find_index_state(self, conn: Connection, bound: Any) -> str:
+        if self.trgm_schema(conn) is None:
+            available = conn.exec_driver_sql(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'").first()
+            return ("no trigram index: the pg_trgm extension is not installed"
+                    + ("" if available else " (nor available on this server)")
+                    + "; each fragment scans its columns (`privacy-lock init` prints the DDL)")
+        missing = self.missing_trgm_indexes(conn, bound)
+        if missing:
+            return (f"no pg_trgm index on {', '.join(missing)}: those columns are scanned "
+                    "(`privacy-lock init` prints the DDL for a DBA)")
+        return "searched with the pg_trgm GIN indexes"
 
     def exact_form(self, col: Any) -> Any:
         """``x COLLATE "C"`` (a column may have a nondeterministic ICU collation)."""
@@ -1003,6 +1146,19 @@ def for_connection(conn: Connection) -> Dialect:
 def named(name: str) -> Dialect:
     """The strategy registered under ``name`` (the default one for a name not registered)."""
     return _REGISTRY.get(name) or _REGISTRY["mysql"]
+
+
+FIND_FTS = "privacy_lock_find_fts"  # SQLite: the FTS5 trigram index `find --reindex` builds
+FIND_FTS_BUILT = "#built"  # its row holding when it was built
+FIND_FTS_BUILT_ROWID = -1
+
+
+def table_of_fts() -> Table:
+    """The FTS5 table as SQLAlchemy Core sees it (a plain table of three text columns)."""
+    from sqlalchemy import Column, MetaData
+
+    return Table(FIND_FTS, MetaData(), Column("owner", Text), Column("source", Text),
+                 Column("value", Text))
 
 
 # --- helpers of the strategies -------------------------------------------------------------------

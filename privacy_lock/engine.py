@@ -849,6 +849,7 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
         if work.subject in opened:
             events.append(_lock_event(work, new_rows[work.subject]))
         events.append(EventSpec("apply", work.actor, work.subject, lock_id, {
+            **_identity_check(work),
             "status": status, "chunks": work.chunks, "chunk_shared_by": len(works),
             "kinds": {n: {"changed": c.changed, "already_private": c.already_private,
                           "snapshotted": c.snapshotted} for n, c in kinds.items()},
@@ -858,6 +859,12 @@ def _apply_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
                                 chunks=work.chunks))
     append_events(conn, events)
     return outcomes
+
+
+def _identity_check(work: Work) -> dict[str, Any]:
+    """The verification the request cites (``--identity-check``), linked from its event."""
+    cited = work.request.identity_check
+    return {"identity_check": cited} if cited is not None else {}
 
 
 def _lock_event(work: Work, row: dict[str, Any]) -> EventSpec:
@@ -1006,6 +1013,7 @@ def _revert_chunk(ctx: Context, chunk: Chunk) -> list[Outcome]:
             for name, per_state in sorted(totals.get(work.lock_id or 0, {}).items())
         }
         events.append(EventSpec("revert", work.actor, work.subject, work.lock_id, {
+            **_identity_check(work),
             "chunks": work.chunks, "chunk_shared_by": len(works),
             "kinds": {n: nonzero(c.as_dict()) for n, c in kinds.items()},
         }))

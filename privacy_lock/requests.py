@@ -63,6 +63,7 @@ class Request:
     reason: str
     operator: str
     kinds: tuple[str, ...]  # empty = every configured kind
+    identity_check: int | None = None  # the identity-verdict event cited (--identity-check)
 
 
 class RequestFileError(UsageError):

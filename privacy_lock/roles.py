@@ -34,6 +34,7 @@ from privacy_lock.errors import UsageError
 from privacy_lock.schema import (
     audit_events,
     audit_head,
+    find_usage,
     locks,
     policy,
     revert_requests,
@@ -53,12 +54,14 @@ TOOL_TABLE_PRIVILEGES = (
      "approved_os_user, approved_host, approved_db_user, approved_at, finished_at, outcome)",
      "approval and outcome; who asked never changes"),
     (policy.name, "SELECT", "read only: `policy set` runs as the tables' owner"),
+    (find_usage.name, "SELECT, INSERT", "the find rate limit: rows are only added"),
 )
 # PostgreSQL: the BIGSERIAL sequences behind the tool tables' ids (nextval needs USAGE).
 PG_SEQUENCES = (
     "privacy_lock_locks_lock_id_seq",
     "privacy_lock_snapshots_snapshot_id_seq",
     "privacy_lock_revert_requests_request_id_seq",
+    "privacy_lock_find_usage_usage_id_seq",
 )
 
 # Optional on MySQL/MariaDB (docs/DBA.md): refuse UPDATE and DELETE of audit events even from

@@ -176,6 +176,23 @@ policy = Table(
     Column("set_at", Timestamp, nullable=False),
 )
 
+# One row per `find` search that ran (refused ones are only audited): the per-operator rate
+# limit ([identity] searches_per_hour) counts them. Kept in the database, so a second process,
+# machine or config cannot reset it; an operator is counted by the key of their stated name
+# (approvals.operator_keys) and by their OS account, so a new --operator spelling does not
+# reset it either.
+find_usage = Table(
+    "privacy_lock_find_usage",
+    metadata,
+    Column("usage_id", BigId, primary_key=True, autoincrement=True),
+    Column("operator_key", ExactString(191), nullable=False),
+    Column("os_account", ExactString(191), nullable=False),
+    Column("searched_at", Timestamp, nullable=False),
+    Column("event_seq", BigInteger, nullable=False, comment="the find event in the audit trail"),
+    Index("ix_privacy_lock_find_usage_operator", "operator_key", "searched_at"),
+    Index("ix_privacy_lock_find_usage_os_account", "os_account", "searched_at"),
+)
+
 GENESIS_HASH = "0" * 64
 TOOL_TABLES = [t.name for t in metadata.sorted_tables]
 

@@ -387,6 +387,14 @@ def init(target: Target) -> InitResult:
     with target.connect() as conn, conn.begin():
         created = create_tool_tables(conn)
         seeded = seed_policy(conn, target.settings.policy)
+    if target.settings.identity:
+        from privacy_lock.config import bind_identity
+        from privacy_lock.finder import index_ddl
+
+        with target.connect() as conn:
+            with reading(conn):
+                bound = bind_identity(conn, target.settings)
+            suggestions += [f"{s};" for s in index_ddl(conn, bound)]
     return InitResult(created, suggestions, seeded)
 
 
@@ -416,13 +424,14 @@ def apply(
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
     progress: ProgressFactory | None = None, encoding: str | None = None,
-    delimiter: str | None = None,
+    delimiter: str | None = None, identity_check: int | None = None,
 ) -> RunResult:
     """Hide every item of the users (or of each row of ``from_file``, read in ``encoding``
     and split on ``delimiter`` as :func:`load_requests` says) that is not owner-only,
-    remembering each old value; a dry run counts what would change."""
+    remembering each old value; a dry run counts what would change. ``identity_check``: the
+    passed identity-verdict event of the one user named, recorded in its events."""
     result = _run_requests(target, "apply", users, (), kinds, from_file, identity, dry_run,
-                           pacer, output, progress, encoding, delimiter)
+                           pacer, output, progress, encoding, delimiter, identity_check)
     assert isinstance(result, RunResult)  # only revert files requests
     return result
 
@@ -432,13 +441,14 @@ def revert(
     from_file: Path | None = None, identity: Identity = Identity(), dry_run: bool = False,
     pacer: Pacer | None = None, output: Path | None = None,
     progress: ProgressFactory | None = None, encoding: str | None = None,
-    delimiter: str | None = None,
+    delimiter: str | None = None, identity_check: int | None = None,
 ) -> RunResult | FiledRequests:
     """Restore the locks (by id, by user, or each row of ``from_file``) where nobody changed
     an item since; under ``[policy] revert_requires_approval`` (not in a dry run) only file
     requests for a second operator."""
     return _run_requests(target, "revert", users, lock_ids, (), from_file, identity, dry_run,
-                         pacer, output, progress, encoding, delimiter)
+                         pacer, output, progress, encoding, delimiter,
+                         identity_check)
 
 
 def _run_requests(
@@ -446,8 +456,12 @@ def _run_requests(
     kinds: Sequence[str], from_file: Path | None, identity: Identity, dry_run: bool,
     pacer: Pacer | None, output_path: Path | None, progress: ProgressFactory | None,
     encoding: str | None = None, delimiter: str | None = None,
+    identity_check: int | None = None,
 ) -> RunResult | FiledRequests:
     """Validate every request and the output path, then run them as one batch."""
+    if identity_check is not None and (from_file or len(users) + len(lock_ids) != 1):
+        raise UsageError("--identity-check cites the verification of one person: name one "
+                         "USER (or one LOCK_ID), not a request file")
     if from_file and (users or lock_ids):
         raise UsageError("give USER/LOCK_ID arguments or --from-file, not both")
     if not from_file and not (users or lock_ids):
@@ -485,7 +499,13 @@ def _run_requests(
         else:
             batch = _argument_requests(conn, cmap, users, lock_ids, kinds, identity, dry_run,
                                        target.text_limits)
+        if identity_check is not None:
+            batch = [_cite_identity_check(conn, batch[0], identity_check)]
         if mode == "revert" and not dry_run and rules.revert_requires_approval:
+            if identity_check is not None:
+                raise UsageError("--identity-check is not yet carried by a revert request "
+                                 "that waits for approval ([policy] revert_requires_approval); "
+                                 "cite the verification in --reason")
             filed = FiledRequests(approvals.request_reverts(conn, cmap, batch))
             _say_why_not_locked(conn, target, [(o.lock_id, o.user) for o in filed.outcomes
                                                if o.status == Status.NOT_LOCKED])
@@ -585,6 +605,21 @@ def _argument_requests(
     made = [Request(0, s, None, ticket, reason, operator, tuple(kinds)) for s in subjects]
     made += [Request(0, None, lock_id, ticket, reason, operator, ()) for lock_id in lock_ids]
     return made
+
+
+def _cite_identity_check(conn: Connection, request: Request, event: int) -> Request:
+    """The request with the verification it cites, checked: a passed identity-verdict about
+    the request's user (a lock's subject for a LOCK_ID)."""
+    from dataclasses import replace
+
+    from privacy_lock.verify import check_identity_event
+
+    subject = request.user_id
+    if subject is None and request.lock_id is not None:
+        with reading(conn):
+            subject = find_lock(conn, request.lock_id).subject
+    check_identity_event(conn, event, str(subject))
+    return replace(request, identity_check=event)
 
 
 @dataclass(frozen=True)
@@ -934,11 +969,96 @@ def policy_set(target: Target, rule: str, value: str, identity: Identity) -> Pol
         return set_rule(conn, rule, value, actor)
 
 
+def find(
+    target: Target, *, mail: Sequence[str] = (), nickname: str | None = None,
+    joined: str | None = None, texts: Sequence[str] = (), identity: Identity = Identity(),
+    reindex: bool = False,
+) -> Any:
+    """Rank the accounts that fit what a caller remembers (masked evidence), audited and
+    rate-limited; a search too weak to list anyone gets a coarse count (finder.py). With
+    ``reindex`` only rebuild the index the tool maintains (a str saying what was done)."""
+    from privacy_lock import finder
+    from privacy_lock.config import bind_identity
+    from privacy_lock.identity import remembered
+
+    if reindex and (mail or nickname or joined or texts):
+        raise UsageError("--reindex takes no search: run it alone, then search")
+    actor = None if reindex else identity.actor()
+    with target.connect() as conn:
+        target.require_tables(conn)
+        with reading(conn):
+            require_key_if_keyed(conn)
+            bound = bind_identity(conn, target.settings)
+        if reindex:
+            return finder.reindex(conn, bound)
+        assert actor is not None
+        try:
+            memory = remembered(mail, nickname, joined, texts)
+        except UsageError as exc:  # too short a fragment: refused, and the refusal audited
+            raise finder.refuse(conn, actor, str(exc), {"fragments": len(mail) + len(texts)
+                                                        + (nickname is not None)}) from None
+        return finder.search(conn, bound, memory, actor)
+
+
+def verify_identity(target: Target, user: str, talk: Any, *,
+                    identity: Identity = Identity(), rng: Any = None) -> Any:
+    """Ask the caller questions built from ``user``'s own data, each answer recorded (right or
+    wrong) before support sees the account's; end with the verdict the operator confirms
+    (verify.py). ``talk`` is a :class:`privacy_lock.verify.Interview`."""
+    import random
+
+    from privacy_lock import verify
+    from privacy_lock.config import bind_identity
+
+    if not (identity.operator and identity.operator.strip()
+            and identity.ticket and identity.ticket.strip()):
+        raise UsageError("--operator and --ticket required: every verification is audited "
+                         "with them")
+    identity.check()
+    actor = Actor.current(identity.operator.strip(), identity.ticket.strip(),
+                          (identity.reason or "").strip() or None)
+    with target.connect() as conn:
+        target.require_tables(conn)
+        with reading(conn):
+            require_key_if_keyed(conn)
+            bound = bind_identity(conn, target.settings)
+        cmap = target.content_map(conn)
+        [subject] = check_users(conn, cmap, [user])
+        return verify.interview(conn, bound, subject, actor, talk,
+                                rng or random.SystemRandom())
+
+
+def find_index_sql(dialect: str, settings: Settings) -> str:
+    """The indexes `find` wants on the site's tables for ``dialect`` (from the config's
+    [identity]), as commented SQL for a DBA; empty where the tool keeps its own or none."""
+    from privacy_lock.dialects import named
+
+    spec = settings.identity
+    if spec is None or settings.accounts is None:
+        return ""
+    columns = [(settings.accounts.table, spec.mail)]
+    if spec.mail_history:
+        columns.append((spec.mail_history.table, spec.mail_history.address))
+    if spec.nickname:
+        columns.append((settings.accounts.table, spec.nickname))
+    columns += [(m.table, m.text) for m in spec.memory]
+    statements = named(dialect).find_index_ddl(columns)
+    if not statements:
+        return ""
+    lines = ["", "-- `privacy-lock find` ([identity]): trigram indexes on the searched columns of "
+             "the site's tables.", "-- Not created by the tool; review and run yourself "
+             "(CONCURRENTLY: outside a transaction)."]
+    return "\n".join(lines + [f"{s};" for s in statements]) + "\n"
+
+
 def sql(dialect: str, role: str | None = None, settings: Settings | None = None) -> str:
     """The DDL of the tool's tables for ``dialect``; with ``role``, the least-privilege GRANTs
     instead (column grants from the settings' content map)."""
     if role is None:
-        return ddl_for(dialect)
+        ddl = ddl_for(dialect)
+        if settings is not None and settings.identity is not None:
+            ddl += find_index_sql(dialect, settings)
+        return ddl
     from privacy_lock.roles import grants_sql
 
     if settings is None:

@@ -33,6 +33,19 @@ CREATE TABLE privacy_lock_audit_head (
 	PRIMARY KEY (id)
 );
 
+CREATE TABLE privacy_lock_find_usage (
+	usage_id BIGINT NOT NULL AUTO_INCREMENT, 
+	operator_key VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, 
+	os_account VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, 
+	searched_at VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, 
+	event_seq BIGINT NOT NULL COMMENT 'the find event in the audit trail', 
+	PRIMARY KEY (usage_id)
+);
+
+CREATE INDEX ix_privacy_lock_find_usage_operator ON privacy_lock_find_usage (operator_key, searched_at);
+
+CREATE INDEX ix_privacy_lock_find_usage_os_account ON privacy_lock_find_usage (os_account, searched_at);
+
 CREATE TABLE privacy_lock_locks (
 	lock_id BIGINT NOT NULL AUTO_INCREMENT, 
 	subject VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'the user (content owner) id, as text', 

@@ -33,6 +33,19 @@ CREATE TABLE privacy_lock_audit_head (
 	PRIMARY KEY (id)
 );
 
+CREATE TABLE privacy_lock_find_usage (
+	usage_id BIGSERIAL NOT NULL, 
+	operator_key VARCHAR(191) NOT NULL, 
+	os_account VARCHAR(191) NOT NULL, 
+	searched_at VARCHAR(32) NOT NULL, 
+	event_seq BIGINT NOT NULL, 
+	PRIMARY KEY (usage_id)
+);
+
+CREATE INDEX ix_privacy_lock_find_usage_operator ON privacy_lock_find_usage (operator_key, searched_at);
+
+CREATE INDEX ix_privacy_lock_find_usage_os_account ON privacy_lock_find_usage (os_account, searched_at);
+
 CREATE TABLE privacy_lock_locks (
 	lock_id BIGSERIAL NOT NULL, 
 	subject VARCHAR(191) NOT NULL, 

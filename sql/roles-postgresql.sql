@@ -24,7 +24,9 @@ REVOKE ALL ON privacy_lock_revert_requests FROM :"tool_role";
 GRANT SELECT, INSERT, UPDATE (state, open_lock_id, approved_by, approved_os_user, approved_host, approved_db_user, approved_at, finished_at, outcome) ON privacy_lock_revert_requests TO :"tool_role";  -- approval and outcome; who asked never changes
 REVOKE ALL ON privacy_lock_policy FROM :"tool_role";
 GRANT SELECT ON privacy_lock_policy TO :"tool_role";  -- read only: `policy set` runs as the tables' owner
-GRANT USAGE ON SEQUENCE privacy_lock_locks_lock_id_seq, privacy_lock_snapshots_snapshot_id_seq, privacy_lock_revert_requests_request_id_seq TO :"tool_role";
+REVOKE ALL ON privacy_lock_find_usage FROM :"tool_role";
+GRANT SELECT, INSERT ON privacy_lock_find_usage TO :"tool_role";  -- the find rate limit: rows are only added
+GRANT USAGE ON SEQUENCE privacy_lock_locks_lock_id_seq, privacy_lock_snapshots_snapshot_id_seq, privacy_lock_revert_requests_request_id_seq, privacy_lock_find_usage_usage_id_seq TO :"tool_role";
 
 -- The mapped content: read id/owner/visibility, change visibility only.
 -- Example for the demo's tables; generate yours from your content map:

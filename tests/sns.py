@@ -130,10 +130,13 @@ class Sns:
     def original_of(self, snap: dict[str, Any]) -> Any:
         return snap["original_int"] if self.vis_style == "code" else snap["original_text"]
 
-    def run(self, *args: str, expect: int | None = 0, operator: bool = True) -> Result:
-        """Invoke the CLI against this SNS; check the exit code unless expect is None."""
+    def run(self, *args: str, expect: int | None = 0, operator: bool = True,
+            input_text: str | None = None) -> Result:
+        """Invoke the CLI against this SNS (``input_text`` typed at its prompts); check the exit
+        code unless expect is None."""
         base = ["--config", str(self.config_path), "--database-url", self.url]
-        result = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+        result = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False,
+                                    input=input_text)
         if expect is not None:
             assert result.exit_code == expect, (result.exit_code, result.output)
         return result

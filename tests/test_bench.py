@@ -108,3 +108,22 @@ def test_baseline_runs_the_revisions_cli_as_before_and_reports_the_ratio(tmp_pat
 
     exported = re.search(r"exported to (\S+)", done.stderr)
     assert exported and not Path(exported.group(1)).exists()
+
+
+def test_the_find_benchmark_runs_on_every_dialect(db_url, tmp_path):
+    """`python -m bench.find` at a tiny size: its set-based build and its two-fragment
+    searches find the account they look for (the timed run is in docs/BENCHMARKS.md)."""
+    from bench import find as find_bench
+    from privacy_lock import service
+    from privacy_lock.service import Target
+
+    find_bench.build(db_url, 300)
+    config = tmp_path / "bench.toml"
+    config.write_text(find_bench.CONFIG.format(url=db_url), encoding="utf-8")
+    target = Target.load(str(config), db_url)
+    try:
+        service.init(target)
+        _median, rss = find_bench.time_searches(target, 300, 3)  # asserts each is found
+        assert rss > 0
+    finally:
+        target.dispose()

@@ -247,7 +247,7 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
         raise _Stop(line, f"not UTF-8 (byte 0x{bad} at byte offset {exc.start}); "
                           f"{SAVE_AS_UTF8}") from None
     del data  # keep one copy of a large file in memory, not two
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_Object.of)
     lines = _LineCounter(text)
 
     def skip(i: int) -> int:
@@ -268,6 +268,9 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
             value, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             raise _Stop(exc.lineno, f"JSON syntax: {exc.msg} (column {exc.colno})") from None
+        except ValueError:  # Python reads no integer of more than 4,300 digits
+            raise _Stop(lines.at(i), f"object {index + 1}: a number of more than 4300 digits; "
+                                     "no id or value is that long") from None
         index += 1
         line = lines.at(i)
         if isinstance(value, dict):
@@ -290,6 +293,22 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
     if not index:
         checker.problem(lines.at(i), "no requests: the list is empty")
     checker.json_unknown_keys()
+
+
+class _Object(dict[str, Any]):
+    """A JSON object, with the keys written in it more than once: the json module keeps the
+    last value of a repeated key without a word, so a hand-edited {"user_id": 42, ...,
+    "user_id": 43} would silently mean 43."""
+
+    repeated: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            obj.repeated = tuple(dict.fromkeys(k for k, _v in pairs if k in seen or seen.add(k)))
+        return obj
 
 
 class _LineCounter:
@@ -410,12 +429,22 @@ class _Checker:
         label = f"object {index}: "
         values: dict[str, str] = {}
         bad = False
+        written: dict[str, str] = {}  # normalized name -> the key as written first
+        for key in getattr(obj, "repeated", ()):
+            self.problem(line, f"{label}the key {key!r} appears twice; write each key once")
+            bad = True
         for key, value in obj.items():
             name = key.strip().lower()
             if name not in self.allowed:
                 first, count = self.unknown_keys.get(key, (line, 0))
                 self.unknown_keys[key] = (first, count + 1)
                 continue
+            if name in written:
+                self.problem(line, f"{label}the keys {written[name]!r} and {key!r} both mean "
+                                   f"{name!r}; write it once")
+                bad = True
+                continue
+            written[name] = key
             if value is None:
                 values[name] = ""
             elif isinstance(value, str):

@@ -220,3 +220,59 @@ def test_the_rule_is_the_same_for_arguments_and_request_files(sns, tmp_path):
     assert [lock["subject"] for lock in sns.lock_rows()] == [str(user)]
     path.write_text(f"user_id,ticket,reason\n00{user},T-2,r\n", encoding="utf-8")
     sns.run("revert", "--from-file", str(path), "--operator", "tester")
+
+
+# --- 4. what the fuzzer found (tests/test_fuzz.py) -----------------------------------------------
+
+
+def state(sns) -> tuple:
+    return sns.everything(), sns.lock_rows(), sns.snapshot_rows(), sns.audit_count()
+
+
+def test_a_json_key_written_twice_in_one_object_is_refused_not_read_as_the_last(sns, tmp_path):
+    """The json module keeps the last value of a repeated key without a word: {"user_id": 1,
+    "user_id": 2} locked user 2, and {"user_id": 1, "User_ID": 2} too (keys ignore case)."""
+    first, second = sns.users[0], sns.users[1]
+    before = state(sns)
+    path = tmp_path / "tickets.json"
+    for written in (f'[{{"user_id": {first}, "user_id": {second}}}]',
+                    f'[\n{{"ticket": "T-1"}},\n{{"user_id": "{first}", "User_ID": "{second}"}}]',
+                    f'[{{" user_id ": {first}, "user_id": {first}}}]'):
+        path.write_text(written, encoding="utf-8")
+        result = sns.run("apply", "--from-file", str(path), *IDENTITY, expect=None)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "twice" in result.stderr or "both mean 'user_id'" in result.stderr, result.stderr
+        assert state(sns) == before
+    path.write_text(f'[{{"user_id": {first}, "USER_ID": {second}}}]', encoding="utf-8")
+    result = sns.run("revert", "--from-file", str(path), *IDENTITY, expect=2)
+    assert "line 1: object 1: the keys 'user_id' and 'USER_ID' both mean 'user_id'" \
+        in result.stderr, result.stderr
+    assert state(sns) == before
+
+
+def test_an_id_of_thousands_of_digits_is_out_of_range_not_a_crash(sns, tmp_path):
+    """Python reads no integer of more than 4,300 digits: parse_id and the JSON reader raised
+    ValueError (a traceback, exit 1) for a pasted column of digits."""
+    digits = "9" * 5000
+    with pytest.raises(UsageError, match="out of range"):
+        parse_id(digits, "user id")
+    with pytest.raises(UsageError, match="out of range"):
+        parse_id("-" + "0" * 30 + "1" * 5000, "user id")
+    assert parse_id("0" * 5000 + "42", "user id") == 42  # leading zeros are still just zeros
+    before = state(sns)
+    csv_file = tmp_path / "tickets.csv"
+    csv_file.write_text(f"user_id\n{digits}\n", encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(csv_file), *IDENTITY, expect=2)
+    assert "line 2: user id '99999" in result.stderr and "out of range" in result.stderr
+    lock_file = tmp_path / "locks.csv"
+    lock_file.write_text(f"lock_id\n{digits}\n", encoding="utf-8")
+    result = sns.run("revert", "--from-file", str(lock_file), *IDENTITY, expect=2)
+    assert "line 2: lock_id '99999" in result.stderr and "out of range" in result.stderr
+    json_file = tmp_path / "tickets.json"
+    json_file.write_text(f'[\n{{"user_id": 1}},\n{{"user_id": {digits}}}]', encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(json_file), *IDENTITY, expect=2)
+    assert "line 3: object 2: a number of more than 4300 digits" in result.stderr
+    assert_one_line_error(sns.run("status", digits, expect=None), 2, "out of range")
+    assert "Traceback" not in result.output
+    assert state(sns) == before

@@ -30,6 +30,9 @@ _CONTENT_KEYS: dict[str, type | tuple[type, ...]] = {
     "table": str, "id": str, "owner": str, "visibility": str, "private": (str, int),
 }
 _ALLOWED_TOP_LEVEL = {"database", "accounts", "content", "policy", "audit"}
+# A table or column name with a control character is never the site's: the drivers refuse a
+# NUL mid-command (a database error, exit 1) and the others would only be shown escaped.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
@@ -135,6 +138,8 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
             table=_required_str(section, "table", where, "accounts"),
             id=_required_str(section, "id", where, "accounts"),
         )
+        _check_name(accounts.table, where, "accounts.table")
+        _check_name(accounts.id, where, "accounts.id")
 
     content: dict[str, ContentKind] = {}
     for name, section in _section(data, "content", where).items():
@@ -154,6 +159,10 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
             if isinstance(value, bool) or not isinstance(value, expected):
                 wanted = "a string or an integer" if key == "private" else "a string"
                 raise ConfigError(f"{where}: {prefix}.{key} must be {wanted}, got {value!r}")
+            if key != "private":
+                _check_name(value, where, f"{prefix}.{key}")
+            elif isinstance(value, str) and "\x00" in value:
+                raise ConfigError(f"{where}: {prefix}.private contains a NUL character")
             values[key] = value
         content[name] = ContentKind(name=name, **values)
 
@@ -196,6 +205,16 @@ def _required_str(section: dict[str, Any], key: str, where: str, prefix: str) ->
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {prefix}.{key} must be a non-empty string")
     return value
+
+
+def _check_name(value: str, where: str, key: str) -> None:
+    """A table or column name: not empty, no control character (see _CONTROL)."""
+    if not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    found = _CONTROL.search(value)
+    if found:
+        raise ConfigError(f"{where}: {key} contains the control character {found.group()!r} "
+                          f"at position {found.start() + 1}; no table or column name has one")
 
 
 # --- binding the map to the live schema -------------------------------------------------------

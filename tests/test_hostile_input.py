@@ -4,6 +4,8 @@ usage errors — one line, exit 2, nothing changed."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, select
@@ -275,4 +277,42 @@ def test_an_id_of_thousands_of_digits_is_out_of_range_not_a_crash(sns, tmp_path)
     assert "line 3: object 2: a number of more than 4300 digits" in result.stderr
     assert_one_line_error(sns.run("status", digits, expect=None), 2, "out of range")
     assert "Traceback" not in result.output
+    assert state(sns) == before
+
+
+CONTROL_IN_MAP = [  # (key of [content.diary], the value as TOML writes it)
+    ("table", "diaries\\u0000"), ("visibility", "\\u001b[31mvisibility"),
+    ("owner", "user_id\\n"), ("id", " "), ("private", "se\\u0000lf"),
+]
+
+
+def test_a_control_character_in_a_mapped_name_is_a_config_error(sns):
+    """A NUL in a table or column name reached the driver: "the query contains a null
+    character" (SQLite) or "NUL characters not allowed" (PostgreSQL), exit 1 as an operational
+    failure. A name with a control character is refused before the database is asked."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for key, value in CONTROL_IN_MAP:
+        head, rest = config.split("[content.diary]")
+        diary, photo = rest.split("[content.photo]")
+        diary = re.sub(rf"(?m)^{key} = .*$", lambda _m, k=key, v=value: f'{k} = "{v}"',
+                       diary, count=1)
+        sns.config_path.write_text(f"{head}[content.diary]{diary}[content.photo]{photo}",
+                                   encoding="utf-8")
+        for args in (["apply", str(sns.users[0]), *IDENTITY], ["status", str(sns.users[0])]):
+            result = sns.run(*args, expect=None)
+            assert_one_line_error(result, 2, f"content.diary.{key}")
+    assert state(sns) == before
+
+
+def test_an_audit_key_file_name_the_system_cannot_open_is_a_usage_error(sns):
+    """A name longer than the system allows made Path.exists() raise OSError: a traceback
+    instead of one line about the key file (a NUL in it, ValueError, likewise)."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for key_file in ("x" * 5000, "key\\u0000file"):
+        sns.config_path.write_text(config + f'\n[audit]\nkey_file = "{key_file}"\n',
+                                   encoding="utf-8")
+        result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+        assert_one_line_error(result, 2, "audit key file")
     assert state(sns) == before

@@ -160,7 +160,7 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
                 wanted = "a string or an integer" if key == "private" else "a string"
                 raise ConfigError(f"{where}: {prefix}.{key} must be {wanted}, got {value!r}")
             if key != "private":
-                _check_name(value, where, f"{prefix}.{key}")
+                _check_name(str(value), where, f"{prefix}.{key}")
             elif isinstance(value, str) and "\x00" in value:
                 raise ConfigError(f"{where}: {prefix}.private contains a NUL character")
             values[key] = value

@@ -35,9 +35,9 @@ def parse_id(text: str, what: str, *, minimum: int = INT64_MIN, maximum: int = I
                          "(not '+', '_' or full-width digits)")
     # Python refuses to read more than 4,300 digits (ValueError); no id has more than 19
     # significant ones, so a longer one is out of range without reading it.
-    sign = -1 if value.startswith("-") else 1
     significant = value.lstrip("-").lstrip("0") or "0"
-    number = sign * (int(significant) if len(significant) <= 20 else 10**20)
+    number = (-1 if value.startswith("-") else 1) * (
+        int(significant) if len(significant) <= 20 else 10**20)
     if not max(minimum, INT64_MIN) <= number <= min(maximum, INT64_MAX):
         raise UsageError(f"{what} {shown} is out of range: {minimum}..{maximum}")
     return number

@@ -306,8 +306,8 @@ class _Object(dict[str, Any]):
     def of(cls, pairs: list[tuple[str, Any]]) -> _Object:
         obj = cls(pairs)
         if len(obj) != len(pairs):
-            seen: set[str] = set()
-            obj.repeated = tuple(dict.fromkeys(k for k, _v in pairs if k in seen or seen.add(k)))
+            keys = [k for k, _v in pairs]
+            obj.repeated = tuple(k for k in obj if keys.count(k) > 1)
         return obj
 
 

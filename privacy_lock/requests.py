@@ -330,6 +330,8 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true/false"
+    if isinstance(value, dict):  # json gives every object as an _Object
+        return "an object"
     return {dict: "an object", list: "a list", str: "a string", float: "a number with a fraction",
             int: "an integer"}.get(type(value), type(value).__name__)
 

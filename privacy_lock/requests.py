@@ -271,6 +271,9 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
         except ValueError:  # Python reads no integer of more than 4,300 digits
             raise _Stop(lines.at(i), f"object {index + 1}: a number of more than 4300 digits; "
                                      "no id or value is that long") from None
+        except RecursionError:  # the json module reads nested lists and objects recursively
+            raise _Stop(lines.at(i), f"object {index + 1}: lists or objects nested too deeply; "
+                                     "no value of a request is nested") from None
         index += 1
         line = lines.at(i)
         if isinstance(value, dict):

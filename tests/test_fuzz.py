@@ -426,8 +426,8 @@ def model_json(world: World, mode: str, data: Any) -> dict[str, Any]:
                 raise Refuse(f"unknown key {key!r}")
             if name in record:
                 raise Refuse(f"key {name!r} twice in one object")
-            if isinstance(value, HugeNumber):
-                raise Refuse("a number too long to read")
+            if isinstance(value, Raw):
+                raise Refuse("a number too long or lists too deep to read")
             if value is None:
                 record[name] = ""
             elif isinstance(value, str):
@@ -443,8 +443,9 @@ def model_json(world: World, mode: str, data: Any) -> dict[str, Any]:
     return model_requests(world, mode, records)
 
 
-class HugeNumber(str):
-    """A JSON integer of more digits than Python reads (4,300), written as its digits."""
+class Raw(str):
+    """JSON or TOML text written as it is: an integer of more digits than Python reads (4,300),
+    lists nested deeper than a recursive reader goes."""
 
 
 @dataclass(frozen=True)
@@ -460,7 +461,7 @@ def dump_json(value: Any, ascii_only: bool) -> str:
                                for k, v in value.pairs) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(dump_json(v, ascii_only) for v in value) + "]"
-    if isinstance(value, HugeNumber):
+    if isinstance(value, Raw):
         return str(value)
     if isinstance(value, str) and has_surrogate(value):
         return json.dumps(value, ensure_ascii=True)  # only writable as \\udXXX escapes
@@ -497,7 +498,8 @@ def hostile_json_values() -> st.SearchStrategy[Any]:
         st.sampled_from([None, True, False, 2, -2, 0, 2**64, 2**63, -(2**63) - 1, 4.2,
                          float("nan"), float("inf"), 1e308, [], [2], ["diary"], ["diary", 3],
                          [["diary"]], Pairs((("a", 1),)), Pairs((("user_id", 2),)),
-                         HugeNumber("9" * 5000), HugeNumber("-" + "1" * 70_000)]),
+                         Raw("9" * 5000), Raw("-" + "1" * 70_000),
+                         Raw("[" * 100_000 + "]" * 100_000)]),
     )
 
 
@@ -734,6 +736,8 @@ def valid_config() -> dict[str, Any]:
 
 
 def toml_value(value: Any) -> str:
+    if isinstance(value, Raw):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -777,6 +781,8 @@ HOSTILE_CONFIG_VALUES = [
     "visibility", "title", "name", "id", "user_id", "scope", "owner_id", "nope", "x" * 70_000,
     "\x00", "\x1b[31m", "self ", "SELF", "public", 9, -1, 0, 2**31, 2**63, 2**64, -(2**63) - 1,
     1.5, float("nan"), float("inf"), float("-inf"), True, False, [], ["diaries"], {"a": 1}, {},
+    Raw("[" * 100_000 + "]" * 100_000), Raw("{a = " * 5_000 + "1" + "}" * 5_000),
+    Raw("9" * 5_000),
 ]
 
 

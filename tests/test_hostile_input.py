@@ -316,3 +316,23 @@ def test_an_audit_key_file_name_the_system_cannot_open_is_a_usage_error(sns):
         result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
         assert_one_line_error(result, 2, "audit key file")
     assert state(sns) == before
+
+
+def test_values_nested_too_deeply_for_the_readers_are_refused_not_a_crash(sns, tmp_path):
+    """The json module and tomllib read nested lists recursively, and tomllib reads integers
+    with int(): a request value or a config value nested 100,000 deep was a RecursionError,
+    and a 5,000-digit config number a ValueError, each a traceback."""
+    before = state(sns)
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "tickets.json"
+    path.write_text(f'[{{"user_id": 1}},\n{{"user_id": {deep}}}]', encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(path), *IDENTITY, expect=2)
+    assert "line 2: object 2: lists or objects nested too deeply" in result.stderr
+    config = sns.config_path.read_text(encoding="utf-8")
+    for value, problem in ((deep, "nested too deeply"), ("{a = " * 5_000 + "1" + "}" * 5_000,
+                                                        "nested too deeply"),
+                           ("9" * 5_000, "a number of more than 4300 digits")):
+        sns.config_path.write_text(f"{config}\n[database]\nx = {value}\n", encoding="utf-8")
+        assert_one_line_error(sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None), 2,
+                              "invalid TOML", problem)
+    assert state(sns) == before

@@ -336,3 +336,21 @@ def test_values_nested_too_deeply_for_the_readers_are_refused_not_a_crash(sns, t
         assert_one_line_error(sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None), 2,
                               "invalid TOML", problem)
     assert state(sns) == before
+
+
+def test_a_file_option_naming_a_path_the_system_refuses_is_a_usage_error(sns, tmp_path):
+    """A name longer than the system allows made Path.is_dir()/exists() raise OSError in the
+    --output check and before the first chunk (--pause-file): a traceback, exit 1."""
+    long_name = str(tmp_path / ("x" * 5000))
+    before = state(sns)
+    for args, problem in (
+        (["apply", str(sns.users[0]), *IDENTITY, "--output", long_name], "cannot write"),
+        (["revert", "--user", str(sns.users[0]), *IDENTITY, "--output", long_name],
+         "cannot write"),
+        (["apply", str(sns.users[0]), *IDENTITY, "--pause-file", long_name], "--pause-file"),
+        (["audit", "report", "--output", long_name], "cannot write"),
+        (["audit", "checkpoint", "--output", long_name], "cannot write"),
+    ):
+        result = sns.run(*args, expect=None)
+        assert_one_line_error(result, 2, problem, "File name too long")
+    assert state(sns) == before

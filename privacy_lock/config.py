@@ -573,10 +573,19 @@ def _refuse_overlapping_kinds(specs: list[ContentKind]) -> None:
 
 
 def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:
+    from privacy_lock.dialects import for_connection  # the strategies import this module
+
+    problem = for_connection(conn).name_problem(name)
+    if problem:
+        raise ConfigError(f"{key}: table name {_shown(name)} {problem}")
     try:
         return Table(name, meta, autoload_with=conn)
     except NoSuchTableError:
         raise ConfigError(f"{key}: table {name!r} does not exist in the database") from None
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
 def _column(table: Table, name: str, key: str) -> Column:

@@ -354,3 +354,20 @@ def test_a_file_option_naming_a_path_the_system_refuses_is_a_usage_error(sns, tm
         result = sns.run(*args, expect=None)
         assert_one_line_error(result, 2, problem, "File name too long")
     assert state(sns) == before
+
+
+def test_a_table_name_the_database_cannot_hold_is_a_config_error(sns):
+    """MariaDB answers a name beyond U+FFFF ("Invalid utf8mb4 character string") or longer
+    than 64 characters ("Identifier name is too long") with an error, which ended the command
+    as a database failure, exit 1; every database now refuses such a map with exit 2."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for name in ("\U00010000", "diaries\U0001f600", "x" * 70_000):
+        for key in ("accounts", "content.diary"):
+            head, rest = config.split(f"[{key}]")
+            rest = rest.replace('table = "users"' if key == "accounts" else 'table = "diaries"',
+                                f'table = "{name}"', 1)
+            sns.config_path.write_text(f"{head}[{key}]{rest}", encoding="utf-8")
+            result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+            assert_one_line_error(result, 2, f"{key}.table")
+    assert state(sns) == before

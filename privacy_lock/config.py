@@ -579,9 +579,20 @@ def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:
     if problem:
         raise ConfigError(f"{key}: table name {_shown(name)} {problem}")
     try:
-        return Table(name, meta, autoload_with=conn)
+        table = Table(name, meta, autoload_with=conn)
     except NoSuchTableError:
         raise ConfigError(f"{key}: table {name!r} does not exist in the database") from None
+    # SQLite (and MySQL on some systems) finds a table whatever the case of its name, but the
+    # inspector's other questions (keys, indexes) are asked of the name as written and fail
+    # mid-binding as a database error; PostgreSQL would not find it at all. One rule for all.
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    if name not in names:
+        spelled = sorted(n for n in names if n.casefold() == name.casefold())
+        if spelled:
+            raise ConfigError(f"{key}: table {name!r} is spelled {spelled[0]!r} in the database; "
+                              "write it as the database does")
+    return table
 
 
 def _shown(name: str, limit: int = 40) -> str:

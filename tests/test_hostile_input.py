@@ -371,3 +371,21 @@ def test_a_table_name_the_database_cannot_hold_is_a_config_error(sns):
             result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
             assert_one_line_error(result, 2, f"{key}.table")
     assert state(sns) == before
+
+
+def test_a_table_name_in_another_case_is_a_config_error_on_every_database(sns):
+    """SQLite finds 'DIARIES' when the table is 'diaries', but asked the inspector for its
+    unique constraints under the name as written and failed: a database error, exit 1.
+    PostgreSQL and MariaDB on Linux do not find it at all. Every database now says how the
+    database spells it, exit 2."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for written, key in (("DIARIES", "content.diary"), ("Users", "accounts")):
+        original = "diaries" if key == "content.diary" else "users"
+        sns.config_path.write_text(config.replace(f'table = "{original}"',
+                                                  f'table = "{written}"', 1), encoding="utf-8")
+        result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+        line = assert_one_line_error(result, 2, f"{key}.table", repr(written))
+        if sns.engine.dialect.name == "sqlite":
+            assert f"spelled {original!r}" in line, line
+    assert state(sns) == before

@@ -509,7 +509,7 @@ class RequestFile:
 
     name: str
     data: bytes
-    verdict: str  # "accept", "refuse", "unsure", "unknown" (random bytes)
+    verdict: str  # "accept", "refuse" or "unsure" (either outcome fits)
     expected: dict[str, Any] | None
     why: str
 

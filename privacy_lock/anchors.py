@@ -75,14 +75,15 @@ def load_key(path: str | Path) -> AuditKey:
     the same key)."""
     where = f"audit key file {path}"
     file = Path(path)
-    if not file.exists():
-        raise UsageError(f"{where} does not exist")
-    if not file.is_file():
-        raise UsageError(f"{where} is not a file")
-    try:
+    try:  # a name too long for the system, or with a NUL, raises rather than "does not exist"
+        if not file.exists():
+            raise UsageError(f"{where} does not exist")
+        if not file.is_file():
+            raise UsageError(f"{where} is not a file")
         secret = file.read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
     if not secret:
         raise UsageError(f"{where} is empty")
     if len(secret) < MIN_KEY_BYTES:

@@ -37,6 +37,9 @@ _IDENTITY_KEYS = {"mail", "nickname", "joined", "max_candidates", "searches_per_
 _HISTORY_KEYS = ("table", "owner", "address", "changed_at")
 _MEMORY_KEYS = ("name", "table", "owner", "text")
 _MEMORY_OPTIONAL = ("at",)
+# A table or column name with a control character is never the site's: the drivers refuse a
+# NUL mid-command (a database error, exit 1) and the others would only be shown escaped.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _POLICY_KEYS = {"audit_reads": bool, "revert_requires_approval": bool}
 
 
@@ -158,6 +161,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # tomllib reads integers with int(): at most 4,300 digits
+        raise ConfigError(f"{path}: invalid TOML: a number of more than 4300 digits") from None
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
 
@@ -182,6 +189,8 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
             table=_required_str(section, "table", where, "accounts"),
             id=_required_str(section, "id", where, "accounts"),
         )
+        _check_name(accounts.table, where, "accounts.table")
+        _check_name(accounts.id, where, "accounts.id")
 
     content: dict[str, ContentKind] = {}
     for name, section in _section(data, "content", where).items():
@@ -201,6 +210,10 @@ def _parse(data: dict[str, Any], path: Path | None) -> Settings:
             if isinstance(value, bool) or not isinstance(value, expected):
                 wanted = "a string or an integer" if key == "private" else "a string"
                 raise ConfigError(f"{where}: {prefix}.{key} must be {wanted}, got {value!r}")
+            if key != "private":
+                _check_name(str(value), where, f"{prefix}.{key}")
+            elif isinstance(value, str) and "\x00" in value:
+                raise ConfigError(f"{where}: {prefix}.private contains a NUL character")
             values[key] = value
         content[name] = ContentKind(name=name, **values)
 
@@ -296,6 +309,16 @@ def _required_str(section: dict[str, Any], key: str, where: str, prefix: str) ->
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {prefix}.{key} must be a non-empty string")
     return value
+
+
+def _check_name(value: str, where: str, key: str) -> None:
+    """A table or column name: not empty, no control character (see _CONTROL)."""
+    if not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    found = _CONTROL.search(value)
+    if found:
+        raise ConfigError(f"{where}: {key} contains the control character {found.group()!r} "
+                          f"at position {found.start() + 1}; no table or column name has one")
 
 
 # --- binding the map to the live schema -------------------------------------------------------
@@ -688,10 +711,30 @@ def _refuse_overlapping_kinds(specs: list[ContentKind]) -> None:
 
 
 def _reflect(conn: Connection, meta: MetaData, name: str, key: str) -> Table:
+    from privacy_lock.dialects import for_connection  # the strategies import this module
+
+    problem = for_connection(conn).name_problem(name)
+    if problem:
+        raise ConfigError(f"{key}: table name {_shown(name)} {problem}")
     try:
-        return Table(name, meta, autoload_with=conn)
+        table = Table(name, meta, autoload_with=conn)
     except NoSuchTableError:
         raise ConfigError(f"{key}: table {name!r} does not exist in the database") from None
+    # SQLite (and MySQL on some systems) finds a table whatever the case of its name, but the
+    # inspector's other questions (keys, indexes) are asked of the name as written and fail
+    # mid-binding as a database error; PostgreSQL would not find it at all. One rule for all.
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    if name not in names:
+        spelled = sorted(n for n in names if n.casefold() == name.casefold())
+        if spelled:
+            raise ConfigError(f"{key}: table {name!r} is spelled {spelled[0]!r} in the database; "
+                              "write it as the database does")
+    return table
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
 def _column(table: Table, name: str, key: str) -> Column:

@@ -193,6 +193,12 @@ class Dialect:
     def _in(self, col: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
         return col.in_(keys)
 
+    def name_problem(self, name: str) -> str | None:
+        """Why the database cannot hold a table named ``name`` (None: it can), asked before
+        reflecting one from the config, so the driver's error does not end the command as an
+        operational failure (exit 1) instead of a config error (exit 2)."""
+        return None
+
     def integer_bits(self, col: Any) -> int:
         """The bits of a signed value bound to integer column ``col``: a larger user id is a
         usage error up front, not PostgreSQL's "integer out of range" mid-command."""
@@ -1086,6 +1092,17 @@ class MysqlDialect(Dialect):
     name = "mysql"
     aliases = ("mariadb",)
     snapshot_isolation = "REPEATABLE READ"
+
+    def name_problem(self, name: str) -> str | None:
+        """A MySQL/MariaDB name is at most 64 characters of the Basic Multilingual Plane
+        (U+0001..U+FFFF); the server answers others with an error, not "no such table"."""
+        if len(name) > 64:
+            return f"is {len(name)} characters long; a MySQL/MariaDB name holds at most 64"
+        outside = next((c for c in name if ord(c) > 0xFFFF), None)
+        if outside is not None:
+            return (f"holds {outside!r} (U+{ord(outside):X}); a MySQL/MariaDB name holds "
+                    "characters up to U+FFFF only")
+        return None
 
     def after_create_tables(self, conn: Connection) -> list[str]:
         """Tool tables made before their text columns were ``utf8mb4_bin`` (schema.ExactString)

@@ -38,25 +38,28 @@ def check_writable(path: Path, *, with_failed: bool = False) -> None:
     """A usage error (exit 2; raise it before anything changes) unless ``path`` can be written:
     its directory exists and takes a new file, and the path is not a directory or a read-only
     file. With ``with_failed`` the same holds for its ``NAME.failed.csv``."""
-    for target in (path, failed_path(path)) if with_failed else (path,):
-        if target.is_dir():
-            raise UsageError(f"cannot write {target}: it is a directory; nothing was changed")
-        if target.exists() and not os.access(target, os.W_OK):
-            raise UsageError(f"cannot write {target}: permission denied; nothing was changed")
-    directory = path.parent
-    if not directory.is_dir():
-        raise UsageError(f"cannot write {path}: directory {directory} does not exist; nothing "
-                         "was changed")
-    probe = _partial(path)
-    try:  # the only sure test of "may create a file here" (ACLs, read-only mounts, quotas)
-        probe.open("x", encoding="utf-8").close()
-    except FileExistsError:
-        pass  # another run of ours is writing there: the directory takes files
+    try:  # a name the system refuses (too long) raises from is_dir()/exists() too
+        for target in (path, failed_path(path)) if with_failed else (path,):
+            if target.is_dir():
+                raise UsageError(f"cannot write {target}: it is a directory; nothing was "
+                                 "changed")
+            if target.exists() and not os.access(target, os.W_OK):
+                raise UsageError(f"cannot write {target}: permission denied; nothing was "
+                                 "changed")
+        directory = path.parent
+        if not directory.is_dir():
+            raise UsageError(f"cannot write {path}: directory {directory} does not exist; "
+                             "nothing was changed")
+        probe = _partial(path)
+        try:  # the only sure test of "may create a file here" (ACLs, read-only mounts, quotas)
+            probe.open("x", encoding="utf-8").close()
+        except FileExistsError:
+            pass  # another run of ours is writing there: the directory takes files
+        else:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed"
                          ) from None
-    else:
-        probe.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str | Iterable[str]) -> None:

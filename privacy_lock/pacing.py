@@ -78,6 +78,12 @@ class Pacer:
             raise UsageError("--sleep must not be negative")
         if self.max_chunk_seconds is not None and self.max_chunk_seconds <= 0:
             raise UsageError("--max-chunk-seconds must be positive")
+        if self.pause_file is not None:
+            try:  # asked before each chunk: a name the system refuses would fail mid-run
+                self.pause_file.exists()
+            except OSError as exc:
+                raise UsageError(f"--pause-file {self.pause_file}: "
+                                 f"{exc.strerror or exc}") from None
         self._max_size = self.size if self.max_chunk_seconds is None else MAX_CHUNK_SIZE
 
     def chunk(self, conn: Connection, work: Callable[[], T]) -> T:

@@ -340,7 +340,7 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
         raise _Stop(line, f"not UTF-8 (byte 0x{bad} at byte offset {exc.start}); "
                           f"{SAVE_AS_UTF8}") from None
     del data  # keep one copy of a large file in memory, not two
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_Object.of)
     lines = _LineCounter(text)
 
     def skip(i: int) -> int:
@@ -361,6 +361,12 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
             value, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             raise _Stop(exc.lineno, f"JSON syntax: {exc.msg} (column {exc.colno})") from None
+        except ValueError:  # Python reads no integer of more than 4,300 digits
+            raise _Stop(lines.at(i), f"object {index + 1}: a number of more than 4300 digits; "
+                                     "no id or value is that long") from None
+        except RecursionError:  # the json module reads nested lists and objects recursively
+            raise _Stop(lines.at(i), f"object {index + 1}: lists or objects nested too deeply; "
+                                     "no value of a request is nested") from None
         index += 1
         line = lines.at(i)
         if isinstance(value, dict):
@@ -385,6 +391,22 @@ def _read_json(fh: IO[bytes], checker: _Checker) -> None:
     checker.json_unknown_keys()
 
 
+class _Object(dict[str, Any]):
+    """A JSON object, with the keys written in it more than once: the json module keeps the
+    last value of a repeated key without a word, so a hand-edited {"user_id": 42, ...,
+    "user_id": 43} would silently mean 43."""
+
+    repeated: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            keys = [k for k, _v in pairs]
+            obj.repeated = tuple(k for k in obj if keys.count(k) > 1)
+        return obj
+
+
 class _LineCounter:
     """Line numbers of increasing text offsets, counted incrementally (no quadratic rescans)."""
 
@@ -404,6 +426,8 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true/false"
+    if isinstance(value, dict):  # json gives every object as an _Object
+        return "an object"
     return {dict: "an object", list: "a list", str: "a string", float: "a number with a fraction",
             int: "an integer"}.get(type(value), type(value).__name__)
 
@@ -509,12 +533,22 @@ class _Checker:
         label = f"object {index}: "
         values: dict[str, str] = {}
         bad = False
+        written: dict[str, str] = {}  # normalized name -> the key as written first
+        for key in getattr(obj, "repeated", ()):
+            self.problem(line, f"{label}the key {key!r} appears twice; write each key once")
+            bad = True
         for key, value in obj.items():
             name = key.strip().lower()
             if name not in self.allowed:
                 first, count = self.unknown_keys.get(key, (line, 0))
                 self.unknown_keys[key] = (first, count + 1)
                 continue
+            if name in written:
+                self.problem(line, f"{label}the keys {written[name]!r} and {key!r} both mean "
+                                   f"{name!r}; write it once")
+                bad = True
+                continue
+            written[name] = key
             if value is None:
                 values[name] = ""
             elif isinstance(value, str):

@@ -4,6 +4,8 @@ usage errors — one line, exit 2, nothing changed."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, select
@@ -220,3 +222,171 @@ def test_the_rule_is_the_same_for_arguments_and_request_files(sns, tmp_path):
     assert [lock["subject"] for lock in sns.lock_rows()] == [str(user)]
     path.write_text(f"user_id,ticket,reason\n00{user},T-2,r\n", encoding="utf-8")
     sns.run("revert", "--from-file", str(path), "--operator", "tester")
+
+
+# --- 4. what the fuzzer found (tests/test_fuzz.py) -----------------------------------------------
+
+
+def state(sns) -> tuple:
+    return sns.everything(), sns.lock_rows(), sns.snapshot_rows(), sns.audit_count()
+
+
+def test_a_json_key_written_twice_in_one_object_is_refused_not_read_as_the_last(sns, tmp_path):
+    """The json module keeps the last value of a repeated key without a word: {"user_id": 1,
+    "user_id": 2} locked user 2, and {"user_id": 1, "User_ID": 2} too (keys ignore case)."""
+    first, second = sns.users[0], sns.users[1]
+    before = state(sns)
+    path = tmp_path / "tickets.json"
+    for written in (f'[{{"user_id": {first}, "user_id": {second}}}]',
+                    f'[\n{{"ticket": "T-1"}},\n{{"user_id": "{first}", "User_ID": "{second}"}}]',
+                    f'[{{" user_id ": {first}, "user_id": {first}}}]'):
+        path.write_text(written, encoding="utf-8")
+        result = sns.run("apply", "--from-file", str(path), *IDENTITY, expect=None)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "twice" in result.stderr or "both mean 'user_id'" in result.stderr, result.stderr
+        assert state(sns) == before
+    path.write_text(f'[{{"user_id": {first}, "USER_ID": {second}}}]', encoding="utf-8")
+    result = sns.run("revert", "--from-file", str(path), *IDENTITY, expect=2)
+    assert "line 1: object 1: the keys 'user_id' and 'USER_ID' both mean 'user_id'" \
+        in result.stderr, result.stderr
+    assert state(sns) == before
+
+
+def test_an_id_of_thousands_of_digits_is_out_of_range_not_a_crash(sns, tmp_path):
+    """Python reads no integer of more than 4,300 digits: parse_id and the JSON reader raised
+    ValueError (a traceback, exit 1) for a pasted column of digits."""
+    digits = "9" * 5000
+    with pytest.raises(UsageError, match="out of range"):
+        parse_id(digits, "user id")
+    with pytest.raises(UsageError, match="out of range"):
+        parse_id("-" + "0" * 30 + "1" * 5000, "user id")
+    assert parse_id("0" * 5000 + "42", "user id") == 42  # leading zeros are still just zeros
+    before = state(sns)
+    csv_file = tmp_path / "tickets.csv"
+    csv_file.write_text(f"user_id\n{digits}\n", encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(csv_file), *IDENTITY, expect=2)
+    assert "line 2: user id '99999" in result.stderr and "out of range" in result.stderr
+    lock_file = tmp_path / "locks.csv"
+    lock_file.write_text(f"lock_id\n{digits}\n", encoding="utf-8")
+    result = sns.run("revert", "--from-file", str(lock_file), *IDENTITY, expect=2)
+    assert "line 2: lock_id '99999" in result.stderr and "out of range" in result.stderr
+    json_file = tmp_path / "tickets.json"
+    json_file.write_text(f'[\n{{"user_id": 1}},\n{{"user_id": {digits}}}]', encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(json_file), *IDENTITY, expect=2)
+    assert "line 3: object 2: a number of more than 4300 digits" in result.stderr
+    assert_one_line_error(sns.run("status", digits, expect=None), 2, "out of range")
+    assert "Traceback" not in result.output
+    assert state(sns) == before
+
+
+CONTROL_IN_MAP = [  # (key of [content.diary], the value as TOML writes it)
+    ("table", "diaries\\u0000"), ("visibility", "\\u001b[31mvisibility"),
+    ("owner", "user_id\\n"), ("id", " "), ("private", "se\\u0000lf"),
+]
+
+
+def test_a_control_character_in_a_mapped_name_is_a_config_error(sns):
+    """A NUL in a table or column name reached the driver: "the query contains a null
+    character" (SQLite) or "NUL characters not allowed" (PostgreSQL), exit 1 as an operational
+    failure. A name with a control character is refused before the database is asked."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for key, value in CONTROL_IN_MAP:
+        head, rest = config.split("[content.diary]")
+        diary, photo = rest.split("[content.photo]")
+        diary = re.sub(rf"(?m)^{key} = .*$", lambda _m, k=key, v=value: f'{k} = "{v}"',
+                       diary, count=1)
+        sns.config_path.write_text(f"{head}[content.diary]{diary}[content.photo]{photo}",
+                                   encoding="utf-8")
+        for args in (["apply", str(sns.users[0]), *IDENTITY], ["status", str(sns.users[0])]):
+            result = sns.run(*args, expect=None)
+            assert_one_line_error(result, 2, f"content.diary.{key}")
+    assert state(sns) == before
+
+
+def test_an_audit_key_file_name_the_system_cannot_open_is_a_usage_error(sns):
+    """A name longer than the system allows made Path.exists() raise OSError: a traceback
+    instead of one line about the key file (a NUL in it, ValueError, likewise)."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for key_file in ("x" * 5000, "key\\u0000file"):
+        sns.config_path.write_text(config + f'\n[audit]\nkey_file = "{key_file}"\n',
+                                   encoding="utf-8")
+        result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+        assert_one_line_error(result, 2, "audit key file")
+    assert state(sns) == before
+
+
+def test_values_nested_too_deeply_for_the_readers_are_refused_not_a_crash(sns, tmp_path):
+    """The json module and tomllib read nested lists recursively, and tomllib reads integers
+    with int(): a request value or a config value nested 100,000 deep was a RecursionError,
+    and a 5,000-digit config number a ValueError, each a traceback."""
+    before = state(sns)
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "tickets.json"
+    path.write_text(f'[{{"user_id": 1}},\n{{"user_id": {deep}}}]', encoding="utf-8")
+    result = sns.run("apply", "--from-file", str(path), *IDENTITY, expect=2)
+    assert "line 2: object 2: lists or objects nested too deeply" in result.stderr
+    config = sns.config_path.read_text(encoding="utf-8")
+    for value, problem in ((deep, "nested too deeply"), ("{a = " * 5_000 + "1" + "}" * 5_000,
+                                                        "nested too deeply"),
+                           ("9" * 5_000, "a number of more than 4300 digits")):
+        sns.config_path.write_text(f"{config}\n[database]\nx = {value}\n", encoding="utf-8")
+        assert_one_line_error(sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None), 2,
+                              "invalid TOML", problem)
+    assert state(sns) == before
+
+
+def test_a_file_option_naming_a_path_the_system_refuses_is_a_usage_error(sns, tmp_path):
+    """A name longer than the system allows made Path.is_dir()/exists() raise OSError in the
+    --output check and before the first chunk (--pause-file): a traceback, exit 1."""
+    long_name = str(tmp_path / ("x" * 5000))
+    long_csv = long_name + ".csv"  # --output goes by its extension: a name without one is
+    before = state(sns)             # refused before its length is looked at
+    for args, problem in (
+        (["apply", str(sns.users[0]), *IDENTITY, "--output", long_csv], "cannot write"),
+        (["revert", "--user", str(sns.users[0]), *IDENTITY, "--output", long_csv],
+         "cannot write"),
+        (["apply", str(sns.users[0]), *IDENTITY, "--pause-file", long_name], "--pause-file"),
+        (["audit", "report", "--output", long_csv], "cannot write"),
+        (["audit", "checkpoint", "--output", long_name], "cannot write"),
+    ):
+        result = sns.run(*args, expect=None)
+        assert_one_line_error(result, 2, problem, "File name too long")
+    assert state(sns) == before
+
+
+def test_a_table_name_the_database_cannot_hold_is_a_config_error(sns):
+    """MariaDB answers a name beyond U+FFFF ("Invalid utf8mb4 character string") or longer
+    than 64 characters ("Identifier name is too long") with an error, which ended the command
+    as a database failure, exit 1; every database now refuses such a map with exit 2."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for name in ("\U00010000", "diaries\U0001f600", "x" * 70_000):
+        for key in ("accounts", "content.diary"):
+            head, rest = config.split(f"[{key}]")
+            rest = rest.replace('table = "users"' if key == "accounts" else 'table = "diaries"',
+                                f'table = "{name}"', 1)
+            sns.config_path.write_text(f"{head}[{key}]{rest}", encoding="utf-8")
+            result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+            assert_one_line_error(result, 2, f"{key}.table")
+    assert state(sns) == before
+
+
+def test_a_table_name_in_another_case_is_a_config_error_on_every_database(sns):
+    """SQLite finds 'DIARIES' when the table is 'diaries', but asked the inspector for its
+    unique constraints under the name as written and failed: a database error, exit 1.
+    PostgreSQL and MariaDB on Linux do not find it at all. Every database now says how the
+    database spells it, exit 2."""
+    config = sns.config_path.read_text(encoding="utf-8")
+    before = state(sns)
+    for written, key in (("DIARIES", "content.diary"), ("Users", "accounts")):
+        original = "diaries" if key == "content.diary" else "users"
+        sns.config_path.write_text(config.replace(f'table = "{original}"',
+                                                  f'table = "{written}"', 1), encoding="utf-8")
+        result = sns.run("apply", str(sns.users[0]), *IDENTITY, expect=None)
+        line = assert_one_line_error(result, 2, f"{key}.table", repr(written))
+        if sns.engine.dialect.name == "sqlite":
+            assert f"spelled {original!r}" in line, line
+    assert state(sns) == before

@@ -698,6 +698,13 @@ class PostgresqlDialect(_SetBasedRestore):
         a generic plan that knows neither owner nor keys: for a heavy user it read every item
         of the owner for each chunk (a 100,000-item revert took 24-150 s instead of 10)."""
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        # A table with stale or no statistics makes the planner guess that a chunk's owners
+        # hold a third of it: the whole-user hide then joined its rows by a sequential scan of
+        # the content table (190-540 ms per chunk of 1000 spread items, docs/BENCHMARKS.md)
+        # and JIT-compiled it (50 ms). Every statement of a chunk is keyed (owner, id): no
+        # sequential scan and no JIT is ever the better plan for it.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        conn.exec_driver_sql("SET LOCAL jit = off")
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         conn.exec_driver_sql(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
@@ -791,8 +798,8 @@ class PostgresqlDialect(_SetBasedRestore):
         )
         hidden = (
             update(kind.table)
-            .where(kind.id_col == seen.c.id, kind.owner_col == seen.c.owner,
-                   kind.vis_col.is_not_distinct_from(seen.c.vis))
+            .where(self.exactly_in(kind.owner_col, owners), kind.id_col == seen.c.id,
+                   kind.owner_col == seen.c.owner, kind.vis_col.is_not_distinct_from(seen.c.vis))
             .values({kind.vis_col.name: kind.private})
             .returning(kind.id_col.label("id"), kind.owner_col.label("owner"),
                        seen.c.vis.label("vis"))

@@ -255,6 +255,12 @@ class Dialect:
     def before_transaction(self, conn: Connection, seconds: float) -> None:
         """What must be set on the driver connection before a transaction begins (SQLite)."""
 
+    def yield_after(self, held: float) -> float:
+        """Seconds to leave the database free after a chunk that held its locks ``held``
+        seconds, so that a writer waiting behind it gets in before the next chunk: 0 where
+        waiters queue on row locks and get them at the commit (PostgreSQL, InnoDB)."""
+        return 0.0
+
     def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows (of text, integer and NULL values) in one round trip: executemany,
         which the drivers batch (PyMySQL writes one multi-row INSERT, sqlite3 loops in C)."""
@@ -602,11 +608,32 @@ class _SetBasedRestore(Dialect):
         return 0
 
 
+# SQLite's default busy handler (sqlite3_busy_timeout, which Python's ``timeout`` sets): a
+# waiting writer sleeps these milliseconds between tries, then 100 ms each (main.c, delays[]).
+_SQLITE_BUSY_SLEEPS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)
+_YIELD_MARGIN = 0.005  # seconds: for the woken writer's thread to run and take the lock
+
+
 class SqliteDialect(_SetBasedRestore):
     """SQLite: one writer (``BEGIN IMMEDIATE``), so chunks are key ranges, not key lists."""
 
     name = "sqlite"
     one_writer = True
+
+    def yield_after(self, held: float) -> float:
+        """A writer waiting for SQLite's lock is not queued: its busy handler sleeps and tries
+        again. A tool that begins its next chunk at once after a commit takes the lock back
+        before that writer wakes, chunk after chunk (934 ms waits in issue #15). A writer that
+        began waiting at most ``held`` seconds ago sleeps at most the busy handler's step at
+        that point: leaving the lock free that long (plus a margin) lets it in between two
+        chunks (25 ms after a chunk of up to 128 ms)."""
+        waited, step = held * 1000, _SQLITE_BUSY_SLEEPS_MS[-1]
+        for sleep_ms in _SQLITE_BUSY_SLEEPS_MS:
+            if waited < sleep_ms:
+                step = sleep_ms
+                break
+            waited -= sleep_ms
+        return step / 1000 + _YIELD_MARGIN
 
     def integer_bits(self, col: Any) -> int:
         """64: SQLite stores any integer in 64 bits, whatever the declared type."""

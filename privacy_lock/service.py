@@ -62,7 +62,7 @@ from privacy_lock.engine import (
     user_status,
 )
 from privacy_lock.errors import OutputError, UsageError
-from privacy_lock.pacing import Pacer
+from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer
 from privacy_lock.policy import (
     PolicyChange,
     check_rule,
@@ -399,7 +399,7 @@ def _run_requests(
         raise UsageError("--kind applies to USER arguments; in a request file use a kinds column")
     if output_path:
         output.check_writable(output_path, with_failed=True)
-    pacer = pacer or Pacer()
+    pacer = pacer or Pacer(chunk_time=DEFAULT_CHUNK_TIME)
     policy = target.settings.policy
     with target.connect() as conn:
         cmap = target.content_map(conn)
@@ -501,7 +501,7 @@ def approve(
         raise UsageError("--operator required: the approval is audited under your name")
     Identity(operator, None, reason).check()
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
-    pacer = pacer or Pacer()
+    pacer = pacer or Pacer(chunk_time=DEFAULT_CHUNK_TIME)
     with target.connect() as conn:
         cmap = target.content_map(conn)
         approved = approvals.approve_requests(conn, cmap, request_ids, approver)

@@ -51,20 +51,26 @@ class ExplainingPacer(Pacer):
 
 
 def full_scans(dialect: str, cursor: Any, statement: str, parameters: Any) -> list[str]:
-    """What the plan of ``statement`` scans of a content table whole (empty: none)."""
+    """What the plan of ``statement`` scans of a content table whole (empty: none), and, for a
+    walk (``LIMIT``), a sort: a walk reads the index in order and stops after its keys,
+    instead of reading all of an owner's remaining items and sorting them."""
+    walk = re.search(r"\bLIMIT\b", statement) is not None
     if dialect == "sqlite":
         cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
         details = [row[3] for row in cursor.fetchall()]
-        return [d for d in details if re.match(rf"SCAN ({'|'.join(CONTENT)})\b", d)]
+        return [d for d in details if re.match(rf"SCAN ({'|'.join(CONTENT)})\b", d)
+                or walk and "TEMP B-TREE FOR ORDER BY" in d]
     cursor.execute("EXPLAIN " + statement, parameters)
     rows = cursor.fetchall()
     if dialect == "postgresql":
         return [row[0] for row in rows
-                if re.search(rf"Seq Scan on ({'|'.join(CONTENT)})\b", row[0])]
+                if re.search(rf"Seq Scan on ({'|'.join(CONTENT)})\b", row[0])
+                or walk and re.search(r"\bSort\b", row[0])]
     names = [d[0] for d in cursor.description]
     found = [dict(zip(names, row, strict=True)) for row in rows]
-    return [f"{r['table']}: type {r['type']}, rows {r['rows']}" for r in found
-            if r["table"] in CONTENT and r["type"] in ("ALL", "index")]
+    return [f"{r['table']}: type {r['type']}, rows {r['rows']}, {r['Extra']}" for r in found
+            if r["table"] in CONTENT and (r["type"] in ("ALL", "index")
+                                          or walk and "filesort" in (r["Extra"] or ""))]
 
 
 def spread_sns(db_url, tmp_path, id_style):

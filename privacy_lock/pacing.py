@@ -43,6 +43,10 @@ MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's p
 DEFAULT_CHUNK_TIME = 0.1  # seconds: the longest a site write should wait behind one chunk
 START_CHUNK_ITEMS = 100  # the first chunk of a time-sized run, before any rate is known
 RATE_WINDOW = 8  # chunks the time per item and the fixed time per chunk are fitted to
+# The fewest items time alone shrinks a chunk to (unless --chunk-size is lower): on a loaded
+# machine a chunk of 5 spread items took 60-100 ms, nearly all of it commit and bookkeeping, and
+# a 100,000-item user would have taken 20,000 commits (issue #15's spread data, PostgreSQL).
+MIN_TIMED_ITEMS = 25
 T = TypeVar("T")
 _TIMEOUT_SET = "privacy_lock_lock_timeout"  # connection info key: the lock timeout in force
 
@@ -221,7 +225,8 @@ class Pacer:
         ``RATE_WINDOW`` chunks. The next chunk gets the items whose time fits in what the fixed
         part leaves of ``chunk_time``, or in half of it when the fixed part takes more (on a
         loaded machine a commit alone may outlast the budget: chunks of a few items would only
-        add commits). It grows at most double and shrinks at least to a quarter at once. A
+        add commits). It grows at most double and shrinks at least to a quarter at once, and
+        never below ``MIN_TIMED_ITEMS``. A
         chunk of no known size (one that closes a lock) is not measured; a chunk at most half
         full says little about the rate and never grows the next one."""
         self.longest_chunk = max(self.longest_chunk, seconds)
@@ -232,7 +237,8 @@ class Pacer:
         budget = max(self.chunk_time - fixed, self.chunk_time / 2)
         fits = budget / per_item if per_item > 0 else self.size * 2.0
         if fits < self.size:
-            self.size = max(1, int(max(fits, self.size / 4)))
+            floor = min(self.max_size, MIN_TIMED_ITEMS)
+            self.size = max(floor, min(self.size, int(max(fits, self.size / 4))))
         elif items * 2 >= self.size:
             self.size = min(self.max_size, int(min(fits, self.size * 2)))
 

@@ -6,7 +6,7 @@ between two chunks of the tool, not after the run.
 How it could be misused: a negative or non-finite time (refused before anything runs, exit 2:
 test_output_safety.py covers nan and inf); a huge ``--chunk-time`` to make chunks as big as
 possible (``--chunk-size`` still bounds every transaction); a slow chunk that would shrink the
-next ones to nothing (never below one item, never below a quarter at once).
+next ones to nothing (never below ``MIN_TIMED_ITEMS``, never below a quarter at once).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 from helpers import events, requests_for, run_engine
 from privacy_lock.dialects import named
 from privacy_lock.errors import UsageError
-from privacy_lock.pacing import START_CHUNK_ITEMS, Pacer
+from privacy_lock.pacing import MIN_TIMED_ITEMS, START_CHUNK_ITEMS, Pacer
 from sns import IDENTITY, build_sns
 
 HEAVY = 420  # visible diaries added to the first user: many chunks of any size tried here
@@ -52,11 +52,14 @@ def test_the_first_chunk_is_small_and_the_next_grow_to_fill_the_time():
     assert run_chunks(pacer, 0.02, 0.0001, 6) == [100, 200, 400, 800, 800, 800]
 
 
-def test_a_slow_rate_shrinks_the_chunks_and_never_below_one_item():
+def test_a_slow_rate_shrinks_the_chunks_but_not_to_a_commit_per_item():
     pacer = Pacer(size=1000, chunk_time=0.1)
     assert run_chunks(pacer, 0.01, 0.001, 4) == [100, 90, 90, 90]  # 1 ms per item
-    slow = Pacer(size=1000, chunk_time=0.1)
-    assert run_chunks(slow, 0.0, 1.0, 6) == [100, 25, 6, 1, 1, 1]  # a second per item
+    slow = Pacer(size=1000, chunk_time=0.1)  # a second per item: over the time anyway
+    assert run_chunks(slow, 0.0, 1.0, 4) == [100, MIN_TIMED_ITEMS, MIN_TIMED_ITEMS,
+                                             MIN_TIMED_ITEMS]
+    small = Pacer(size=10, chunk_time=0.1)  # --chunk-size below the floor: it rules
+    assert run_chunks(small, 0.0, 1.0, 3) == [10, 10, 10]
 
 
 def test_a_fixed_cost_over_the_time_does_not_shrink_chunks_to_nothing():

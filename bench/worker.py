@@ -10,6 +10,7 @@ no timing code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 
 from privacy_lock import service
-from privacy_lock.pacing import Pacer
+from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer
 
 
 class TransactionTimer:
@@ -99,7 +100,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Apply or revert ``spec["subjects"]`` through the service layer (as the CLI does, minus
     the CLI); return the report."""
     target = service.Target.load(spec["config"], spec["url"])
-    pacer = Pacer(spec["chunk_size"])
+    # As the CLI runs by default: chunks sized by time, --chunk-size their upper bound (the
+    # CLI contender inherits PRIVACY_LOCK_CHUNK_TIME from the environment, as this does).
+    pacer = Pacer(spec["chunk_size"], chunk_time=float(
+        os.environ.get("PRIVACY_LOCK_CHUNK_TIME", DEFAULT_CHUNK_TIME)))
     watcher = ChunkWatcher(pacer)
     timer = TransactionTimer(target.engine)
     started = time.perf_counter()

@@ -33,7 +33,7 @@ from privacy_lock.errors import (
     exit_code,
 )
 from privacy_lock.ids import parse_id, parse_id_ranges
-from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, Pacer
+from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_TIME, MAX_CHUNK_SIZE, Pacer
 from privacy_lock.progress import Progress
 from privacy_lock.render import (
     CSV_RAW_ENV,
@@ -280,11 +280,18 @@ def identity_options(func: Any) -> Any:
 def pacing_options(func: Any) -> Any:
     """How large each transaction is, how the run yields to the live site, and how it reports."""
     options = [
+        click.option("--chunk-time", "--max-chunk-seconds", "chunk_time",
+                     type=FiniteFloat(min=0), default=DEFAULT_CHUNK_TIME, show_default=True,
+                     envvar="PRIVACY_LOCK_CHUNK_TIME",
+                     help="Seconds each transaction should take: chunks start small and are "
+                     "sized from the measured rate. It is the longest a site write waits "
+                     "behind the tool: set it below the site's own write timeout (0.05 for a "
+                     "site that must never stall, 0.5 for a night run on an idle database). "
+                     "0: every chunk --chunk-size items. [env: PRIVACY_LOCK_CHUNK_TIME]"),
         click.option("--chunk-size", type=click.IntRange(1, MAX_CHUNK_SIZE),
                      default=DEFAULT_CHUNK_SIZE, show_default=True,
-                     help="Items per transaction (several small users may share one)."),
-        click.option("--max-chunk-seconds", type=FiniteFloat(min=0.001),
-                     help="Grow or shrink chunks to keep each transaction near this long."),
+                     help="The most items one transaction holds (several small users may "
+                     "share one)."),
         click.option("--sleep", type=FiniteFloat(min=0), default=0.0, show_default=True,
                      help="Seconds to pause between chunks (gives a busy site room)."),
         click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -492,11 +499,10 @@ def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **option
         show_run(result, options["fmt"], started)
 
 
-def make_pacer(chunk_size: int, max_chunk_seconds: float | None, sleep: float,
+def make_pacer(chunk_size: int, chunk_time: float, sleep: float,
                pause_file: Path | None, lock_timeout: float, retries: int) -> Pacer:
-    """The pacer the --chunk-size ... --retries options describe."""
-    return Pacer(chunk_size, sleep, max_chunk_seconds, lock_timeout, retries,
-                 pause_file=pause_file)
+    """The pacer the --chunk-time ... --retries options describe."""
+    return Pacer(chunk_size, sleep, chunk_time, lock_timeout, retries, pause_file=pause_file)
 
 
 def progress_factory(quiet: bool) -> service.ProgressFactory:
@@ -514,7 +520,7 @@ def run_options(options: dict[str, Any]) -> dict[str, Any]:
         "encoding": options["encoding"], "delimiter": options["delimiter"],
         "identity": Identity(options["operator"], options["ticket"], options["reason"]),
         "dry_run": options["dry_run"],
-        "pacer": make_pacer(options["chunk_size"], options["max_chunk_seconds"],
+        "pacer": make_pacer(options["chunk_size"], options["chunk_time"],
                             options["sleep"], options["pause_file"], options["lock_timeout"],
                             options["retries"]),
         "progress": progress_factory(options["quiet"]),

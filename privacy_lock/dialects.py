@@ -292,6 +292,12 @@ class Dialect:
         SQLite's plans of the revert statements do not depend on them (tests/test_fresh_plans)."""
         return False
 
+    def yield_after(self, held: float) -> float:
+        """Seconds to leave the database free after a chunk that held its locks ``held``
+        seconds, so that a writer waiting behind it gets in before the next chunk: 0 where
+        waiters queue on row locks and get them at the commit (PostgreSQL, InnoDB)."""
+        return 0.0
+
     def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows (of text, integer and NULL values) in one round trip: executemany,
         which the drivers batch (PyMySQL writes one multi-row INSERT, sqlite3 loops in C)."""
@@ -667,6 +673,12 @@ class _SetBasedRestore(Dialect):
         return 0
 
 
+# SQLite's default busy handler (sqlite3_busy_timeout, which Python's ``timeout`` sets): a
+# waiting writer sleeps these milliseconds between tries, then 100 ms each (main.c, delays[]).
+_SQLITE_BUSY_SLEEPS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)
+_YIELD_MARGIN = 0.005  # seconds: for the woken writer's thread to run and take the lock
+
+
 class SqliteDialect(_SetBasedRestore):
     """SQLite: one writer (``BEGIN IMMEDIATE``), so chunks are key ranges, not key lists."""
 
@@ -728,6 +740,21 @@ class SqliteDialect(_SetBasedRestore):
             literal_column(FIND_FTS).op("MATCH")(f"value : ({phrases})"),
             fts.c.source.in_(list(sources))).distinct().limit(limit))
         return [str(o) for o in conn.execute(query).scalars()]
+
+    def yield_after(self, held: float) -> float:
+        """A writer waiting for SQLite's lock is not queued: its busy handler sleeps and tries
+        again. A tool that begins its next chunk at once after a commit takes the lock back
+        before that writer wakes, chunk after chunk (934 ms waits in issue #15). A writer that
+        began waiting at most ``held`` seconds ago sleeps at most the busy handler's step at
+        that point: leaving the lock free that long (plus a margin) lets it in between two
+        chunks (25 ms after a chunk of up to 128 ms)."""
+        waited, step = held * 1000, _SQLITE_BUSY_SLEEPS_MS[-1]
+        for sleep_ms in _SQLITE_BUSY_SLEEPS_MS:
+            if waited < sleep_ms:
+                step = sleep_ms
+                break
+            waited -= sleep_ms
+        return step / 1000 + _YIELD_MARGIN
 
     def integer_bits(self, col: Any) -> int:
         """64: SQLite stores any integer in 64 bits, whatever the declared type."""
@@ -895,6 +922,13 @@ class PostgresqlDialect(_SetBasedRestore):
         a generic plan that knows neither owner nor keys: for a heavy user it read every item
         of the owner for each chunk (a 100,000-item revert took 24-150 s instead of 10)."""
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        # A table with stale or no statistics makes the planner guess that a chunk's owners
+        # hold a third of it: the whole-user hide then joined its rows by a sequential scan of
+        # the content table (190-540 ms per chunk of 1000 spread items, docs/BENCHMARKS.md)
+        # and JIT-compiled it (50 ms). Every statement of a chunk is keyed (owner, id): no
+        # sequential scan and no JIT is ever the better plan for it.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        conn.exec_driver_sql("SET LOCAL jit = off")
 
     def session_timeouts(self, seconds: float) -> list[str]:
         """``lock_timeout`` (any lock: a table's, a row's, the catalog's). ``statement_timeout``
@@ -971,8 +1005,14 @@ class PostgresqlDialect(_SetBasedRestore):
         """PostgreSQL locks only the rows a locking read returns (its filter runs before the
         lock), whatever index the plan walks: the walk itself locks. (Walk, snapshot and hide
         as one statement with CTEs was slower at 100,000 items: 5.6-5.8 s against 4.7-5.3.)"""
+        # The walk must be the (owner, id) index read in order, stopping after ``limit`` keys.
+        # The exact comparison's second predicate makes the planner guess a handful of rows for
+        # any owner; it then read all of a heavy user's remaining items and sorted them, for
+        # every chunk (60,000 spread items: 108-154 ms a chunk against 0.2 ms; issue #15).
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
         ids = conn.execute(
             _walk(self, kind, owner, after, limit).with_for_update()).scalars().all()
+        conn.exec_driver_sql("SET LOCAL enable_sort = on")
         if not ids:
             return RangeHidden(0, [], None, 0)
         # A generic plan uses only the owner as index condition and checks a 1000-key list
@@ -1007,8 +1047,8 @@ class PostgresqlDialect(_SetBasedRestore):
         )
         hidden = (
             update(kind.table)
-            .where(kind.id_col == seen.c.id, kind.owner_col == seen.c.owner,
-                   kind.vis_col.is_not_distinct_from(seen.c.vis))
+            .where(self.exactly_in(kind.owner_col, owners), kind.id_col == seen.c.id,
+                   kind.owner_col == seen.c.owner, kind.vis_col.is_not_distinct_from(seen.c.vis))
             .values({kind.vis_col.name: kind.private})
             .returning(kind.id_col.label("id"), kind.owner_col.label("owner"),
                        seen.c.vis.label("vis"))

@@ -544,7 +544,8 @@ class _Run:
         pacer = self.ctx.pacer
         pacer.check_stop()
         try:
-            outcomes = pacer.chunk(self.ctx.conn, partial(run_chunk, self.ctx, Chunk(works)))
+            outcomes = pacer.chunk(self.ctx.conn, partial(run_chunk, self.ctx, Chunk(works)),
+                                   sum(w.weight for w in works))
         except (PrivacyLockError, SQLAlchemyError) as exc:
             if isinstance(exc, StaleChunk | IntegrityError | LockTimeoutError):
                 pacer.note(f"{len(works):,} users could not share a chunk "
@@ -593,7 +594,8 @@ class _Run:
         pacer = self.ctx.pacer
         if not work.alone and work.weight <= pacer.size:
             try:
-                outcome = pacer.chunk(self.ctx.conn, partial(run_chunk, self.ctx, Chunk([work])))
+                outcome = pacer.chunk(self.ctx.conn, partial(run_chunk, self.ctx, Chunk([work])),
+                                      work.weight)
             except StaleChunk:
                 pass  # it grew since the plan: ranged slices
             else:
@@ -625,7 +627,8 @@ class _Run:
             while more:
                 size = pacer.size
                 ranged = Slice(kind, after, size)
-                pacer.chunk(ctx.conn, partial(run_chunk, ctx, Chunk([work], ranged)))
+                pacer.chunk(ctx.conn, partial(run_chunk, ctx, Chunk([work], ranged)),
+                            ranged.visited)
                 if ranged.opened:
                     opened = True
                 if ranged.last is None:
@@ -650,7 +653,8 @@ class _Run:
                 while more:  # until a chunk that is not full: nothing pending behind it
                     size = pacer.size
                     ranged = Slice(kind, after, size)
-                    pacer.chunk(ctx.conn, partial(run_chunk, ctx, Chunk([work], ranged)))
+                    pacer.chunk(ctx.conn, partial(run_chunk, ctx, Chunk([work], ranged)),
+                                ranged.visited)
                     if ranged.closed:
                         return Outcome(work.request, work.subject, work.lock_id,
                                        Status.NOT_LOCKED, chunks=work.chunks)
@@ -704,6 +708,10 @@ class Slice:
     opened: bool = False  # apply: the chunk opened the work's lock
     reverted: RevertCounts = field(default_factory=RevertCounts)
     closed: bool = False  # revert: the lock was closed meanwhile by another operator
+
+    def visited(self) -> int:
+        """The items the chunk went through (what its time is measured against)."""
+        return self.seen + self.reverted.resolved
 
 
 @dataclass
@@ -1075,8 +1083,10 @@ def check_users(conn: Connection, cmap: ContentMap, raw_users: Iterable[str]) ->
     duplicates = sorted(s for s, n in Counter(subjects).items() if n > 1)
     if duplicates:
         raise UsageError(f"user {duplicates[0]} is named more than once")
+    dialect = for_connection(conn)
     for start in range(0, len(subjects), IN_BATCH):
         with reading(conn):
+            dialect.plan_for_actual_keys(conn)  # a thousand owners: the index, not a scan
             unknown = cmap.unknown_users(conn, subjects[start:start + IN_BATCH])
             hint = cmap.spaces_hint(conn, unknown[:1]).get(unknown[0], "") if unknown else ""
         if unknown:
@@ -1273,6 +1283,7 @@ def planned_items(
     """How many items the batch will touch, for the progress bar (aggregate queries)."""
     total, dialect = 0, for_connection(conn)
     with reading(conn):
+        dialect.plan_for_actual_keys(conn)  # a thousand owners: the index, not a scan
         if mode == "apply":
             kinds_of = {cmap.normalize_user(r.user_id or ""): r.kinds for r in requests}
             for kind in cmap.kinds.values():

@@ -1,5 +1,15 @@
-"""Live-site safety for the chunk loops: short lock waits with bounded retries, adaptive chunk
-size, a pause between chunks, a pause file, and a clean stop on Ctrl-C.
+"""Live-site safety for the chunk loops: chunks sized by time, short lock waits with bounded
+retries, a pause between chunks, a pause file, and a clean stop on Ctrl-C.
+
+The unit of work is time, not a count of items (the idea of pt-online-schema-change's
+``--chunk-time``): each chunk is sized to take about ``chunk_time`` seconds, the longest a site
+write should wait behind the tool. The first chunk is small (``START_CHUNK_ITEMS``); each next
+one is sized from the measured rate of the last, at most doubling, and never above ``size``
+(``--chunk-size``). ``chunk_time = 0`` keeps every chunk at ``size`` items.
+
+Where one transaction keeps every other writer out (SQLite), the write lock is left free after
+each chunk for as long as a waiting writer's busy handler may sleep (:meth:`Dialect.yield_after`),
+so the site's writes go in between the tool's chunks instead of after the run.
 
 The live site must win every lock conflict: each chunk transaction waits only ``lock_timeout``
 seconds for a row the site holds (PostgreSQL ``lock_timeout``, MariaDB/MySQL
@@ -13,6 +23,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +48,13 @@ from privacy_lock.errors import (
 
 DEFAULT_CHUNK_SIZE = 1000
 MAX_CHUNK_SIZE = 10_000  # keeps every IN (...) list well inside each driver's parameter limit
+DEFAULT_CHUNK_TIME = 0.1  # seconds: the longest a site write should wait behind one chunk
+START_CHUNK_ITEMS = 100  # the first chunk of a time-sized run, before any rate is known
+RATE_WINDOW = 8  # chunks the time per item and the fixed time per chunk are fitted to
+# The fewest items time alone shrinks a chunk to (unless --chunk-size is lower): on a loaded
+# machine a chunk of 5 spread items took 60-100 ms, nearly all of it commit and bookkeeping, and
+# a 100,000-item user would have taken 20,000 commits (issue #15's spread data, PostgreSQL).
+MIN_TIMED_ITEMS = 25
 T = TypeVar("T")
 _TIMEOUT_SET = LOCK_TIMEOUT_SET  # connection info key: the lock timeout in force
 
@@ -50,9 +68,9 @@ class AbortedBySecondCtrlC(KeyboardInterrupt):
 class Pacer:
     """How big each transaction is, and how the run paces and protects itself between them."""
 
-    size: int = DEFAULT_CHUNK_SIZE
+    size: int = DEFAULT_CHUNK_SIZE  # given: the most items a chunk holds; then: the next one's
     sleep: float = 0.0
-    max_chunk_seconds: float | None = None
+    chunk_time: float = 0.0  # seconds a chunk should take; 0: every chunk ``size`` items
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     retries: int = 5
     backoff: float = 0.5
@@ -65,36 +83,48 @@ class Pacer:
     retried: int = 0
     longest_chunk: float = 0.0
     _stop: bool = field(default=False, repr=False)
+    # (items, seconds) of the last chunks of known size: what the next size is fitted to
+    _measured: deque[tuple[int, float]] = field(
+        default_factory=lambda: deque(maxlen=RATE_WINDOW), repr=False)
 
     def __post_init__(self) -> None:
         for name, seconds in (("--sleep", self.sleep), ("--lock-timeout", self.lock_timeout),
-                              ("--max-chunk-seconds", self.max_chunk_seconds),
-                              ("backoff", self.backoff)):
+                              ("--chunk-time", self.chunk_time), ("backoff", self.backoff)):
             if seconds is not None and not math.isfinite(seconds):  # nan passes < and >
                 raise UsageError(f"{name} must be a finite number of seconds, got {seconds}")
         if not 1 <= self.size <= MAX_CHUNK_SIZE:
             raise UsageError(f"chunk size must be between 1 and {MAX_CHUNK_SIZE}, got {self.size}")
         if self.sleep < 0:
             raise UsageError("--sleep must not be negative")
-        if self.max_chunk_seconds is not None and self.max_chunk_seconds <= 0:
-            raise UsageError("--max-chunk-seconds must be positive")
+        if self.chunk_time < 0:
+            raise UsageError("--chunk-time must not be negative")
         if self.pause_file is not None:
             try:  # asked before each chunk: a name the system refuses would fail mid-run
                 self.pause_file.exists()
             except OSError as exc:
                 raise UsageError(f"--pause-file {self.pause_file}: "
                                  f"{exc.strerror or exc}") from None
-        self._max_size = self.size if self.max_chunk_seconds is None else MAX_CHUNK_SIZE
+        self.max_size = self.size
+        if self.chunk_time:
+            self.size = min(self.max_size, START_CHUNK_ITEMS)
 
-    def chunk(self, conn: Connection, work: Callable[[], T]) -> T:
+    def chunk(self, conn: Connection, work: Callable[[], T],
+              items: int | Callable[[], int] | None = None) -> T:
         """Run ``work`` in one transaction on ``conn`` with short lock waits, retrying lock
-        conflicts with backoff; adapt the chunk size to the time it took."""
+        conflicts with backoff; size the next chunk from the time this one held its locks
+        (``items``: how many items it held, or a function that says so once it ran; None: it
+        says nothing about the rate, such as a chunk that closes a lock); on SQLite, leave the
+        write lock free for a waiting writer before returning."""
         self.wait_if_paused()
+        dialect = for_connection(conn)
         for attempt in range(self.retries + 1):
             started = time.monotonic()
             try:
                 self._set_sqlite_busy_timeout(conn)
                 with conn.begin():
+                    # From here to the commit the chunk holds its locks (SQLite: the database
+                    # write lock, from BEGIN IMMEDIATE): what a site write may wait behind.
+                    started = time.monotonic()
                     self._set_lock_timeout(conn)
                     result = work()
             except DBAPIError as exc:
@@ -109,7 +139,11 @@ class Pacer:
                 self.note(f"lock conflict, retry {attempt + 1}/{self.retries} in {delay:g} s")
                 time.sleep(delay)
                 continue
-            self._adapt(time.monotonic() - started)
+            held = time.monotonic() - started
+            self._adapt(held, items() if callable(items) else items)
+            gap = dialect.yield_after(held)
+            if gap:
+                time.sleep(gap)
             return result
         raise AssertionError("unreachable")
 
@@ -192,11 +226,42 @@ class Pacer:
         at BEGIN IMMEDIATE, before any statement of ours runs)."""
         for_connection(conn).before_transaction(conn, self.lock_timeout)
 
-    def _adapt(self, seconds: float) -> None:
-        """Keep chunks near max_chunk_seconds (the idea of pt-online-schema-change's
-        --chunk-time): grow or shrink the next chunk by the ratio, at most doubling."""
+    def _adapt(self, seconds: float, items: int | None = None) -> None:
+        """Size the next chunk to take about ``chunk_time``.
+
+        A chunk's time is a fixed part (the commit, the lock rows, the audit event: the same
+        for 10 items or 1000) and a part per item; both are fitted (least squares) to the last
+        ``RATE_WINDOW`` chunks. The next chunk gets the items whose time fits in what the fixed
+        part leaves of ``chunk_time``, or in half of it when the fixed part takes more (on a
+        loaded machine a commit alone may outlast the budget: chunks of a few items would only
+        add commits). It grows at most double and shrinks at least to a quarter at once, and
+        never below ``MIN_TIMED_ITEMS``. A
+        chunk of no known size (one that closes a lock) is not measured; a chunk at most half
+        full says little about the rate and never grows the next one."""
         self.longest_chunk = max(self.longest_chunk, seconds)
-        if self.max_chunk_seconds is None or seconds <= 0:
+        if not self.chunk_time or seconds <= 0 or items is None or items < 1:
             return
-        ratio = min(2.0, max(0.25, self.max_chunk_seconds / seconds))
-        self.size = max(1, min(self._max_size, int(self.size * ratio)))
+        self._measured.append((items, seconds))
+        fixed, per_item = self._fit()
+        budget = max(self.chunk_time - fixed, self.chunk_time / 2)
+        fits = budget / per_item if per_item > 0 else self.size * 2.0
+        if fits < self.size:
+            floor = min(self.max_size, MIN_TIMED_ITEMS)
+            self.size = max(floor, min(self.size, int(max(fits, self.size / 4))))
+        elif items * 2 >= self.size:
+            self.size = min(self.max_size, int(min(fits, self.size * 2)))
+
+    def _fit(self) -> tuple[float, float]:
+        """(fixed seconds per chunk, seconds per item) of the last chunks: a least-squares
+        line through their (items, seconds); with one size only, all of it per item."""
+        n = len(self._measured)
+        mean_items = sum(i for i, _s in self._measured) / n
+        mean_seconds = sum(s for _i, s in self._measured) / n
+        spread = sum((i - mean_items) ** 2 for i, _s in self._measured)
+        if spread > 0:
+            per_item = sum((i - mean_items) * (s - mean_seconds)
+                           for i, s in self._measured) / spread
+            fixed = mean_seconds - per_item * mean_items
+            if per_item > 0 and fixed >= 0:
+                return fixed, per_item
+        return 0.0, mean_seconds / mean_items

@@ -225,17 +225,6 @@ def test_ctrl_c_stops_after_the_current_chunk_and_a_rerun_finishes(sns, tmp_path
     assert "events valid" in sns.run("audit", "verify").stdout
 
 
-def test_max_chunk_seconds_adapts_the_chunk_size(sns):
-    from privacy_lock.pacing import Pacer
-
-    pacer = Pacer(size=10, max_chunk_seconds=1.0)
-    pacer._adapt(0.01)  # far under the target: grow, at most doubling
-    assert pacer.size == 20
-    pacer._adapt(4.0)  # far over: shrink, at most to a quarter
-    assert pacer.size == 5
-    assert sns.engine is not None
-
-
 def test_lock_timeout_is_set_for_the_chunk_transaction(db_url, tmp_path, dialect):
     """The short lock wait is really in force inside the chunk (so the site wins)."""
     from privacy_lock.db import create_tool_engine

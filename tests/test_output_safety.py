@@ -191,7 +191,7 @@ def test_apply_results_and_retry_file_round_trip_through_a_failed_run(sns, tmp_p
 
 # --- 2. NaN and infinity -------------------------------------------------------------------------
 
-FLOAT_OPTIONS = ("--lock-timeout", "--sleep", "--max-chunk-seconds")
+FLOAT_OPTIONS = ("--lock-timeout", "--sleep", "--chunk-time")
 
 
 def test_every_float_option_is_a_finite_float():
@@ -203,7 +203,7 @@ def test_every_float_option_is_a_finite_float():
 
     floats = [p for command in commands(cli) for p in command.params
               if isinstance(p.type, click.types.FloatParamType)]
-    assert {p.name for p in floats} == {"lock_timeout", "sleep", "max_chunk_seconds"}
+    assert {p.name for p in floats} == {"lock_timeout", "sleep", "chunk_time"}
     assert all(isinstance(p.type, FiniteFloat) for p in floats)
 
 
@@ -221,10 +221,10 @@ def test_nan_and_infinity_are_usage_errors_and_change_nothing(sns):
                 assert f"Invalid value for '{option}'" in out.output, out.output
     assert unchanged(sns) == before
     sns.run("apply", user, *IDENTITY, "--sleep", "0.01", "--lock-timeout", "1.5",
-            "--max-chunk-seconds", "0.5")
+            "--chunk-time", "0.5")
 
 
-@pytest.mark.parametrize("field", ["sleep", "lock_timeout", "max_chunk_seconds", "backoff"])
+@pytest.mark.parametrize("field", ["sleep", "lock_timeout", "chunk_time", "backoff"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_the_python_api_refuses_nan_and_infinity_too(field, value):
     with pytest.raises(UsageError, match="finite"):

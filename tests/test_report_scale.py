@@ -160,6 +160,13 @@ def test_a_broken_chain_is_marked_written_and_exits_1(sns, tmp_path):
     # empty cells read "-" as in the terminal, never NULL
     assert '<td class="null">-</td>' in page and ">NULL<" not in page
     sns.run("audit", "report", "--format", "table", expect=1)
+    for name in ("report.csv", "report.json", "report.ndjson"):  # the streamed exports too
+        export = tmp_path / name
+        result = sns.run("audit", "report", "--output", str(export), expect=1)
+        assert "the audit chain is BROKEN" in result.stderr
+        assert export.exists() and "edited by hand" in export.read_text("utf-8")
+    result = sns.run("audit", "report", "--format", "count", expect=1)
+    assert result.stdout.strip() == str(sns.audit_count())
     verify = sns.run("audit", "verify", "--format", "json", expect=1)
     result_json = json.loads(verify.stdout)
     assert result_json["ok"] is False and result_json["broken_seq"] == 3

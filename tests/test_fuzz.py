@@ -9,8 +9,9 @@ never a partial change.
 
 Each input is checked against an independent model of the documented rules (docs/OPERATORS.md
 "A day's tickets", README "Config file"): the model says whether the input must be accepted and
-what it must do, or that it must be refused. Inputs the model cannot decide (the value classes
-another change is fixing, KNOWN below) only have to keep the property.
+what it must do, or that it must be refused. Inputs the model cannot decide (a user named
+both by id and by lock, a config that maps the site differently) only have to keep the
+property.
 
 Generated: request files (CSV and JSON, for ``apply --from-file`` and ``revert --from-file``,
 with and without ``--dry-run``): random bytes; random structure (JSON of any shape, CSV with
@@ -20,8 +21,7 @@ random columns, rows and quoting); one hostile value in an otherwise valid file.
 Every dialect runs a few examples per test by default, derandomized (the same examples every
 run, so CI is reproducible). ``PRIVACY_LOCK_FUZZ_EXAMPLES=N`` runs N examples per test and
 dialect with a random seed, keeping failures in hypothesis' example database (``.hypothesis/``)
-so the next run replays them first. ``PRIVACY_LOCK_FUZZ_SKIP_KNOWN=1`` leaves out the value
-classes of KNOWN, to look for other defects while those are being fixed.
+so the next run replays them first.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ from sns import IDENTITY, Sns, build_sns
 # --- how many examples ----------------------------------------------------------------------------
 
 LONG = int(os.environ.get("PRIVACY_LOCK_FUZZ_EXAMPLES", "0") or 0)
-SKIP_KNOWN = os.environ.get("PRIVACY_LOCK_FUZZ_SKIP_KNOWN", "") not in ("", "0")
 # Per test and dialect in the default run: the servers reflect the schema more slowly.
 DEFAULT_EXAMPLES = {"sqlite": 6, "postgresql": 3, "mysql": 3}
 
@@ -69,12 +68,6 @@ def fuzz_settings(dialect: str) -> settings:
         print_blob=True,
     )
 
-
-# Value classes another change (issue 14, "validate") is fixing; the model accepts either
-# outcome for them, and SKIP_KNOWN leaves them out of the generated inputs.
-KNOWN_SURROGATE = "known: lone surrogate"
-KNOWN_TOO_LONG = "known: longer than a column holds"
-KNOWN_SPACE = "known: whitespace around an id"
 
 # --- the fuzzed database --------------------------------------------------------------------------
 
@@ -254,8 +247,8 @@ class Refuse(Exception):  # noqa: N818 - the model's verdict, not an error
 
 
 class Unsure(Exception):  # noqa: N818
-    """A value of a KNOWN class (or one either outcome fits): exit 2, or exit 0 with
-    ``expected`` (the lenient reading)."""
+    """An input either outcome fits: exit 2, or exit 0 with ``expected`` (the lenient
+    reading)."""
 
     def __init__(self, why: str, expected: dict[str, Any] | None = None) -> None:
         super().__init__(why)
@@ -265,7 +258,7 @@ class Unsure(Exception):  # noqa: N818
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROL_IN_REASON = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 COLUMNS = {"apply": ("user_id", "ticket", "reason", "kinds", "operator"),
-           "revert": ("user_id", "lock_id", "ticket", "reason", "operator")}
+           "revert": ("user_id", "lock_id", "ticket", "reason", "operator", "kinds")}
 
 
 def has_surrogate(value: str) -> bool:
@@ -276,10 +269,7 @@ def model_id(world: World, value: str, what: str, notes: list[str]) -> int:
     """An id by the one id rule (docs/OPERATORS.md): ASCII digits, spaces around ignored."""
     if has_surrogate(value):
         raise Refuse(f"{what} id with a surrogate")  # never an id, whatever else is fixed
-    bare = value.strip(" \t")
-    if bare != value.strip():
-        notes.append(KNOWN_SPACE)  # other whitespace Python strips (\x1c, \u3000, ...)
-        bare = value.strip()
+    bare = value.strip(" \t")  # spaces and tabs only: "\x1c2" or "2\u3000" is no id
     pattern = r"-?[0-9]+" if what == "user" else r"[0-9]+"
     if not re.fullmatch(pattern, bare) or len(bare.lstrip("-0")) > 20:
         raise Refuse(f"{what} id {value[:50]!r}")
@@ -293,17 +283,19 @@ def model_id(world: World, value: str, what: str, notes: list[str]) -> int:
     return number
 
 
-def model_text(name: str, value: str, default: str, notes: list[str]) -> None:
+def model_text(world: World, name: str, value: str, default: str) -> None:
+    """A ticket, reason or operator by the one rule for stored text (stored_text.py)."""
     if has_surrogate(value):
-        notes.append(KNOWN_SURROGATE)
+        raise Refuse(f"{name} is not valid Unicode")
     value = value.strip() or default
     pattern = _CONTROL_IN_REASON if name == "reason" else _CONTROL
     if pattern.search(value):
         raise Refuse(f"control character in {name}")
     if name != "reason" and len(value) > 191:
         raise Refuse(f"{name} too long")
-    if name == "reason" and len(value.encode("utf-8", "surrogatepass")) > TEXT_COLUMN_BYTES:
-        notes.append(KNOWN_TOO_LONG)
+    if (name == "reason" and world.dialect == "mysql"
+            and len(value.encode("utf-8")) > TEXT_COLUMN_BYTES):
+        raise Refuse("reason longer than MariaDB's TEXT holds")
 
 
 def fresh(world: World) -> tuple[dict[str, dict[Any, dict[str, Any]]], set[int]]:
@@ -341,12 +333,14 @@ def model_requests(world: World, mode: str, records: list[dict[str, str]]) -> di
             else:
                 raise Refuse("no id")
             for name, default in (("ticket", "T-1"), ("reason", "test"), ("operator", "tester")):
-                model_text(name, record.get(name, ""), default, notes)
-            if has_surrogate(record.get("kinds", "")):
-                raise Refuse("a kind with a surrogate")
-            kinds = [k.strip() for k in record.get("kinds", "").split(";") if k.strip()]
-            if any(k not in KINDS for k in kinds):
-                raise Refuse("unknown kind")
+                model_text(world, name, record.get(name, ""), default)
+            kinds: list[str] = []
+            if mode == "apply":  # revert reads the column and does not use it (a lock reverts
+                if has_surrogate(record.get("kinds", "")):  # whole)
+                    raise Refuse("a kind with a surrogate")
+                kinds = [k.strip() for k in record.get("kinds", "").split(";") if k.strip()]
+                if any(k not in KINDS for k in kinds):
+                    raise Refuse("unknown kind")
             effect(world, mode, user, kinds or list(KINDS), content, active)
         except Refuse as exc:
             problems.append(str(exc))
@@ -485,11 +479,7 @@ HOSTILE_TEXT = FORMULA + CONTROL + INTEGERS + SPACED + WORDS + SURROGATES
 
 
 def hostile_texts() -> st.SearchStrategy[str]:
-    values = HOSTILE_TEXT
-    if SKIP_KNOWN:
-        values = [v for v in values if not has_surrogate(v) and v not in SPACED
-                  and len(v.encode("utf-8", "surrogatepass")) <= TEXT_COLUMN_BYTES]
-    return st.sampled_from(values) | st.text(max_size=8)
+    return st.sampled_from(HOSTILE_TEXT) | st.text(max_size=8)
 
 
 def hostile_json_values() -> st.SearchStrategy[Any]:
@@ -663,7 +653,14 @@ def model_bytes(world: World, mode: str, fmt: str, data: bytes) -> dict[str, Any
     try:
         body = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise Refuse("not UTF-8") from None
+        if fmt == "json" or data.startswith(b"\xef\xbb\xbf"):
+            raise Refuse("not UTF-8") from None
+        try:  # a CSV that is not UTF-8 is read as CP932 (Japanese Excel) when it is that
+            body = data.decode("cp932")
+        except UnicodeDecodeError:
+            raise Refuse("neither UTF-8 nor CP932") from None
+        if re.search("[\u0080\ue000-\uf8ff]", body):  # bytes that are no CP932 character
+            raise Refuse("neither UTF-8 nor CP932") from None
     body = body.removeprefix("\ufeff")
     if fmt == "json":
         try:
@@ -682,8 +679,6 @@ def model_bytes(world: World, mode: str, fmt: str, data: bytes) -> dict[str, Any
 
 
 def run_request_file(world: World, mode: str, request_file: RequestFile, dry_run: bool) -> None:
-    if SKIP_KNOWN and request_file.verdict == "unsure" and request_file.why.startswith("known"):
-        return
     path = world.tmp / request_file.name
     path.write_bytes(request_file.data)
     args = [mode, "--from-file", str(path), *IDENTITY, "--format", "json"]

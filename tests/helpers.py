@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -411,3 +412,20 @@ def case_id(case: tuple[str, str, str]) -> str:
 def shaped_sns(case: tuple[str, str, str], db_url: str, tmp_path: Any) -> Sns:
     """The test SNS in ``case``'s id and visibility styles, set up for its chunk shape."""
     return SHAPES[case[0]].prepare(build_sns(db_url, tmp_path, case[1], case[2]))
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_transcript(after: str) -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) of the first ```console block after ``after`` in the
+    README: a line starting ``$ `` is a command, the lines below it are its output."""
+    text = README.read_text(encoding="utf-8")
+    block = text.split(after, 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps

@@ -11,6 +11,7 @@ import pytest
 from identity_sns import HISTORY, MEMBERS, WHO, build_identity_sns, trail
 from sqlalchemy import func, select
 
+from helpers import readme_transcript
 from privacy_lock.config import load_settings
 from privacy_lock.errors import ConfigError, UsageError
 from privacy_lock.identity import (
@@ -277,21 +278,12 @@ def test_the_readme_walk_through_is_what_the_tool_prints(tmp_path, monkeypatch):
     demo (the questions fixed as in the README's run, the caller's answers typed as shown)."""
     import random
     import shlex
-    from pathlib import Path
 
     from click.testing import CliRunner
 
     from privacy_lock.cli import cli
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## Finding the account of a caller", 1)[1]
-    block = block.split("```console\n", 1)[1].split("```", 1)[0]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:], []))
-        else:
-            steps[-1][1].append(line)
+    steps = readme_transcript("## Finding the account of a caller")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PRIVACY_LOCK_CONFIG", raising=False)
     monkeypatch.delenv("PRIVACY_LOCK_DATABASE_URL", raising=False)

@@ -919,34 +919,29 @@ def config_case(data, world: World) -> tuple[str, int]:
     return mode, user
 
 
-def test_config_hostile_value(world):
-    """One hostile value in the valid config: exit 0 doing what the map says, or exit 2."""
+def _fuzz_configs(world: World, configs: st.SearchStrategy[Any]) -> None:
+    """Run each drawn config (a TOML value) against its model's verdict."""
 
     @fuzz_settings(world.dialect)
     @given(data=st.data())
     def run(data):
         mode, user = config_case(data, world)
-        config = data.draw(hostile_configs(), label="config")
+        config = data.draw(configs, label="config")
         verdict = verdict_of(model_config, world, config, mode, user)
         run_config(world, dump_toml(config).encode("utf-8", "surrogatepass"), verdict,
                    mode, user)
 
     run()
+
+
+def test_config_hostile_value(world):
+    """One hostile value in the valid config: exit 0 doing what the map says, or exit 2."""
+    _fuzz_configs(world, hostile_configs())
 
 
 def test_config_random_structure(world):
     """TOML of any shape: refused with one line (exit 2), nothing changed."""
-
-    @fuzz_settings(world.dialect)
-    @given(data=st.data())
-    def run(data):
-        mode, user = config_case(data, world)
-        config = data.draw(random_configs(), label="config")
-        verdict = verdict_of(model_config, world, config, mode, user)
-        run_config(world, dump_toml(config).encode("utf-8", "surrogatepass"), verdict,
-                   mode, user)
-
-    run()
+    _fuzz_configs(world, random_configs())
 
 
 def test_config_random_bytes(world):

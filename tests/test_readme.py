@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import click
 from click.testing import CliRunner
 
+from helpers import README, readme_transcript
 from privacy_lock.cli import cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 # Parts of the output that differ from run to run: durations, hashes, clock times, accounts.
 VOLATILE = [
     (re.compile(r"in \d+\.\d s \([\d,]+ items/s\)"), "in T s (R items/s)"),
@@ -31,16 +30,7 @@ def normalize(text: str, tmp: str) -> list[str]:
 
 def quickstart_transcript() -> list[tuple[str, list[str]]]:
     """(command, expected output lines) from the README's console block."""
-    text = README.read_text(encoding="utf-8")
-    block = text.split("<!-- quickstart-output", 1)[1].split("```console\n", 1)[1]
-    block = block.split("```", 1)[0]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:], []))
-        else:
-            steps[-1][1].append(line)
-    return steps
+    return readme_transcript("<!-- quickstart-output")
 
 
 def test_quickstart_output_is_what_the_tool_prints(tmp_path, monkeypatch):

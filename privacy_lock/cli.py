@@ -33,7 +33,13 @@ from privacy_lock.errors import (
     exit_code,
 )
 from privacy_lock.ids import parse_id, parse_id_ranges
-from privacy_lock.pacing import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_TIME, MAX_CHUNK_SIZE, Pacer
+from privacy_lock.pacing import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CHUNK_TIME,
+    MAX_CHUNK_SIZE,
+    Pacer,
+    default_chunk_size,
+)
 from privacy_lock.progress import Progress
 from privacy_lock.render import (
     CSV_RAW_ENV,
@@ -289,9 +295,9 @@ def pacing_options(func: Any) -> Any:
                      "site that must never stall, 0.5 for a night run on an idle database). "
                      "0: every chunk --chunk-size items. [env: PRIVACY_LOCK_CHUNK_TIME]"),
         click.option("--chunk-size", type=click.IntRange(1, MAX_CHUNK_SIZE),
-                     default=DEFAULT_CHUNK_SIZE, show_default=True,
                      help="The most items one transaction holds (several small users may "
-                     "share one)."),
+                     f"share one) [default: {MAX_CHUNK_SIZE:,} when sized by --chunk-time, "
+                     f"{DEFAULT_CHUNK_SIZE:,} with --chunk-time 0]."),
         click.option("--sleep", type=FiniteFloat(min=0), default=0.0, show_default=True,
                      help="Seconds to pause between chunks (gives a busy site room)."),
         click.option("--pause-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -499,10 +505,11 @@ def revert(app: App, lock_ids: tuple[int, ...], users: tuple[str, ...], **option
         show_run(result, options["fmt"], started)
 
 
-def make_pacer(chunk_size: int, chunk_time: float, sleep: float,
+def make_pacer(chunk_size: int | None, chunk_time: float, sleep: float,
                pause_file: Path | None, lock_timeout: float, retries: int) -> Pacer:
     """The pacer the --chunk-time ... --retries options describe."""
-    return Pacer(chunk_size, sleep, chunk_time, lock_timeout, retries, pause_file=pause_file)
+    return Pacer(chunk_size or default_chunk_size(chunk_time), sleep, chunk_time, lock_timeout,
+                 retries, pause_file=pause_file)
 
 
 def progress_factory(quiet: bool) -> service.ProgressFactory:

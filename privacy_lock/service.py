@@ -75,7 +75,7 @@ from privacy_lock.engine import (
 )
 from privacy_lock.errors import OutputError, UsageError
 from privacy_lock.output import check_writable
-from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer
+from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer, default_chunk_size
 from privacy_lock.policy import (
     PolicyChange,
     check_rule,
@@ -474,7 +474,7 @@ def _run_requests(
     if output_path:
         output.file_format(output_path)
         output.check_writable(output_path, with_failed=True)
-    pacer = pacer or Pacer(chunk_time=DEFAULT_CHUNK_TIME)
+    pacer = pacer or Pacer(default_chunk_size(DEFAULT_CHUNK_TIME), chunk_time=DEFAULT_CHUNK_TIME)
     target.use_lock_timeout(pacer.lock_timeout)
     policy = target.settings.policy
     with target.connect() as conn:
@@ -691,7 +691,7 @@ def approve(
     approver = Actor.current(operator.strip(), None, (reason or "").strip() or None)
     if output:
         check_writable(output)
-    pacer = pacer or Pacer(chunk_time=DEFAULT_CHUNK_TIME)
+    pacer = pacer or Pacer(default_chunk_size(DEFAULT_CHUNK_TIME), chunk_time=DEFAULT_CHUNK_TIME)
     target.use_lock_timeout(pacer.lock_timeout)
     with target.connect() as conn:
         cmap = target.content_map(conn)

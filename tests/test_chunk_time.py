@@ -19,9 +19,16 @@ from sqlalchemy import Engine, create_engine, event, insert, update
 from sqlalchemy.pool import NullPool
 
 from helpers import events, requests_for, run_engine
+from privacy_lock.cli import make_pacer
 from privacy_lock.dialects import named
 from privacy_lock.errors import UsageError
-from privacy_lock.pacing import MIN_TIMED_ITEMS, START_CHUNK_ITEMS, Pacer
+from privacy_lock.pacing import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_TIMED_ITEMS,
+    START_CHUNK_ITEMS,
+    Pacer,
+)
 from sns import IDENTITY, build_sns
 
 HEAVY = 420  # visible diaries added to the first user: many chunks of any size tried here
@@ -72,6 +79,18 @@ def test_a_fixed_cost_over_the_time_does_not_shrink_chunks_to_nothing():
 def test_never_above_the_chunk_size():
     pacer = Pacer(size=300, chunk_time=0.1)
     assert run_chunks(pacer, 0.001, 0.00001, 5) == [100, 200, 300, 300, 300]
+
+
+def test_the_default_chunk_size_lets_time_size_the_chunks():
+    """Without --chunk-size, a time-sized run may grow its chunks to 10,000 items (a fast
+    database fills 0.1 s with more than 1,000: a bound of 1,000 only added commits), and
+    fixed chunks (--chunk-time 0) stay at 1,000."""
+    timed = make_pacer(None, 0.1, 0.0, None, 2.0, 5)
+    assert timed.max_size == MAX_CHUNK_SIZE == 10_000 and timed.size == START_CHUNK_ITEMS
+    assert run_chunks(timed, 0.002, 0.00001, 9)[-3:] == [6400, 9800, 9800]
+    assert make_pacer(None, 0, 0.0, None, 2.0, 5).size == DEFAULT_CHUNK_SIZE == 1000
+    assert make_pacer(300, 0.1, 0.0, None, 2.0, 5).max_size == 300
+    assert make_pacer(300, 0, 0.0, None, 2.0, 5).size == 300
 
 
 def test_chunks_that_say_nothing_of_the_rate_do_not_grow_the_next():

@@ -80,6 +80,13 @@ class Row:
             return None
         return self.results[contender].rate / self.results[base].rate
 
+    def net_ratio(self, contender: str = "cli") -> float | None:
+        """A CLI's throughput with its start-up subtracted, divided by the floor's."""
+        if contender not in self.results or "floor" not in self.results:
+            return None
+        net = self.results[contender].net_rate
+        return None if net is None else net / self.results["floor"].rate
+
     def turn_ratios(self, contender: str = "api", base: str = "floor") -> list[float]:
         """With --repeat: each turn's ratio ``contender`` ÷ ``base`` (each turn's contenders
         ran back to back), for the spread around the ratio of the fastest runs."""
@@ -277,13 +284,13 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
            facts.get("repeat", 1) > 1 else "."),
         "",
         "| workload | items changed | floor s | floor items/s | tool API items/s "
-        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor "
+        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor | CLI − start-up ÷ floor "
         + ("| before items/s | before ÷ floor | **CLI ÷ before** " if compared else "")
         + "| naive items/s | API ÷ naive "
         f"| peak RSS API / CLI{' / before' if compared else ''} | longest writing txn "
         "| writing txns | chunks API / CLI | longest site write (p99, writes) "
         "| end state = floor |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if compared else "")
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if compared else "")
         + "--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
@@ -299,7 +306,8 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
         out.append(
             f"| {row.workload} {row.operation} | {floor.items:,} | {floor.seconds:.2f} "
             f"| {_fmt_rate(floor)} | {_fmt_rate(api)} | **{_fmt_ratio(row.ratio('api'))}** "
-            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} {versus_before}"
+            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} "
+            f"| {_fmt_ratio(row.net_ratio())} {versus_before}"
             f"| {_fmt_rate(nv)} "
             f"| {_fmt_ratio(row.ratio('api', 'naive'))} | {rss} MB "
             f"| {_fmt_txn(api, 'longest_writing_txn')} | {api.writing_transactions:,} "
@@ -325,14 +333,21 @@ def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
             spread = (f"; turns {min(turns):.2f}–{max(turns):.2f}×" if len(turns) > 1 else "")
             lines.append(_mark(versus_before >= TARGET_BEFORE, f"{name}: CLI "
                                f"{versus_before:.2f}× before{spread} (target ≥ {TARGET_BEFORE}×)"))
-        ratio = row.ratio("api")
+        api, cli = row.results.get("api"), row.results.get("cli")
+        ratio, net = row.ratio("api"), row.net_ratio()
         if ratio is not None:
+            # Issue #15 sets it for the whole CLI process with its start-up subtracted; the API
+            # (no process start at all) is given beside it, and judged where there is no CLI.
             goal = TARGET_FLOOR[row.workload]
             turns = row.turn_ratios()
             spread = (f"; turns {min(turns):.2f}–{max(turns):.2f}×" if len(turns) > 1 else "")
-            lines.append(_mark(ratio >= goal, f"{name}: API {ratio:.2f}× floor{spread} "
+            cli_part = ""
+            if net is not None and cli is not None and cli.startup_seconds is not None:
+                cli_part = (f"CLI {net:.2f}× floor with its start-up "
+                            f"({cli.startup_seconds:.2f} s) subtracted, ")
+            lines.append(_mark((net if net is not None else ratio) >= goal,
+                               f"{name}: {cli_part}API {ratio:.2f}× floor{spread} "
                                f"(target ≥ {goal}×)"))
-        api, cli = row.results.get("api"), row.results.get("cli")
         peaks = [m.peak_rss_mb for m in (api, cli) if m and m.peak_rss_mb]
         if peaks:
             lines.append(_mark(max(peaks) < TARGET_RSS_MB, f"{name}: peak RSS "

@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Integer,
-    String,
     cast,
     insert,
     literal,
@@ -39,16 +39,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, registry
 
 from bench.data import (
+    BENCH,
     FIRST_BATCH_USER,
     HEAVY_USER,
-    KINDS,
+    SUBJECT,
     Dataset,
     KindSpec,
-    batch_table,
-    content_tables,
-    users_table,
-    visible,
+    Shape,
 )
+from bench.site import SiteWriter, SiteWrites, workload_items
 from bench.worker import peak_rss_mb
 from privacy_lock import service
 from privacy_lock.audit import utc_now
@@ -57,7 +56,6 @@ from privacy_lock.schema import locks, snapshots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = ("--operator", "bench", "--ticket", "BENCH-1", "--reason", "benchmark")
-SUBJECT = String(191)  # how the tool's tables store user and item ids
 
 
 @dataclass(frozen=True)
@@ -66,29 +64,31 @@ class Workload:
 
     name: str
     subjects: tuple[str, ...]
+    shape: Shape = BENCH
 
     @classmethod
-    def heavy(cls) -> Workload:
-        return cls("heavy", (str(HEAVY_USER),))
+    def heavy(cls, shape: Shape = BENCH) -> Workload:
+        return cls("heavy", (shape.subject(HEAVY_USER),), shape)
 
     @classmethod
-    def batch(cls, users: int) -> Workload:
-        return cls("batch", tuple(str(FIRST_BATCH_USER + i) for i in range(users)))
+    def batch(cls, users: int, shape: Shape = BENCH) -> Workload:
+        return cls("batch", tuple(shape.subject(FIRST_BATCH_USER + i) for i in range(users)),
+                   shape)
 
-    # The batch is a join with bench_batch, not IN (SELECT ...): MariaDB runs an UPDATE's
+    # The batch is a join with the batch table, not IN (SELECT ...): MariaDB runs an UPDATE's
     # IN-subquery once per row of the table (seconds); a join it plans from the small side.
 
     def owns(self, owner_col: Any) -> Any:
         """SQL: the owner column names one of this workload's users."""
         if self.name == "heavy":
-            return owner_col == HEAVY_USER
-        return owner_col == batch_table.c.user_id
+            return owner_col == self.shape.owner_value(self.subjects[0])
+        return owner_col == self.shape.batch_table.c.user_id
 
     def locked_by_us(self, subject_col: Any) -> Any:
         """SQL: a lock's (active) subject is one of this workload's users."""
         if self.name == "heavy":
-            return subject_col == str(HEAVY_USER)
-        return subject_col == cast(batch_table.c.user_id, SUBJECT)
+            return subject_col == self.subjects[0]
+        return subject_col == self.shape.as_subject(self.shape.batch_table.c.user_id)
 
 
 @dataclass
@@ -103,6 +103,11 @@ class Measurement:
     transactions: int | None = None
     writing_transactions: int | None = None
     max_chunk_items: int | None = None
+    chunks: int | None = None  # chunk transactions the run committed
+    site_writes: SiteWrites | None = None  # the site writer's, during a CLI run
+    # A CLI's `python -m privacy_lock --version` just before (interpreter start and imports):
+    # issue #15's targets are for the whole CLI process with its start-up subtracted.
+    startup_seconds: float | None = None
     sampled: bool = False  # items/seconds come from a sample; the rate is what extrapolates
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +115,14 @@ class Measurement:
     def rate(self) -> float:
         """Items per second."""
         return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def net_rate(self) -> float | None:
+        """Items per second with the start-up subtracted (a CLI run); None without one, or
+        when the start-up measured took as long as the run (noise at tiny sizes)."""
+        if self.startup_seconds is None or self.seconds <= self.startup_seconds:
+            return None
+        return self.items / (self.seconds - self.startup_seconds)
 
 
 # --- the floor: one hand-written set-based transaction -----------------------------------------
@@ -127,28 +140,30 @@ def floor_apply(ds: Dataset, wl: Workload, by_lock: bool = False) -> Measurement
     with ds.engine.connect() as conn:
         started = time.perf_counter()
         with conn.begin():
-            user = cast(users_table.c.id, SUBJECT)
+            shape, users = ds.shape, ds.shape.users_table
+            user = shape.as_subject(users.c.id)
             conn.execute(insert(locks).from_select(
                 ["subject", "active_subject", "state", "operator", "ticket", "reason",
                  "created_at", "updated_at"],
                 select(user, user, literal("active"), literal("floor"), literal("BENCH-1"),
                        literal("benchmark"), literal(now), literal(now))
-                .where(wl.owns(users_table.c.id)),
+                .where(wl.owns(users.c.id)),
             ))
-            for spec in KINDS:
-                table = content_tables[spec.name]
+            for spec in shape.kinds:
+                table = shape.content_tables[spec.name]
                 owner = table.c[spec.owner]
                 conn.execute(insert(snapshots).from_select(
                     ["lock_id", "kind", "item_id", spec.original_column, "state",
                      "snapshotted_at"],
                     select(locks.c.lock_id, literal(spec.name), cast(table.c.id, SUBJECT),
                            table.c[spec.visibility], literal("locked"), literal(now))
-                    .select_from(table.join(locks, locks.c.active_subject == cast(owner, SUBJECT)))
-                    .where(wl.owns(owner), visible(spec))
+                    .select_from(table.join(locks,
+                                            locks.c.active_subject == shape.as_subject(owner)))
+                    .where(wl.owns(owner), shape.visible(spec))
                     .order_by(*((locks.c.lock_id, table.c.id) if by_lock else ())),
                 ))
                 items += conn.execute(
-                    update(table).where(wl.owns(owner), visible(spec))
+                    update(table).where(wl.owns(owner), shape.visible(spec))
                     .values({spec.visibility: spec.private})
                 ).rowcount
         return Measurement(time.perf_counter() - started, items, transactions=1)
@@ -178,11 +193,11 @@ def floor_revert(ds: Dataset, wl: Workload) -> Measurement:
     with ds.engine.connect() as conn:
         started = time.perf_counter()
         with conn.begin():
-            for spec in KINDS:
+            for spec in ds.shape.kinds:
                 if ds.dialect == "mysql":
                     items += _mysql_restore(conn, wl, spec)
                     continue
-                table = content_tables[spec.name]
+                table = ds.shape.content_tables[spec.name]
                 items += conn.execute(
                     update(table)
                     .values({spec.visibility: snapshots.c[spec.original_column]})
@@ -192,7 +207,7 @@ def floor_revert(ds: Dataset, wl: Workload) -> Measurement:
                         snapshots.c.kind == spec.name,
                         snapshots.c.state == "locked",
                         table.c.id == cast(snapshots.c.item_id, Integer),
-                        table.c[spec.owner] == cast(locks.c.subject, Integer),
+                        table.c[spec.owner] == ds.shape.from_subject(locks.c.subject),
                         table.c[spec.visibility] == spec.private,
                     )
                 ).rowcount
@@ -217,30 +232,33 @@ def _mysql_restore(conn: Connection, wl: Workload, spec: KindSpec) -> int:
     the content table and scans every snapshot for each of the heavy user's items (the
     statement ran for over 15 minutes); STRAIGHT_JOIN goes locks -> snapshots -> item by key.
     """
+    batch = wl.shape.batch_table.name
+    as_subject = "user_id" if wl.shape.string_owners else "CAST(user_id AS CHAR)"
+    owner = "l.subject" if wl.shape.string_owners else "CAST(l.subject AS SIGNED)"
     subjects = ("l.active_subject = :subject" if wl.name == "heavy" else
-                "l.active_subject IN (SELECT CAST(user_id AS CHAR) FROM bench_batch)")
+                f"l.active_subject IN (SELECT {as_subject} FROM {batch})")
     statement = text(
         f"UPDATE privacy_lock_locks AS l"
         f" STRAIGHT_JOIN privacy_lock_snapshots AS s ON s.lock_id = l.lock_id"
         f" STRAIGHT_JOIN {spec.table} AS t ON t.id = CAST(s.item_id AS SIGNED)"
         f" SET t.{spec.visibility} = s.{spec.original_column}"
         f" WHERE {subjects} AND s.kind = :kind AND s.state = 'locked'"
-        f" AND t.{spec.owner} = CAST(l.subject AS SIGNED) AND t.{spec.visibility} = :private"
+        f" AND t.{spec.owner} = {owner} AND t.{spec.visibility} = :private"
     )
-    params = {"kind": spec.name, "private": spec.private, "subject": str(HEAVY_USER)}
+    params = {"kind": spec.name, "private": spec.private, "subject": wl.subjects[0]}
     return conn.execute(statement, params).rowcount
 
 
 # --- the naive tool: a per-row ORM loop --------------------------------------------------------
 
 
-def _naive_mappings() -> dict[str, type]:
+def _naive_mappings(shape: Shape) -> dict[str, type]:
     """ORM classes for the content tables and the tool's tables, in a registry of their own."""
     mapper_registry = registry()
     classes: dict[str, type] = {}
-    for spec in KINDS:
+    for spec in shape.kinds:
         cls = type(f"Naive{spec.name.title()}", (), {})
-        mapper_registry.map_imperatively(cls, content_tables[spec.name])
+        mapper_registry.map_imperatively(cls, shape.content_tables[spec.name])
         classes[spec.name] = cls
     lock_cls = type("NaiveLock", (), {})
     snap_cls = type("NaiveSnapshot", (), {})
@@ -258,7 +276,7 @@ def naive_apply(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
     With ``sample``, stops after about that many items (whole users in the batch) and the
     measured rate is what the report extrapolates.
     """
-    classes = _naive_mappings()
+    classes = _naive_mappings(ds.shape)
     subjects, per_user_limit = _naive_scope(ds, wl, sample)
     items = 0
     started = time.perf_counter()
@@ -270,9 +288,10 @@ def naive_apply(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
                                    created_at=now, updated_at=now)
             session.add(lock)
             session.commit()
-            for spec in KINDS:
+            for spec in ds.shape.kinds:
                 cls = classes[spec.name]
-                query = select(cls).where(getattr(cls, spec.owner) == int(subject))
+                query = select(cls).where(
+                    getattr(cls, spec.owner) == ds.shape.owner_value(subject))
                 query = query.order_by(cls.id).limit(per_user_limit)
                 for item in session.scalars(query).all():
                     value = getattr(item, spec.visibility)
@@ -294,9 +313,9 @@ def naive_apply(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
 def naive_revert(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
     """The hurried script's revert: for each snapshot object, load the item, put it back if it
     is still owner-only, mark the snapshot, commit every 100 rows."""
-    classes = _naive_mappings()
+    classes = _naive_mappings(ds.shape)
     subjects, per_user_limit = _naive_scope(ds, wl, sample)
-    specs = {spec.name: spec for spec in KINDS}
+    specs = {spec.name: spec for spec in ds.shape.kinds}
     items = done = 0
     started = time.perf_counter()
     with Session(ds.engine) as session:
@@ -306,11 +325,11 @@ def naive_revert(ds: Dataset, wl: Workload, sample: int | None) -> Measurement:
                 select(lock_cls).where(lock_cls.active_subject == subject)).one()
             query = (select(snap_cls)
                      .where(snap_cls.lock_id == lock.lock_id, snap_cls.state == "locked")
-                     .order_by(snap_cls.snapshot_id).limit(per_user_limit * len(KINDS)))
+                     .order_by(snap_cls.snapshot_id).limit(per_user_limit * len(specs)))
             for snap in session.scalars(query).all():
                 spec = specs[snap.kind]
                 item = session.get(classes[spec.name], int(snap.item_id))
-                if item is None or getattr(item, spec.owner) != int(subject):
+                if item is None or getattr(item, spec.owner) != ds.shape.owner_value(subject):
                     snap.state = "gone"
                 elif getattr(item, spec.visibility) == spec.private:
                     setattr(item, spec.visibility, getattr(snap, spec.original_column))
@@ -335,7 +354,7 @@ def _naive_scope(ds: Dataset, wl: Workload, sample: int | None) -> tuple[tuple[s
     if sample is None:
         return wl.subjects, ds.sizes.total_rows
     if wl.name == "heavy":
-        return wl.subjects, max(1, sample // len(KINDS))
+        return wl.subjects, max(1, sample // len(ds.shape.kinds))
     users = max(1, sample // ds.sizes.items_per_user)
     return wl.subjects[:users], ds.sizes.total_rows
 
@@ -399,7 +418,7 @@ def tool_api(ds: Dataset, wl: Workload, operation: str) -> Measurement:
     return Measurement(
         report["seconds"], report["items"], report["peak_rss_mb"] or sampled_rss,
         report["longest_txn_ms"], report["longest_writing_txn_ms"], report["transactions"],
-        report["writing_transactions"], report["max_chunk_items"],
+        report["writing_transactions"], report["max_chunk_items"], report["chunks"],
         extra={"validate_seconds": report["validate_seconds"],
                "longest_txn_commit_ms": report["longest_txn_commit_ms"],
                "longest_writing_txn_commit_ms": report["longest_writing_txn_commit_ms"]},
@@ -410,9 +429,12 @@ def tool_cli(
     ds: Dataset, wl: Workload, operation: str, package_root: Path = REPO_ROOT,
     label: str = "cli",
 ) -> Measurement:
-    """The whole CLI process, ``python -m privacy_lock apply|revert ...``, timed from outside.
+    """The whole CLI process, ``python -m privacy_lock apply|revert ...``, timed from outside,
+    while a site writer (``bench.site``) keeps editing the workload's items.
 
     The heavy user is named on the command line; the batch comes as a request file (CSV).
+    Chunking is the CLI's default, as a user runs it: sized by time (``--chunk-time``, 0.1 s
+    unless PRIVACY_LOCK_CHUNK_TIME says otherwise), with ``--chunk-size`` as the bound.
     ``package_root`` is where the child imports ``privacy_lock`` from (see ``_run_child``).
     """
     if wl.name == "heavy":
@@ -425,10 +447,19 @@ def tool_cli(
     args = [sys.executable, "-m", "privacy_lock", "--config", str(ds.config_path),
             "--database-url", ds.url, operation, *targets, *IDENTITY,
             "--chunk-size", str(ds.sizes.chunk_size), "--quiet", "--format", "json"]
-    seconds, rss, out = _run_child(args, ds.workdir, f"{label}-{operation}", package_root)
+    startup, _rss, _out = _run_child([sys.executable, "-m", "privacy_lock", "--version"],
+                                     ds.workdir, f"{label}-startup", package_root)
+    writer = SiteWriter(ds.url, ds.shape, workload_items(ds.engine, ds.shape, wl.owns))
+    with writer:
+        seconds, rss, out = _run_child(args, ds.workdir, f"{label}-{operation}", package_root)
     counted = "changed" if operation == "apply" else "restored"
     items = sum(kind[counted] for user in json.loads(out) for kind in user["kinds"].values())
-    return Measurement(seconds, items, rss)
+    # The summary line on stderr ("done: ..., 14 chunks, 0 retries in 3.2 s").
+    summary = (ds.workdir / f"{label}-{operation}.err").read_text(errors="replace")
+    chunks = re.findall(r"([\d,]+) chunks?\b", summary)
+    return Measurement(seconds, items, rss,
+                       chunks=int(chunks[-1].replace(",", "")) if chunks else None,
+                       site_writes=writer.result, startup_seconds=startup)
 
 
 CONTENDERS: dict[str, Callable[..., Measurement]] = {

@@ -1,5 +1,7 @@
 """``python -m bench``: build the data, time every contender on every workload, print the table.
 
+Each dataset (``--datasets``: the bench's own and issue #15's spread string-owner data) is
+built in a scratch database of its own and gets a section of its own per database.
 For each workload (the heavy user, the batch) and operation (apply, revert), every contender
 starts from the same state: the data is reset to its built visibility and the tool's tables are
 emptied; a revert starts from the tool's own apply, untimed (its end state equals the floor's,
@@ -38,7 +40,9 @@ from bench.contenders import (
 )
 from bench.data import (
     SERVER_URLS,
+    SHAPES,
     Dataset,
+    Shape,
     Sizes,
     build,
     end_state,
@@ -49,10 +53,13 @@ from bench.data import (
 
 OPERATIONS = ("apply", "revert")
 WORKLOADS = ("heavy", "batch")
-TARGET_FLOOR = {"heavy": 0.5, "batch": 0.3}
-TARGET_NAIVE = 100.0
+DATASETS = tuple(SHAPES)
+# Issue #15's targets. The naive tool stays as a reference row: its "≥ 100×" was withdrawn
+# (the floor itself is within 100× of the naive loop).
+TARGET_FLOOR = {"heavy": 0.5, "batch": 0.5}
 TARGET_RSS_MB = 150.0
 TARGET_TXN_MS = 250.0
+TARGET_SITE_WAIT_MS = 250.0
 TARGET_BEFORE = 1.0  # the issue: at least as fast as the revision before the change
 
 
@@ -72,6 +79,13 @@ class Row:
         if contender not in self.results or base not in self.results:
             return None
         return self.results[contender].rate / self.results[base].rate
+
+    def net_ratio(self, contender: str = "cli") -> float | None:
+        """A CLI's throughput with its start-up subtracted, divided by the floor's."""
+        if contender not in self.results or "floor" not in self.results:
+            return None
+        net = self.results[contender].net_rate
+        return None if net is None else net / self.results["floor"].rate
 
     def turn_ratios(self, contender: str = "api", base: str = "floor") -> list[float]:
         """With --repeat: each turn's ratio ``contender`` ÷ ``base`` (each turn's contenders
@@ -96,22 +110,25 @@ def run_database(
     log: Callable[[str], None] = print,
     repeat: int = 1,
     baseline: Baseline | None = None,
+    shape: Shape = SHAPES["bench"],
 ) -> tuple[dict[str, Any], list[Row]]:
-    """Build the data in a scratch database and run every workload; (database facts, rows).
+    """Build the dataset ``shape`` in a scratch database and run every workload; (database
+    facts, rows).
 
     With a ``baseline`` its CLI runs as the contender ``before``, next to this tree's ``cli``.
     """
     contenders = contenders_for(baseline.root if baseline else None)
     with scratch_database(url, keep) as (scratch_url, workdir):
         started = time.perf_counter()
-        ds = build(scratch_url, workdir, sizes)
-        facts = {"dialect": ds.dialect, "version": server_version(ds),
+        ds = build(scratch_url, workdir, sizes, shape)
+        facts = {"dialect": ds.dialect, "version": server_version(ds), "dataset": shape.name,
                  "build_seconds": round(time.perf_counter() - started, 1), "repeat": repeat}
-        log(f"[{ds.dialect}] built {sizes.total_rows:,} rows in {facts['build_seconds']} s")
+        log(f"[{ds.dialect}] {shape.name}: built {sizes.total_rows:,} rows in "
+            f"{facts['build_seconds']} s")
         try:
             rows = [
-                run_workload(ds, make_workload(name, sizes), operation, with_naive, log, repeat,
-                             contenders)
+                run_workload(ds, make_workload(name, sizes, shape), operation, with_naive, log,
+                             repeat, contenders)
                 for name in workloads for operation in OPERATIONS
             ]
         finally:
@@ -119,8 +136,10 @@ def run_database(
     return facts, rows
 
 
-def make_workload(name: str, sizes: Sizes) -> Workload:
-    return Workload.heavy() if name == "heavy" else Workload.batch(sizes.batch_users)
+def make_workload(name: str, sizes: Sizes, shape: Shape = SHAPES["bench"]) -> Workload:
+    if name == "heavy":
+        return Workload.heavy(shape)
+    return Workload.batch(sizes.batch_users, shape)
 
 
 def prepare(ds: Dataset, wl: Workload, operation: str) -> None:
@@ -193,8 +212,11 @@ def _log_result(
     m = m or row.results[name]
     diff = row.differences.get(name)
     check = "" if name == "floor" else (" = floor" if diff is None else f" DIFFERS: {diff}")
+    chunks = f", {m.chunks:,} chunks" if m.chunks is not None else ""
+    site = (f", site writes {m.site_writes.count}: longest {m.site_writes.longest_ms:.0f} ms"
+            if m.site_writes else "")
     log(f"[{row.dialect}] {row.workload} {row.operation} {name}: {m.items:,} items in "
-        f"{m.seconds:.2f} s ({m.rate:,.0f}/s) {note}{check}")
+        f"{m.seconds:.2f} s ({m.rate:,.0f}/s{chunks}{site}) {note}{check}")
 
 
 def server_version(ds: Dataset) -> str:
@@ -249,23 +271,27 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
     """The results of one database as a Markdown section; with a ``before`` contender
     (``--baseline``) three more columns compare this tree's CLI with it."""
     compared = any("before" in row.results for row in rows)
+    shape = SHAPES[facts.get("dataset", "bench")]
     out = [
-        f"### {facts['version']}",
+        f"### {facts['version']}, dataset `{shape.name}`",
         "",
+        f"Dataset `{shape.name}`: {shape.description}. "
         f"{sizes.total_rows:,} content rows; heavy user {sizes.heavy_items:,} items; batch "
         f"{sizes.batch_users:,} users × {sizes.items_per_user} items; chunk size "
-        f"{sizes.chunk_size}; data built in {facts['build_seconds']} s"
+        f"bound {sizes.chunk_size}, chunk time the CLI's default; data built in "
+        f"{facts['build_seconds']} s"
         + (f"; floor and tool: the fastest of {facts['repeat']} runs each." if
            facts.get("repeat", 1) > 1 else "."),
         "",
         "| workload | items changed | floor s | floor items/s | tool API items/s "
-        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor "
+        "| **API ÷ floor** | tool CLI items/s | CLI ÷ floor | CLI − start-up ÷ floor "
         + ("| before items/s | before ÷ floor | **CLI ÷ before** " if compared else "")
         + "| naive items/s | API ÷ naive "
         f"| peak RSS API / CLI{' / before' if compared else ''} | longest writing txn "
-        "| writing txns | end state = floor |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if compared else "")
-        + "--:|--:|--:|--:|--:|---|",
+        "| writing txns | chunks API / CLI | longest site write (p99, writes) "
+        "| end state = floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if compared else "")
+        + "--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         floor, api, cli, before = (row.results.get(n) for n in ("floor", "api", "cli", "before"))
@@ -280,10 +306,12 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
         out.append(
             f"| {row.workload} {row.operation} | {floor.items:,} | {floor.seconds:.2f} "
             f"| {_fmt_rate(floor)} | {_fmt_rate(api)} | **{_fmt_ratio(row.ratio('api'))}** "
-            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} {versus_before}"
+            f"| {_fmt_rate(cli)} | {_fmt_ratio(row.ratio('cli'))} "
+            f"| {_fmt_ratio(row.net_ratio())} {versus_before}"
             f"| {_fmt_rate(nv)} "
             f"| {_fmt_ratio(row.ratio('api', 'naive'))} | {rss} MB "
             f"| {_fmt_txn(api, 'longest_writing_txn')} | {api.writing_transactions:,} "
+            f"| {_fmt_count(api.chunks)} / {_fmt_count(cli.chunks)} | {_fmt_site(cli)} "
             f"| {equal} |"
             if floor and api and cli else f"| {row.workload} {row.operation} | (incomplete) |"
         )
@@ -295,44 +323,62 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
 
 
 def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
-    """The issue's targets, each marked met or missed for this database."""
+    """Issue #15's targets, each marked met or missed for this database and dataset."""
     lines = []
     for row in rows:
+        name = f"{row.workload} {row.operation}"
         versus_before = row.ratio("cli", "before")
         if versus_before is not None:
             turns = row.turn_ratios("cli", "before")
             spread = (f"; turns {min(turns):.2f}–{max(turns):.2f}×" if len(turns) > 1 else "")
-            lines.append(_mark(versus_before >= TARGET_BEFORE, f"{row.workload} {row.operation}: "
-                               f"CLI {versus_before:.2f}× before{spread} "
-                               f"(target ≥ {TARGET_BEFORE}×)"))
-        ratio = row.ratio("api")
+            lines.append(_mark(versus_before >= TARGET_BEFORE, f"{name}: CLI "
+                               f"{versus_before:.2f}× before{spread} (target ≥ {TARGET_BEFORE}×)"))
+        api, cli = row.results.get("api"), row.results.get("cli")
+        ratio, net = row.ratio("api"), row.net_ratio()
         if ratio is not None:
+            # Issue #15 sets it for the whole CLI process with its start-up subtracted; the API
+            # (no process start at all) is given beside it, and judged where there is no CLI.
             goal = TARGET_FLOOR[row.workload]
             turns = row.turn_ratios()
             spread = (f"; turns {min(turns):.2f}–{max(turns):.2f}×" if len(turns) > 1 else "")
-            if row.workload == "batch" or dialect in ("sqlite", "postgresql"):
-                lines.append(_mark(ratio >= goal, f"{row.workload} {row.operation}: API "
-                                   f"{ratio:.2f}× floor{spread} (target ≥ {goal}×)"))
-        naive_ratio = row.ratio("api", "naive")
-        if naive_ratio is not None:
-            lines.append(_mark(naive_ratio >= TARGET_NAIVE, f"{row.workload} {row.operation}: "
-                               f"{_fmt_ratio(naive_ratio)} naive (target ≥ {TARGET_NAIVE:.0f}×)"))
-        api = row.results.get("api")
-        if api and api.peak_rss_mb:
-            lines.append(_mark(api.peak_rss_mb < TARGET_RSS_MB,
-                               f"{row.workload} {row.operation}: peak RSS "
-                               f"{api.peak_rss_mb:.0f} MB (target < {TARGET_RSS_MB:.0f} MB)"))
+            cli_part = ""
+            if net is not None and cli is not None and cli.startup_seconds is not None:
+                cli_part = (f"CLI {net:.2f}× floor with its start-up "
+                            f"({cli.startup_seconds:.2f} s) subtracted, ")
+            lines.append(_mark((net if net is not None else ratio) >= goal,
+                               f"{name}: {cli_part}API {ratio:.2f}× floor{spread} "
+                               f"(target ≥ {goal}×)"))
+        peaks = [m.peak_rss_mb for m in (api, cli) if m and m.peak_rss_mb]
+        if peaks:
+            lines.append(_mark(max(peaks) < TARGET_RSS_MB, f"{name}: peak RSS "
+                               f"{' / '.join(f'{p:.0f}' for p in peaks)} MB, API / CLI "
+                               f"(target < {TARGET_RSS_MB:.0f} MB)"))
         if api and api.max_chunk_items is not None:
             lines.append(_mark(api.max_chunk_items <= sizes.chunk_size,
-                               f"{row.workload} {row.operation}: largest transaction "
-                               f"{api.max_chunk_items} items (≤ chunk size {sizes.chunk_size})"))
-        if api and dialect == "postgresql" and api.longest_txn_ms is not None:
+                               f"{name}: largest transaction {api.max_chunk_items} items "
+                               f"(≤ chunk size {sizes.chunk_size})"))
+        if api and api.longest_txn_ms is not None:
             lines.append(_mark(
-                api.longest_txn_ms < TARGET_TXN_MS,
-                f"{row.workload} {row.operation}: longest transaction "
-                f"{_fmt_txn(api, 'longest_txn')}, of the writing ones "
-                f"{_fmt_txn(api, 'longest_writing_txn')} (target < {TARGET_TXN_MS:.0f} ms)"))
+                api.longest_txn_ms <= TARGET_TXN_MS,
+                f"{name}: longest transaction {_fmt_txn(api, 'longest_txn')}, of the writing "
+                f"ones {_fmt_txn(api, 'longest_writing_txn')} (target ≤ {TARGET_TXN_MS:.0f} ms)"))
+        if cli and cli.site_writes:
+            lines.append(_mark(cli.site_writes.longest_ms <= TARGET_SITE_WAIT_MS,
+                               f"{name}: longest site write {_fmt_site(cli)} during the CLI run "
+                               f"(target ≤ {TARGET_SITE_WAIT_MS:.0f} ms)"))
     return lines
+
+
+def _fmt_count(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def _fmt_site(m: Measurement | None) -> str:
+    """The site writer's longest wait, its p99 and its number of writes."""
+    if m is None or m.site_writes is None:
+        return "–"
+    w = m.site_writes
+    return f"{w.longest_ms:,.0f} ms ({w.p99_ms:,.0f} ms, {w.count:,})"
 
 
 def _fmt_txn(m: Measurement, name: str) -> str:
@@ -364,7 +410,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "Default: a temporary SQLite file.")
     where.add_argument("--dialects", help="Comma-separated sqlite,postgresql,mysql: run on each, "
                        "using the local servers on 127.0.0.1.")
-    parser.add_argument("--total-rows", type=int, default=defaults.total_rows)
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help="Comma-separated: bench (integer owners, two kinds, analysed), "
+                        "spread (issue #15's: string owners, integer codes with NULL, spread "
+                        "items, never analysed). Default: both, each its own section.")
+    parser.add_argument("--total-rows", type=int,
+                        help="Content rows (default: bench "
+                        f"{SHAPES['bench'].default_total_rows:,}, spread "
+                        f"{SHAPES['spread'].default_total_rows:,}).")
     parser.add_argument("--heavy-items", type=int, default=defaults.heavy_items,
                         help="Items (diaries + photos) of the heavy user.")
     parser.add_argument("--batch-users", type=int, default=defaults.batch_users)
@@ -392,9 +445,13 @@ def main(argv: list[str] | None = None) -> None:
     # A kill (SIGTERM) unwinds like Ctrl-C, so the scratch schema/database is still dropped.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     args = parse_args(argv)
+    datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+    if not datasets or not set(datasets) <= set(DATASETS):
+        sys.exit(f"python -m bench: --datasets takes {','.join(DATASETS)}")
     try:
-        sizes = Sizes(args.total_rows, args.heavy_items, args.batch_users, args.items_per_user,
-                      args.chunk_size, args.naive_sample)
+        sizes_of = {name: Sizes(args.total_rows or SHAPES[name].default_total_rows,
+                                args.heavy_items, args.batch_users, args.items_per_user,
+                                args.chunk_size, args.naive_sample) for name in datasets}
     except ValueError as exc:
         sys.exit(f"python -m bench: {exc}")
     if args.repeat < 1:
@@ -409,6 +466,10 @@ def main(argv: list[str] | None = None) -> None:
         ]
     else:
         urls = [args.database_url]
+        if (args.keep and len(datasets) > 1 and args.database_url
+                and args.database_url.startswith("sqlite")):
+            sys.exit("python -m bench: --keep with a SQLite file keeps one dataset: give "
+                     "--datasets bench or --datasets spread")
     info = machine()
     sections, raw = [], []
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -422,12 +483,15 @@ def main(argv: list[str] | None = None) -> None:
             log(f"before: privacy_lock at {baseline.commit[:10]} ({args.baseline}), "
                 f"exported to {baseline.root}")
         for url in urls:
-            facts, rows = run_database(url, sizes, workloads, not args.no_naive, args.keep, log,
-                                       args.repeat, baseline)
-            sections.append(markdown(facts, rows, sizes))
-            raw.append({**facts, "rows": [
-                {"workload": r.workload, "operation": r.operation, "differences": r.differences,
-                 "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
+            for name in datasets:
+                sizes = sizes_of[name]
+                facts, rows = run_database(url, sizes, workloads, not args.no_naive, args.keep,
+                                           log, args.repeat, baseline, SHAPES[name])
+                sections.append(markdown(facts, rows, sizes))
+                raw.append({**facts, "sizes": asdict(sizes), "rows": [
+                    {"workload": r.workload, "operation": r.operation,
+                     "differences": r.differences,
+                     "results": {k: asdict(m) for k, m in r.results.items()}} for r in rows]})
     header = (f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
               f"{info['os']}, Python {info['python']}, SQLAlchemy {info['sqlalchemy']}; "
               f"privacy-lock at {info['commit']}"
@@ -439,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         args.output_markdown.write_text(report, encoding="utf-8")
     if args.output_json:
         args.output_json.write_text(json.dumps(
-            {"machine": info, "sizes": asdict(sizes),
+            {"machine": info,
              "baseline": {"revision": baseline.revision, "commit": baseline.commit}
              if baseline else None,
              "databases": raw}, indent=2))

@@ -132,6 +132,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "longest_txn_commit_ms": timer.longest_commit * 1000,
         "longest_writing_txn_commit_ms": timer.longest_writing_commit * 1000,
         "max_chunk_items": max(watcher.chunk_items.values(), default=0),
+        "chunks": pacer.chunks,
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.contenders import Workload
-from bench.data import Dataset, Sizes, build, end_state
+from bench.data import BENCH, SPREAD, Dataset, Sizes, build, end_state
 from bench.run import OPERATIONS, run_workload
 
 TINY = Sizes(total_rows=600, heavy_items=150, batch_users=12, items_per_user=5, chunk_size=40,
@@ -29,19 +29,69 @@ def dataset(db_url, tmp_path) -> Dataset:
     ds.engine.dispose()
 
 
-@pytest.mark.parametrize("workload", [Workload.heavy(), Workload.batch(TINY.batch_users)],
-                         ids=lambda w: w.name)
-def test_every_contender_ends_in_the_floors_state(dataset, workload):
+@pytest.fixture
+def spread(db_url, tmp_path) -> Dataset:
+    """Issue #15's dataset: string owners, integer codes with NULL, spread items."""
+    ds = build(db_url, tmp_path, TINY, SPREAD)
+    yield ds
+    ds.engine.dispose()
+
+
+def _every_contender_ends_in_the_floors_state(ds: Dataset, workload: Workload) -> None:
     for operation in OPERATIONS:
-        row = run_workload(dataset, workload, operation, with_naive=True, log=lambda _line: None)
+        row = run_workload(ds, workload, operation, with_naive=True, log=lambda _line: None)
         assert row.differences == {"api": None, "cli": None, "naive": None}, operation
-        floor, api = row.results["floor"], row.results["api"]
+        floor, api, cli = row.results["floor"], row.results["api"], row.results["cli"]
         assert floor.items > 0
-        assert api.items == row.results["cli"].items == floor.items
+        assert api.items == cli.items == floor.items
         # the naive tool ran in full (no sample) at this size, so its count is comparable too
         assert row.results["naive"].items == floor.items and not row.results["naive"].sampled
         assert 0 < api.max_chunk_items <= TINY.chunk_size
         assert api.transactions > 1 and api.longest_txn_ms > 0
+        # the chunks are counted on both sides, and the site writer wrote during the CLI run
+        assert api.chunks > 0 and cli.chunks > 0
+        assert cli.startup_seconds > 0
+        writes = cli.site_writes
+        assert writes is not None and writes.count > 0
+        assert 0 < writes.p99_ms <= writes.longest_ms
+
+
+@pytest.mark.parametrize("workload", ["heavy", "batch"])
+def test_every_contender_ends_in_the_floors_state(dataset, workload):
+    _every_contender_ends_in_the_floors_state(dataset, _workload(workload, BENCH))
+
+
+@pytest.mark.parametrize("workload", ["heavy", "batch"])
+def test_every_contender_ends_in_the_floors_state_on_the_spread_data(spread, workload):
+    _every_contender_ends_in_the_floors_state(spread, _workload(workload, SPREAD))
+
+
+def _workload(name: str, shape) -> Workload:
+    return Workload.heavy(shape) if name == "heavy" else Workload.batch(TINY.batch_users, shape)
+
+
+def test_the_spread_data_is_laid_out_as_the_issue_says(spread):
+    """String owners; the heavy user owns every k-th row; each batch user owns exactly its
+    items, spread over the table; codes 0/1/9 and NULL; the site writer's column untouched."""
+    from sqlalchemy import func, select
+
+    [table] = spread.shape.content_tables.values()
+    stride = TINY.total_rows // TINY.heavy_items
+    heavy, batch = Workload.heavy(SPREAD), Workload.batch(TINY.batch_users, SPREAD)
+    with spread.engine.connect() as conn:
+        heavy_ids = conn.execute(select(table.c.id).where(heavy.owns(table.c.owner_id))
+                                 .order_by(table.c.id)).scalars().all()
+        assert heavy_ids == list(range(1, stride * TINY.heavy_items + 1, stride))
+        per_user = conn.execute(
+            select(table.c.owner_id, func.min(table.c.id), func.max(table.c.id))
+            .where(table.c.owner_id.in_(batch.subjects)).group_by(table.c.owner_id)
+            .having(func.count() == TINY.items_per_user)).all()
+        assert len(per_user) == TINY.batch_users
+        assert max(high - low for _owner, low, high in per_user) > TINY.total_rows // 4
+        codes = set(conn.execute(select(table.c.scope).distinct()).scalars())
+        assert codes == {0, 1, 9, None}
+        assert conn.execute(select(func.max(table.c.touched))).scalar_one() == 0
+    assert all(len(subject) == 36 for subject in batch.subjects + heavy.subjects)
 
 
 def test_end_state_sees_a_single_changed_row(dataset):
@@ -59,6 +109,22 @@ def test_end_state_sees_a_single_changed_row(dataset):
     assert difference is not None and "diary visibility differs on 1 rows" in difference
 
 
+def test_the_site_writers_column_is_not_part_of_the_end_state(spread):
+    """The site writer's ``touched`` leaves the end state as it was; a NULL code made 9 is a
+    difference (NULL and 9 are told apart)."""
+    from sqlalchemy import update
+
+    [table] = spread.shape.content_tables.values()
+    before = end_state(spread)
+    with spread.engine.begin() as conn:
+        conn.execute(update(table).values(touched=table.c.touched + 1))
+    assert end_state(spread).difference(before) is None
+    with spread.engine.begin() as conn:
+        conn.execute(update(table).where(table.c.scope.is_(None), table.c.id < 50).values(scope=9))
+    difference = end_state(spread).difference(before)
+    assert difference is not None and "photo visibility differs" in difference
+
+
 def test_repeated_runs_each_end_in_the_floors_state_and_the_fastest_counts(dataset):
     row = run_workload(dataset, Workload.heavy(), "apply", with_naive=False,
                        log=lambda _line: None, repeat=2)
@@ -73,7 +139,8 @@ def test_repeated_runs_each_end_in_the_floors_state_and_the_fastest_counts(datas
 
 def test_baseline_runs_the_revisions_cli_as_before_and_reports_the_ratio(tmp_path):
     """``--baseline HEAD`` at a tiny size on SQLite: the CLI of HEAD ran as ``before``, ended in
-    the floor's state, and the report gives this tree's CLI ÷ before; the export is removed."""
+    the floor's state, and the report gives this tree's CLI ÷ before; the export is removed
+    (on the spread dataset, chosen by --datasets)."""
     root = Path(__file__).resolve().parent.parent
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
         pytest.skip("not a git checkout")
@@ -82,6 +149,7 @@ def test_baseline_runs_the_revisions_cli_as_before_and_reports_the_ratio(tmp_pat
              "--items-per-user", "5", "--chunk-size", "40"]
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--baseline", "HEAD", *sizes, "--workloads", "heavy",
+         "--datasets", "spread",
          "--no-naive", "--output-json", str(report_json), "--output-markdown", str(report_md)],
         cwd=root, capture_output=True, text=True,
     )
@@ -90,6 +158,7 @@ def test_baseline_runs_the_revisions_cli_as_before_and_reports_the_ratio(tmp_pat
     raw = json.loads(report_json.read_text())
     assert raw["baseline"]["revision"] == "HEAD" and len(raw["baseline"]["commit"]) == 40
     [database] = raw["databases"]
+    assert database["dataset"] == "spread"
     assert [r["operation"] for r in database["rows"]] == list(OPERATIONS)
     for row in database["rows"]:
         assert row["differences"] == {"api": None, "cli": None, "before": None}

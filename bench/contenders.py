@@ -51,7 +51,7 @@ from bench.site import SiteWriter, SiteWrites, workload_items
 from bench.worker import peak_rss_mb
 from privacy_lock import service
 from privacy_lock.audit import utc_now
-from privacy_lock.pacing import Pacer
+from privacy_lock.pacing import MAX_CHUNK_SIZE, Pacer
 from privacy_lock.schema import locks, snapshots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def tool_apply_untimed(ds: Dataset, wl: Workload) -> None:
     try:
         result = service.apply(target, users=list(wl.subjects),
                                identity=service.Identity("bench", "BENCH-1", "benchmark"),
-                               pacer=Pacer(ds.sizes.chunk_size))
+                               pacer=Pacer(ds.sizes.chunk_size or MAX_CHUNK_SIZE))
     finally:
         target.dispose()
     if result.failed:
@@ -434,7 +434,8 @@ def tool_cli(
 
     The heavy user is named on the command line; the batch comes as a request file (CSV).
     Chunking is the CLI's default, as a user runs it: sized by time (``--chunk-time``, 0.1 s
-    unless PRIVACY_LOCK_CHUNK_TIME says otherwise), with ``--chunk-size`` as the bound.
+    unless PRIVACY_LOCK_CHUNK_TIME says otherwise), with ``--chunk-size`` as the bound (the
+    CLI's own default unless the bench was given one).
     ``package_root`` is where the child imports ``privacy_lock`` from (see ``_run_child``).
     """
     if wl.name == "heavy":
@@ -446,7 +447,8 @@ def tool_cli(
         targets = ["--from-file", str(request_file)]
     args = [sys.executable, "-m", "privacy_lock", "--config", str(ds.config_path),
             "--database-url", ds.url, operation, *targets, *IDENTITY,
-            "--chunk-size", str(ds.sizes.chunk_size), "--quiet", "--format", "json"]
+            *(("--chunk-size", str(ds.sizes.chunk_size)) if ds.sizes.chunk_size else ()),
+            "--quiet", "--format", "json"]
     startup, _rss, _out = _run_child([sys.executable, "-m", "privacy_lock", "--version"],
                                      ds.workdir, f"{label}-startup", package_root)
     writer = SiteWriter(ds.url, ds.shape, workload_items(ds.engine, ds.shape, wl.owns))

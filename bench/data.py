@@ -64,7 +64,6 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from privacy_lock.config import Policy
 from privacy_lock.db import create_tool_engine
-from privacy_lock.pacing import DEFAULT_CHUNK_SIZE
 from privacy_lock.policy import seed_policy
 from privacy_lock.schema import create_tool_tables, locks, snapshots
 from privacy_lock.schema import metadata as tool_metadata
@@ -88,7 +87,7 @@ class Sizes:
     heavy_items: int = 100_000
     batch_users: int = 10_000  # users with a few items each, as in a day's request file
     items_per_user: int = 10
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None  # --chunk-size; None: the CLI's default, as a user runs it
     naive_sample: int = 2_000  # items the naive tool processes before its rate is extrapolated
 
     def __post_init__(self) -> None:
@@ -98,8 +97,8 @@ class Sizes:
                 f"heavy items + batch users x items per user = {workload_rows} exceeds "
                 f"--total-rows {self.total_rows}"
             )
-        if min(self.total_rows, self.heavy_items, self.items_per_user, self.chunk_size,
-               self.naive_sample) < 1:
+        if min(self.total_rows, self.heavy_items, self.items_per_user,
+               self.chunk_size or 1, self.naive_sample) < 1:
             raise ValueError("sizes must be positive")
 
     @property

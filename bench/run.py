@@ -50,6 +50,7 @@ from bench.data import (
     scratch_database,
     settle,
 )
+from privacy_lock.pacing import DEFAULT_CHUNK_TIME, default_chunk_size
 
 OPERATIONS = ("apply", "revert")
 WORKLOADS = ("heavy", "batch")
@@ -278,7 +279,8 @@ def markdown(facts: dict[str, Any], rows: list[Row], sizes: Sizes) -> str:
         f"Dataset `{shape.name}`: {shape.description}. "
         f"{sizes.total_rows:,} content rows; heavy user {sizes.heavy_items:,} items; batch "
         f"{sizes.batch_users:,} users × {sizes.items_per_user} items; chunk size "
-        f"bound {sizes.chunk_size}, chunk time the CLI's default; data built in "
+        f"bound {sizes.chunk_size or 'the CLI default'}, chunk time the CLI's default; data "
+        "built in "
         f"{facts['build_seconds']} s"
         + (f"; floor and tool: the fastest of {facts['repeat']} runs each." if
            facts.get("repeat", 1) > 1 else "."),
@@ -354,9 +356,11 @@ def targets(dialect: str, rows: list[Row], sizes: Sizes) -> list[str]:
                                f"{' / '.join(f'{p:.0f}' for p in peaks)} MB, API / CLI "
                                f"(target < {TARGET_RSS_MB:.0f} MB)"))
         if api and api.max_chunk_items is not None:
-            lines.append(_mark(api.max_chunk_items <= sizes.chunk_size,
+            bound = sizes.chunk_size or default_chunk_size(float(
+                os.environ.get("PRIVACY_LOCK_CHUNK_TIME", DEFAULT_CHUNK_TIME)))
+            lines.append(_mark(api.max_chunk_items <= bound,
                                f"{name}: largest transaction {api.max_chunk_items} items "
-                               f"(≤ chunk size {sizes.chunk_size})"))
+                               f"(≤ chunk size {bound:,})"))
         if api and api.longest_txn_ms is not None:
             lines.append(_mark(
                 api.longest_txn_ms <= TARGET_TXN_MS,
@@ -422,7 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Items (diaries + photos) of the heavy user.")
     parser.add_argument("--batch-users", type=int, default=defaults.batch_users)
     parser.add_argument("--items-per-user", type=int, default=defaults.items_per_user)
-    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size,
+                        help="The tool's --chunk-size; default: the CLI's own (10,000 when "
+                        "chunks are sized by time).")
     parser.add_argument("--naive-sample", type=int, default=defaults.naive_sample,
                         help="Items the naive tool does before its rate is extrapolated.")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),

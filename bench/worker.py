@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 
 from privacy_lock import service
-from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer
+from privacy_lock.pacing import DEFAULT_CHUNK_TIME, Pacer, default_chunk_size
 
 
 class TransactionTimer:
@@ -102,8 +102,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     target = service.Target.load(spec["config"], spec["url"])
     # As the CLI runs by default: chunks sized by time, --chunk-size their upper bound (the
     # CLI contender inherits PRIVACY_LOCK_CHUNK_TIME from the environment, as this does).
-    pacer = Pacer(spec["chunk_size"], chunk_time=float(
-        os.environ.get("PRIVACY_LOCK_CHUNK_TIME", DEFAULT_CHUNK_TIME)))
+    chunk_time = float(os.environ.get("PRIVACY_LOCK_CHUNK_TIME", DEFAULT_CHUNK_TIME))
+    pacer = Pacer(spec["chunk_size"] or default_chunk_size(chunk_time), chunk_time=chunk_time)
     watcher = ChunkWatcher(pacer)
     timer = TransactionTimer(target.engine)
     started = time.perf_counter()

@@ -1285,7 +1285,8 @@ def _owner_id_index(kind: BoundKind) -> str | None:
         names = [c.name for c in index.columns]
         then_id = names[1:2] == [kind.id_col.name] or (
             names[1:] == [] and primary == [kind.id_col.name])
-        if index.name and names[:1] == [kind.owner_col.name] and then_id:
+        plain = not index.dialect_options["mysql"].get("prefix")  # not FULLTEXT / SPATIAL
+        if index.name and plain and names[:1] == [kind.owner_col.name] and then_id:
             return index.name
     return None
 

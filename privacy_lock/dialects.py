@@ -267,6 +267,16 @@ class Dialect:
                      for v, lock_id in mapping.items()},
                     value=col if exact is None else exact)
 
+    def owns(self, col: Any, value: Any) -> ColumnElement[bool]:
+        """``col`` holds exactly ``value``, on rows a statement names by key (a ranged
+        chunk's key list): :meth:`exactly`, unless the planner must not be offered the owner
+        index for them (MySQL/MariaDB)."""
+        return self.exactly(col, value)
+
+    def walk_hint(self, kind: BoundKind) -> str | None:
+        """An index hint for the key walk of ``kind`` (:func:`_walk`); None: none."""
+        return None
+
     def plan_for_actual_keys(self, conn: Connection) -> None:
         """Make the rest of this transaction plan for its actual owner and keys (PostgreSQL)."""
 
@@ -383,13 +393,13 @@ class Dialect:
         in_range = kind.id_col.between(candidates[0], candidates[-1])
         ids = conn.execute(
             select(kind.id_col)
-            .where(self.exactly(kind.owner_col, owner), in_range,
+            .where(self.owns(kind.owner_col, owner), in_range,
                    self.exactly_in(kind.id_col, candidates), visible(kind))
             .with_for_update()
         ).scalars().all()
         if not ids:  # all of them were hidden by someone else meanwhile
             return RangeHidden(0, [], candidates[-1], len(candidates))
-        these_rows = (self.exactly(kind.owner_col, owner), in_range,
+        these_rows = (self.owns(kind.owner_col, owner), in_range,
                       self.exactly_in(kind.id_col, ids), visible(kind))
         hidden, written = self._snapshot_and_hide(conn, kind, lock_id, these_rows, now, fresh)
         return RangeHidden(hidden, written, candidates[-1], len(candidates))
@@ -450,10 +460,14 @@ class Dialect:
         """Resolve the next ``limit`` pending snapshots of ``kind`` after snapshot id ``after``:
         restore each item still owner-only, mark the others conflict (changed since) or gone
         (deleted, or no longer this user's). Returns the counts and the last snapshot id
-        visited (None: nothing was left). Here: fetch the snapshots, lock their items by key,
-        decide in Python."""
+        visited (None: nothing was left). Here: fetch the snapshots with their originals, lock
+        their items by key, decide in Python, and restore with one single-table ``UPDATE``
+        whose ``CASE`` gives each item its original (a multi-table ``UPDATE`` joining the
+        snapshots was planned from the owner index on a table without statistics, reading all
+        of a heavy user's rows for every chunk: docs/BENCHMARKS.md, issue #15)."""
         pending = conn.execute(
-            select(snapshots.c.snapshot_id, snapshots.c.item_id)
+            select(snapshots.c.snapshot_id, snapshots.c.item_id,
+                   original_col(kind).label("original"))
             .where(snapshots.c.lock_id == lock_id, snapshots.c.kind == kind.name,
                    snapshots.c.state == PENDING, snapshots.c.snapshot_id > after)
             .order_by(snapshots.c.snapshot_id)
@@ -463,32 +477,42 @@ class Dialect:
             return RevertCounts(), None
         snapshot_ids = [row.snapshot_id for row in pending]
         # Key ranges, redundant with the key lists, bound every plan to this chunk's slice of
-        # the (owner, id) and snapshot indexes instead of all of a heavy user's items.
+        # the snapshot index.
         these_snapshots = and_(
             snapshots.c.lock_id == lock_id,
             snapshots.c.snapshot_id.between(snapshot_ids[0], snapshot_ids[-1]))
         # Lock the items first, by key, then decide: while we hold them nobody can change them.
         item_ids = [bind_value(kind.id_col, row.item_id) for row in pending]
-        these_items = and_(self.exactly(kind.owner_col, owner),
+        these_items = and_(self.owns(kind.owner_col, owner),
                            self.exactly_in(kind.id_col, item_ids, bounded=True))
         current = dict(conn.execute(
             select(id_as_text(kind), kind.vis_col).where(these_items).with_for_update()
         ).all())
         by_state: dict[str, list[int]] = {RESTORED: [], CONFLICT: [], GONE: []}
+        # the items to restore, by the original each gets back (a few visibility codes)
+        by_original: dict[Any, list[Any]] = {}
         for row in pending:
             if row.item_id not in current:
                 by_state[GONE].append(row.snapshot_id)
             elif current[row.item_id] == kind.private:
                 by_state[RESTORED].append(row.snapshot_id)
+                by_original.setdefault(row.original, []).append(
+                    bind_value(kind.id_col, row.item_id))
             else:
                 by_state[CONFLICT].append(row.snapshot_id)
         if by_state[RESTORED]:
+            # The originals were read with the snapshots in this transaction: a pending
+            # snapshot's original is never rewritten, and its lock row is held.
+            original = case(*[(self.exactly_in(kind.id_col, ids),
+                               literal(value, kind.vis_col.type))
+                              for value, ids in by_original.items()])
+            restored_ids = [item for ids in by_original.values() for item in ids]
             restored = conn.execute(
                 update(kind.table)
-                .values({kind.vis_col.name: original_col(kind)})
-                .where(these_items, kind.vis_col == kind.private,
-                       kind.id_col == snapshot_item_as_id(kind), these_snapshots,
-                       self.in_keys(snapshots.c.snapshot_id, by_state[RESTORED]))
+                .values({kind.vis_col.name: original})
+                .where(self.owns(kind.owner_col, owner),
+                       self.exactly_in(kind.id_col, restored_ids, bounded=True),
+                       kind.vis_col == kind.private)
             ).rowcount
             if restored != len(by_state[RESTORED]):
                 raise mismatch(kind.name, len(by_state[RESTORED]), restored, RESTORED)
@@ -1175,6 +1199,22 @@ class MysqlDialect(Dialect):
             return col, col
         return func.min(col), cast(col, BINARY())
 
+    def owns(self, col: Any, value: Any) -> ColumnElement[bool]:
+        """Only the byte comparison (bytes that are equal are equal in every collation): with
+        ``col = value`` too, MariaDB 10.11 reads the rows of a key list through the owner
+        index's equality (``ref``), all of a heavy user's items for every chunk, where the
+        key list's range on the id index reads only the chunk's (docs/BENCHMARKS.md, #15)."""
+        return cast(col, BINARY()) == cast(literal(value, col.type), BINARY())
+
+    def walk_hint(self, kind: BoundKind) -> str | None:
+        """``FORCE INDEX`` of the (owner, id) index: left to itself, MariaDB ranges over the
+        primary key (``id > after``), finds that costlier than the owner index's equality
+        (``ref``), and reads the owner's items from the first one for every chunk (or, with
+        ``ORDER BY ... LIMIT``, scans the primary key). Forced to the one index, it reads
+        the range (owner, id > after) in order and stops after ``limit`` keys."""
+        index = _owner_id_index(kind)
+        return None if index is None else f"FORCE INDEX (`{index.replace('`', '``')}`)"
+
     def current_login(self, conn: Connection) -> str | None:
         # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
         # not USER(), which is the name the client merely asked for.
@@ -1236,9 +1276,27 @@ def _declared_length(type_: Any) -> tuple[int, str] | None:
 
 
 
+def _owner_id_index(kind: BoundKind) -> str | None:
+    """The name of the content table's index on (owner, id), as reflected (InnoDB appends the
+    primary key to every secondary index, so an index on the owner alone serves when the id
+    is the primary key); None when it has none (a view, or a table without it)."""
+    primary = [c.name for c in kind.table.primary_key.columns]
+    for index in sorted(kind.table.indexes, key=lambda i: (len(i.columns), i.name or "")):
+        names = [c.name for c in index.columns]
+        then_id = names[1:2] == [kind.id_col.name] or (
+            names[1:] == [] and primary == [kind.id_col.name])
+        plain = not index.dialect_options["mysql"].get("prefix")  # not FULLTEXT / SPATIAL
+        if index.name and plain and names[:1] == [kind.owner_col.name] and then_id:
+            return index.name
+    return None
+
+
 def _walk(dialect: Dialect, kind: BoundKind, owner: Any, after: Any, limit: int) -> Any:
     """The next ``limit`` visible items of ``owner`` after key ``after``, in key order."""
     walk = select(kind.id_col).where(dialect.exactly(kind.owner_col, owner), visible(kind))
+    hint = dialect.walk_hint(kind)
+    if hint is not None:
+        walk = walk.with_hint(kind.table, hint)
     if after is not None:
         walk = walk.where(kind.id_col > after)
     return walk.order_by(kind.id_col).limit(limit)

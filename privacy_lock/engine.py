@@ -466,7 +466,9 @@ def preflight(
     """Refuse ``command`` before it changes anything unless every active lock among
     ``lock_ids`` is still bound as it records (else :class:`UsageError`, exit 2) and every lock
     among them, in any state, is still what the trail sealed (else :class:`TamperedError`,
-    exit 1). Short reads, a thousand locks at a time; returns the active locks checked."""
+    exit 1). Short reads, a thousand locks at a time, the seals in pieces of their own
+    (:func:`privacy_lock.seal.check_seals`: on SQLite a long read would keep the site's writers
+    waiting); returns the active locks checked."""
     resolver = resolver or binding.Resolver(conn, cmap)
     ids, active = sorted(set(lock_ids)), set[int]()
     for start in range(0, len(ids), IN_BATCH):
@@ -486,7 +488,7 @@ def preflight(
             for lock_id, recorded, state in rows:
                 if recorded is not None and state == LockState.ACTIVE:
                     resolver.kinds(int(lock_id), recorded, held.get(int(lock_id), []))
-            seal.check_sealed(conn, [int(lock_id) for lock_id, _r, _s in rows], command)
+        seal.check_sealed(conn, [int(lock_id) for lock_id, _r, _s in rows], command)
         active.update(int(lock_id) for lock_id, _r, state in rows if state == LockState.ACTIVE)
     return active
 

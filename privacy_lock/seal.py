@@ -239,6 +239,7 @@ def _check_part(reads: _Reads, lock_ids: list[int], check: SealCheck) -> None:
             check.add(found)
             return
     if reads.own:  # operators kept changing these locks: one read transaction, as before pieces
+        found = SealCheck()
         with reads() as conn:
             _read_part(_Reads(conn, own=False), lock_ids, found)
     check.add(found)

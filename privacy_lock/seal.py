@@ -129,7 +129,7 @@ SEALING_ACTIONS = ("lock", "apply", "hide", "revert-requested", "revert-approved
 # The events a lock's rows are checked against: what seals them, and what resolves its
 # snapshots and closes it (whose counts are checked without a key).
 LOCK_ACTIONS = (*SEALING_ACTIONS, "restore", "revert")
-LOCKS_PER_READ = 500
+LOCKS_PER_READ = 250  # locks per part: their events are one read
 SNAPSHOTS_PER_READ = 5_000  # snapshot rows per short read (about 50 ms on a loaded machine)
 READS = 5  # reads in pieces tried while operators keep changing the locks (see _check_part)
 # A revert event's counts per kind, by the snapshot state they count.
@@ -222,17 +222,19 @@ def _check_part(reads: _Reads, lock_ids: list[int], check: SealCheck) -> None:
     """Check a part's locks, read in pieces (:func:`_read_part`), and add what it found to
     ``check``.
 
-    Why pieces find what one consistent read finds: the tool changes a lock's rows (the lock,
-    its snapshots, its revert requests) only in a transaction that also appends an event naming
-    the lock, and an event's ``seq`` follows the audit head, which every such transaction
-    locks. The part's first read notes the head; its last read looks for an event naming one of
-    its locks after it. When there is none, no run, approval or revert touched those rows
-    while the pieces were read: every piece saw them as the first read did, so the pieces add
-    up to one consistent read, and a tampered row is found exactly as one read would find it
-    (each row is read once, by its unique key). When there is one (an apply extended a lock
-    between two pieces, another operator reverted it), the pieces may mix before and after, and
-    their verdict, pass or fail, is not trusted: the part is read again, up to ``READS`` times,
-    then once in a single read transaction, which is consistent however busy the locks are."""
+    Why pieces find what one consistent read finds: the tool changes what this check compares of
+    a lock's rows (the lock, its snapshots, its revert requests) only in a transaction that also
+    appends an event naming the lock (marking an approved request done, with no event, changes
+    nothing it compares), and an event's ``seq`` follows the audit head, which every such
+    transaction locks. The part's first read notes the head; its last read looks for an event
+    naming one of its locks after it. When there is none, no run, approval or revert touched
+    those rows while the pieces were read: every piece saw them as the first read did, so the
+    pieces add up to one consistent read, and a tampered row is found exactly as one read would
+    find it (each row is read once, by its unique key). When there is one (an apply extended a
+    lock between two pieces, another operator reverted it), the pieces may mix before and after,
+    and their verdict, pass or fail, is not trusted: the part is read again, up to ``READS``
+    times, then once in a single read transaction, which is consistent however busy the locks
+    are."""
     for _attempt in range(READS):
         found = SealCheck()
         if not _read_part(reads, lock_ids, found):
@@ -252,22 +254,24 @@ def _read_part(reads: _Reads, lock_ids: list[int], check: SealCheck) -> bool:
     filings: dict[int, _Filing] = {}
     with reads() as conn:
         head = _head_seq(conn) or 0
-        for seq, lock_id, action, at, details in conn.execute(
+        events = conn.execute(
             select(audit_events.c.seq, audit_events.c.lock_id, audit_events.c.action,
                    audit_events.c.occurred_at, audit_events.c.details)
             .where(audit_events.c.lock_id.in_(lock_ids),
                    audit_events.c.action.in_(LOCK_ACTIONS))
             .order_by(audit_events.c.seq)
-        ).all():
-            _read_event(trails[int(lock_id)], filings, int(seq), int(lock_id), action, at,
-                        _details(details))
+        ).all()
         rows = {int(row["lock_id"]): dict(row) for row in conn.execute(
             select(locks.c.state, locks.c.active_subject, *[locks.c[f] for f in LOCK_FIELDS])
             .where(locks.c.lock_id.in_(lock_ids))).mappings()}
-        requests = _request_rows(conn, lock_ids, filings)
         sizes = {int(lock_id): int(n) for lock_id, n in conn.execute(  # the index alone
             select(snapshots.c.lock_id, func.count())
             .where(snapshots.c.lock_id.in_(lock_ids)).group_by(snapshots.c.lock_id)).all()}
+    for seq, lock_id, action, at, details in events:  # parsed with no read lock held
+        _read_event(trails[int(lock_id)], filings, int(seq), int(lock_id), action, at,
+                    _details(details))
+    with reads() as conn:
+        requests = _request_rows(conn, lock_ids, filings)
     groups: dict[int, dict[str, list[SnapshotRow]]] = {}
     states: dict[int, Counter[tuple[str, str]]] = {}
     for lock_id, at, kind, item, text, number, state in _snapshot_pieces(reads, sizes):

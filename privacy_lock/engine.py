@@ -235,9 +235,7 @@ def plan(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
     a user with no active lock, a request that cannot run, a lock named twice)."""
     if ctx.mode == "apply":
         return _plan_apply(ctx, requests)
-    with reading(ctx.conn):
-        ctx.dialect.plan_for_actual_keys(ctx.conn)
-        return _plan_revert(ctx, requests)
+    return _plan_revert(ctx, requests)
 
 
 def _failed(request: Request, exc: BaseException, user: str | None = None,
@@ -316,7 +314,8 @@ def _plan_revert(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
                 subject_of[position] = cmap.normalize_user(request.user_id or "")
             except PrivacyLockError as exc:
                 planned[position] = _failed(request, exc)
-    active = active_lock_ids(conn, list(subject_of.values()))
+    with reading(conn):
+        active = active_lock_ids(conn, list(subject_of.values()))
     lock_at: dict[int, int] = {}
     for position, request in enumerate(requests):
         if planned[position] is not None:
@@ -330,39 +329,51 @@ def _plan_revert(ctx: Context, requests: Sequence[Request]) -> list[Planned]:
                 continue
         lock_at[position] = int(lock_id)
     lock_ids = sorted(set(lock_at.values()))
-    rows = {row.lock_id: row for row in conn.execute(
-        select(locks.c.lock_id, locks.c.subject, locks.c.state, locks.c.binding)
-        .where(ctx.dialect.in_keys(locks.c.lock_id, lock_ids))).all()} if lock_ids else {}
-    pending: dict[int, dict[str, int]] = {}
+    rows: dict[int, Any] = {}
+    pending: dict[int, int] = {}
+    held: dict[int, list[str]] = {}
     if lock_ids:
-        for lock_id, kind_name, n_pending in conn.execute(
-            select(snapshots.c.lock_id, snapshots.c.kind,
-                   func.sum(case((snapshots.c.state == PENDING, 1), else_=0)))
-            .where(ctx.dialect.in_keys(snapshots.c.lock_id, lock_ids))
-            .group_by(snapshots.c.lock_id, snapshots.c.kind)
-        ).all():
-            pending.setdefault(int(lock_id), {})[kind_name] = int(n_pending or 0)
+        # Each from an index alone (the pending one, the (lock, kind, item) one): counting
+        # pending snapshots per kind read every snapshot row of a heavy lock, in one read.
+        with reading(conn):
+            ctx.dialect.plan_for_actual_keys(conn)
+            rows = {row.lock_id: row for row in conn.execute(
+                select(locks.c.lock_id, locks.c.subject, locks.c.state, locks.c.binding)
+                .where(ctx.dialect.in_keys(locks.c.lock_id, lock_ids))).all()}
+            pending = {int(lock_id): int(n) for lock_id, n in conn.execute(
+                select(snapshots.c.lock_id, func.count())
+                .where(ctx.dialect.in_keys(snapshots.c.lock_id, lock_ids),
+                       snapshots.c.state == PENDING)
+                .group_by(snapshots.c.lock_id)).all()}
+        with reading(conn):
+            ctx.dialect.plan_for_actual_keys(conn)
+            for lock_id, kind_name in conn.execute(
+                select(snapshots.c.lock_id, snapshots.c.kind).distinct()
+                .where(ctx.dialect.in_keys(snapshots.c.lock_id, lock_ids))
+            ).all():
+                held.setdefault(int(lock_id), []).append(kind_name)
     seen: set[int] = set()
-    for position, lock_id in lock_at.items():
-        request = requests[position]
-        row = rows.get(lock_id)
-        if row is None:
-            planned[position] = _failed(request, UsageError(f"no lock with id {lock_id}"))
-            continue
-        if row.state != LockState.ACTIVE:
-            planned[position] = Outcome(request, row.subject, lock_id, Status.NOT_LOCKED)
-            continue
-        try:
-            kinds = ctx.resolver.kinds(lock_id, row.binding, list(pending.get(lock_id, {})))
-        except UsageError as exc:
-            planned[position] = _failed(request, exc, row.subject, lock_id)
-            continue
-        work = Work(request, row.subject,
-                    Actor.current(request.operator, request.ticket, request.reason),
-                    kinds, lock_id, {}, sum(pending.get(lock_id, {}).values()))
-        work.alone = lock_id in seen  # named twice: the second runs after the first
-        seen.add(lock_id)
-        planned[position] = work
+    with reading(conn):  # the resolver may reflect a table a lock records
+        for position, lock_id in lock_at.items():
+            request = requests[position]
+            row = rows.get(lock_id)
+            if row is None:
+                planned[position] = _failed(request, UsageError(f"no lock with id {lock_id}"))
+                continue
+            if row.state != LockState.ACTIVE:
+                planned[position] = Outcome(request, row.subject, lock_id, Status.NOT_LOCKED)
+                continue
+            try:
+                kinds = ctx.resolver.kinds(lock_id, row.binding, held.get(lock_id, []))
+            except UsageError as exc:
+                planned[position] = _failed(request, exc, row.subject, lock_id)
+                continue
+            work = Work(request, row.subject,
+                        Actor.current(request.operator, request.ticket, request.reason),
+                        kinds, lock_id, {}, pending.get(lock_id, 0))
+            work.alone = lock_id in seen  # named twice: the second runs after the first
+            seen.add(lock_id)
+            planned[position] = work
     return [p for p in planned if p is not None]
 
 

@@ -196,7 +196,8 @@ def test_locks_that_keep_moving_are_checked_in_one_read_at_last(sns, monkeypatch
     busy = []
 
     def sizes_read(_conn, _cursor, statement, *_args):
-        if not busy and statement.rstrip().endswith("GROUP BY privacy_lock_snapshots.lock_id"):
+        if (not busy and "privacy_lock_snapshots.state" not in statement
+                and statement.rstrip().endswith("GROUP BY privacy_lock_snapshots.lock_id")):
             attempts.append(0)  # each attempt opens with the locks' sizes
 
     def second_piece(_conn, _cursor, statement, *_args):

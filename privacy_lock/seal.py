@@ -272,10 +272,10 @@ def _read_part(reads: _Reads, lock_ids: list[int], check: SealCheck) -> bool:
                     _details(details))
     with reads() as conn:
         requests = _request_rows(conn, lock_ids, filings)
-    groups: dict[int, dict[str, list[SnapshotRow]]] = {}
+    groups = {lock_id: _Groups(trails[lock_id].groups) for lock_id in lock_ids}
     states: dict[int, Counter[tuple[str, str]]] = {}
     for lock_id, at, kind, item, text, number, state in _snapshot_pieces(reads, sizes):
-        groups.setdefault(int(lock_id), {}).setdefault(at, []).append((kind, item, text, number))
+        groups[int(lock_id)].add(at, (kind, item, text, number))
         states.setdefault(int(lock_id), Counter())[kind, state] += 1
     with reads() as conn:
         moved = conn.execute(
@@ -285,14 +285,49 @@ def _read_part(reads: _Reads, lock_ids: list[int], check: SealCheck) -> bool:
     for lock_id in lock_ids:
         trail, row = trails[lock_id], rows.get(lock_id)
         if row is None:
-            _check_gone(lock_id, trail, groups.get(lock_id, {}), check)
+            _check_gone(lock_id, trail, groups[lock_id], check)
             continue
         if not _check_lock(lock_id, trail, row, check):
             continue
-        _check_groups(lock_id, trail, groups.get(lock_id, {}), check)
+        _check_groups(lock_id, trail, groups[lock_id], check)
         _check_state(lock_id, trail, row, states.get(lock_id, Counter()), check)
     _check_requests(requests, filings, check)
     return moved
+
+
+class _Groups:
+    """A lock's snapshot rows as read, by group (one transaction's rows, by their time): how
+    many there are now, and for each group an event sealed whether they still match its digest.
+    A sealed group's rows are kept only until it holds as many as its seal says, then digested
+    and dropped, so memory holds the groups not yet complete, not the lock (a lock of 1,000,000
+    items kept 150 MB of rows before): the walk (:func:`_walk_lock`) reads a lock's rows in the
+    order they were written, where a group's rows come together."""
+
+    def __init__(self, sealed: dict[str, tuple[int, int, str]]) -> None:
+        self.sealed = sealed  # at -> (seq, rows, digest), from the trail
+        self.counts: Counter[str] = Counter()
+        self.unfinished: dict[str, list[SnapshotRow]] = {}
+        self.matched: dict[str, bool] = {}  # complete sealed groups: digest equal
+
+    def add(self, at: str, row: SnapshotRow) -> None:
+        self.counts[at] += 1
+        if at not in self.sealed:
+            return  # counted: no seal to compare with
+        if at in self.matched:  # more rows than the seal says
+            self.matched[at] = False
+            return
+        rows = self.unfinished.setdefault(at, [])
+        rows.append(row)
+        if len(rows) == self.sealed[at][1]:
+            self.matched[at] = snapshot_digest(rows) == self.sealed[at][2]
+            del self.unfinished[at]
+
+    def matches(self, at: str) -> bool:
+        """The group has exactly the rows its seal digested (fewer: it never completed)."""
+        _seq, count, digest = self.sealed[at]
+        if count == 0:  # nothing to complete: an empty group is the empty set's digest
+            return self.counts[at] == 0 and snapshot_digest([]) == digest
+        return self.matched.get(at, False) and self.counts[at] == count
 
 
 SNAPSHOT_COLUMNS = (snapshots.c.lock_id, snapshots.c.snapshotted_at, snapshots.c.kind,
@@ -302,9 +337,8 @@ SNAPSHOT_COLUMNS = (snapshots.c.lock_id, snapshots.c.snapshotted_at, snapshots.c
 
 def _snapshot_pieces(reads: _Reads, sizes: dict[int, int]) -> Iterator[Any]:
     """Every snapshot row of the locks ``sizes`` counts, once each, in reads of about
-    ``SNAPSHOTS_PER_READ`` rows: small locks together, a large one along its unique
-    (lock, kind, item) index, kind by kind, as :func:`privacy_lock.engine.counted_in_pieces`
-    walks it."""
+    ``SNAPSHOTS_PER_READ`` rows: small locks together, a large one along its (lock, state,
+    snapshot id) index (:func:`_walk_lock`)."""
     together: list[int] = []
     total = 0
     for lock_id in sorted(sizes):
@@ -327,26 +361,29 @@ def _read_locks(reads: _Reads, lock_ids: list[int]) -> list[Any]:
 
 
 def _walk_lock(reads: _Reads, lock_id: int) -> Iterator[Any]:
-    """One lock's snapshot rows, ``SNAPSHOTS_PER_READ`` at a time in (kind, item) order."""
-    kind: str | None = None
-    after: str | None = None  # the last item read of ``kind``; None: the kind is done
-    while True:
-        with reads() as conn:
-            if after is None:  # the next kind: one probe of the index
-                later = select(snapshots.c.kind).where(snapshots.c.lock_id == lock_id)
-                if kind is not None:
-                    later = later.where(snapshots.c.kind > kind)
-                kind = conn.execute(later.order_by(snapshots.c.kind).limit(1)).scalar()
-                if kind is None:
-                    return
-            piece = select(*SNAPSHOT_COLUMNS).where(snapshots.c.lock_id == lock_id,
-                                                    snapshots.c.kind == kind)
-            if after is not None:
-                piece = piece.where(snapshots.c.item_id > after)
-            rows = conn.execute(
-                piece.order_by(snapshots.c.item_id).limit(SNAPSHOTS_PER_READ)).all()
-        yield from rows
-        after = rows[-1].item_id if len(rows) == SNAPSHOTS_PER_READ else None
+    """One lock's snapshot rows, ``SNAPSHOTS_PER_READ`` at a time along its (lock, state,
+    snapshot id) index: state by state, the rarest first, each in the order the rows were
+    written, so that a group's rows come together (:class:`_Groups`). A group split between
+    states (a revert stopped half way, a few conflicts) waits for its other rows; reading the
+    small states first keeps that wait short."""
+    with reads() as conn:  # the index alone
+        by_state = conn.execute(
+            select(snapshots.c.state, func.count()).where(snapshots.c.lock_id == lock_id)
+            .group_by(snapshots.c.state)).all()
+    for state, _n in sorted(by_state, key=lambda row: (row[1], row[0])):
+        after: int | None = None
+        while True:
+            with reads() as conn:
+                piece = select(*SNAPSHOT_COLUMNS, snapshots.c.snapshot_id).where(
+                    snapshots.c.lock_id == lock_id, snapshots.c.state == state)
+                if after is not None:
+                    piece = piece.where(snapshots.c.snapshot_id > after)
+                rows = conn.execute(
+                    piece.order_by(snapshots.c.snapshot_id).limit(SNAPSHOTS_PER_READ)).all()
+            yield from (row[:-1] for row in rows)
+            if len(rows) < SNAPSHOTS_PER_READ:
+                break
+            after = int(rows[-1].snapshot_id)
 
 
 def _read_event(trail: _Trail, filings: dict[int, _Filing], seq: int, lock_id: int,
@@ -381,21 +418,20 @@ def _read_event(trail: _Trail, filings: dict[int, _Filing], seq: int, lock_id: i
             filing.rejected = (seq, sealed.get("rejection"))
 
 
-def _check_gone(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRow]],
-                check: SealCheck) -> None:
+def _check_gone(lock_id: int, trail: _Trail, groups: _Groups, check: SealCheck) -> None:
     """A lock the trail names (or snapshots name) whose row is gone: the tool never deletes one."""
     if trail.lock_seal is not None:
         check.problems.append(f"lock {lock_id}, sealed by event {trail.lock_seal[0]}, is gone")
     elif trail.opened is not None:
         check.problems.append(f"lock {lock_id}, opened by event {trail.opened[0]}, is gone")
-    elif groups:
+    elif groups.counts:
         check.problems.append(
-            f"{sum(map(len, groups.values()))} snapshot row(s) name lock {lock_id}, which no "
+            f"{groups.counts.total()} snapshot row(s) name lock {lock_id}, which no "
             "event opened and which does not exist (added by hand?)")
     for at, (seq, count, _digest) in sorted(trail.groups.items()):
         check.problems.append(
             f"the snapshots of lock {lock_id} written at {at} no longer match what event {seq} "
-            f"sealed ({count} rows then, {len(groups.get(at, []))} now; the lock was deleted)")
+            f"sealed ({count} rows then, {groups.counts[at]} now; the lock was deleted)")
 
 
 def _check_lock(lock_id: int, trail: _Trail, row: dict[str, Any], check: SealCheck) -> bool:
@@ -415,8 +451,7 @@ def _check_lock(lock_id: int, trail: _Trail, row: dict[str, Any], check: SealChe
     return True
 
 
-def _check_groups(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRow]],
-                  check: SealCheck) -> None:
+def _check_groups(lock_id: int, trail: _Trail, groups: _Groups, check: SealCheck) -> None:
     """Each snapshot group (one transaction's rows, by their time) against the event that
     sealed it. A lock sealed from its birth (its lock event seals the row) must have every
     group sealed; a lock made before seals, sealed later by an apply of a newer release,
@@ -426,8 +461,8 @@ def _check_groups(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRo
         return
     born_sealed = bool(trail.opened and trail.opened[1])
     first_seq, first_at = trail.first_seal
-    for at in sorted(set(groups) | set(trail.groups)):
-        rows = groups.get(at, [])
+    for at in sorted(set(groups.counts) | set(trail.groups)):
+        rows = groups.counts[at]
         if at not in trail.groups:
             if not born_sealed and at <= first_at:
                 check.legacy_groups += 1
@@ -435,15 +470,15 @@ def _check_groups(lock_id: int, trail: _Trail, groups: dict[str, list[SnapshotRo
             after = "" if born_sealed else (
                 f", and were written after event {first_seq} first sealed the lock")
             check.problems.append(
-                f"{len(rows)} snapshot row(s) of lock {lock_id} written at {at} are sealed by "
+                f"{rows} snapshot row(s) of lock {lock_id} written at {at} are sealed by "
                 f"no event{after} (added by hand?)")
             continue
-        seq, count, digest = trail.groups[at]
+        seq, count, _digest = trail.groups[at]
         check.checked += 1
-        if len(rows) != count or snapshot_digest(rows) != digest:
+        if not groups.matches(at):
             check.problems.append(
                 f"the snapshots of lock {lock_id} written at {at} no longer match what event "
-                f"{seq} sealed ({count} rows then, {len(rows)} now; a stored original, item or "
+                f"{seq} sealed ({count} rows then, {rows} now; a stored original, item or "
                 "kind was edited, added or removed)")
 
 

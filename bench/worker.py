@@ -110,7 +110,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     # Revert by user, as support does: the batch finds each user's active lock.
     command = service.apply if spec["operation"] == "apply" else service.revert
     result = command(target, users=spec["subjects"], identity=IDENTITY, pacer=pacer,
-                     progress=lambda _total, _requests: watcher)
+                     progress=lambda _count, _requests: watcher)
     finished = time.perf_counter()
     target.dispose()
     if not isinstance(result, service.RunResult):

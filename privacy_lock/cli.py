@@ -513,10 +513,13 @@ def make_pacer(chunk_size: int | None, chunk_time: float, sleep: float,
 
 
 def progress_factory(quiet: bool) -> service.ProgressFactory:
-    """Progress on stderr; quiet when asked, and for one small request (or none)."""
-    def start(items: int, requests: int) -> Progress:
-        return Progress(items, requests,
-                        quiet=quiet or requests <= 1 and items < DEFAULT_CHUNK_SIZE)
+    """Progress on stderr; quiet when asked (then the items are not even counted: on 8,000
+    spread users that read took 0.3 s of a 3.7 s run), and for one small request (or none)."""
+    def start(count_items: Callable[[], int], requests: int) -> Progress:
+        if quiet:
+            return Progress(0, requests, quiet=True)
+        items = count_items()
+        return Progress(items, requests, quiet=requests <= 1 and items < DEFAULT_CHUNK_SIZE)
     return start
 
 

@@ -253,8 +253,9 @@ class Watcher(Protocol):
     def close(self) -> None: ...
 
 
-# (planned items, requests) -> the watcher of the run
-ProgressFactory = Callable[[int, int], Watcher]
+# (a function counting the planned items, requests) -> the watcher of the run. The count is a
+# read of every named user's items (or locks' snapshots): call it only to show it.
+ProgressFactory = Callable[[Callable[[], int], int], Watcher]
 
 
 class Ending(StrEnum):
@@ -333,7 +334,7 @@ class _TrackedRun:
         """Plan the totals (aggregate queries) and hook the pacer to the watcher."""
         self.mode, self.dry_run, self.pacer = mode, dry_run, pacer
         self.started = time.monotonic()
-        self.watcher = (progress(planned_items(conn, cmap, mode, batch), len(batch))
+        self.watcher = (progress(lambda: planned_items(conn, cmap, mode, batch), len(batch))
                         if progress else None)
         self.stats = RunStats(action=("would be " if dry_run else "")
                               + ("hidden" if mode == "apply" else "restored"))

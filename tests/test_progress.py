@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from privacy_lock.cli import progress_factory
 from privacy_lock.progress import Progress, RunStats, format_clock, format_duration
 
 
@@ -265,3 +266,17 @@ def test_the_bar_measures_stderr_not_stdout(monkeypatch, capsys):
     assert Progress(10, 1, stream=io.StringIO()).width == 80  # no terminal at all
     monkeypatch.setenv("COLUMNS", "132")
     assert Progress(10, 1, stream=io.StringIO()).width == 132  # as the shell says
+
+
+def test_a_quiet_run_does_not_count_its_items():
+    """--quiet shows no progress, so the read that counts the planned items (every named
+    user's items, a second time) is not made; a run that shows progress counts them once."""
+    counted: list[int] = []
+
+    def count_items() -> int:
+        counted.append(1)
+        return 5000
+
+    assert progress_factory(True)(count_items, 10).quiet and counted == []
+    shown = progress_factory(False)(count_items, 10)
+    assert not shown.quiet and shown.total_items == 5000 and counted == [1]

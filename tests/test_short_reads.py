@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import Engine, event, insert, update
+from sqlalchemy import Engine, delete, event, insert, select, update
 
 from helpers import requests_for, run_engine
 from privacy_lock import engine as tool_engine
@@ -273,3 +273,33 @@ def test_the_seal_check_keeps_the_groups_not_yet_complete_not_the_lock(sns, monk
     assert check.ok, check.problems
     assert check.checked > HEAVY // chunk and len(held) > HEAVY
     assert max(held) <= chunk + len(edited)
+
+
+@pytest.mark.parametrize("tamper", ["added to a complete group", "edited", "deleted"])
+def test_tampering_is_found_when_a_large_lock_is_checked_group_by_group(sns, tamper):
+    """A lock larger than one read is walked in the order its rows were written, each group
+    digested as soon as it holds its sealed count. A row added by hand to a group that is
+    already complete (it comes last in the walk), an edited original and a deleted row are
+    each found, in the group they belong to."""
+    user = sns.users[0]
+    sns.apply(user, extra=("--chunk-size", "30", "--chunk-time", "0"))
+    with sns.engine.begin() as conn:
+        first = conn.execute(
+            select(snapshots).order_by(snapshots.c.snapshot_id).limit(1)).mappings().one()
+        row = snapshots.c.snapshot_id == first["snapshot_id"]
+        if tamper == "added to a complete group":
+            conn.execute(insert(snapshots).values(
+                lock_id=first["lock_id"], kind=first["kind"], item_id="999999",
+                original_text=sns.public, state=first["state"],
+                snapshotted_at=first["snapshotted_at"]))
+        elif tamper == "edited":
+            other = sns.friends if first["original_text"] != sns.friends else sns.public
+            conn.execute(update(snapshots).where(row).values(original_text=other))
+        else:
+            conn.execute(delete(snapshots).where(row))
+    with sns.engine.connect() as conn:
+        check = seal.check_seals(conn, [first["lock_id"]])
+    assert len(check.problems) == 1, check.problems
+    assert f"written at {first['snapshotted_at']} no longer match" in check.problems[0]
+    assert ("31 now" if tamper.startswith("added") else
+            "29 now" if tamper == "deleted" else "30 now") in check.problems[0]

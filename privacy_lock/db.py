@@ -144,12 +144,17 @@ def create_tool_engine(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> 
       concurrent writer); its busy timeout is the lock timeout.
     - MySQL/MariaDB: READ COMMITTED, so a chunk's locking reads take row locks only, not the
       gap locks REPEATABLE READ would hold on the live site's rows; utf8mb4 by default.
+    - No compiled-statement cache (SQLAlchemy keeps 500): a cached statement keeps the values
+      of its first run, and a chunk statement's are its keys (up to 10,000 ids, a ``CASE``
+      branch per owner on MariaDB), so the cache grew with the run: a 30,000-user revert on
+      MariaDB peaked at 174 MB with it, 168 MB with 64 entries, 110 MB with none, at the same
+      speed (compiling costs about 0.1 s of CPU in a 4 s batch of 8,000 users on SQLite).
     """
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if parsed.drivername in _DEFAULT_DRIVERS:
         parsed = parsed.set(drivername=f"{parsed.drivername}+{_DEFAULT_DRIVERS[parsed.drivername]}")
-    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    kwargs: dict[str, Any] = {"poolclass": NullPool, "query_cache_size": 0}
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": lock_timeout}
     elif backend in ("mysql", "mariadb"):

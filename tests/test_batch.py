@@ -278,3 +278,26 @@ def test_outcomes_are_built_only_in_the_shape_their_format_prints(fmt, capsys):
         assert out == json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
     else:
         assert out.splitlines()[0].split("," if fmt == "csv" else None)[:2] == ["line", "user"]
+
+
+def test_chunks_of_every_shape_leave_no_compiled_statement_behind(sns, monkeypatch):
+    """A cached statement keeps the values of its first run, and a chunk statement's values
+    are its keys: the tool's engines cache none (a 30,000-user revert on MariaDB peaked at
+    174 MB with SQLAlchemy's cache, 110 MB without), and a batch of chunks of many shapes,
+    every statement compiled afresh, does exactly its work."""
+    from helpers import add_users, requests_for, run_engine
+    from privacy_lock import db
+    from privacy_lock.pacing import Pacer
+
+    users = [*sns.users, *add_users(sns, 12)]
+    before = {u: sns.items_of(u) for u in users}
+    engines = []
+    create = db.create_tool_engine
+    monkeypatch.setattr(db, "create_tool_engine",
+                        lambda *a, **k: engines.append(create(*a, **k)) or engines[-1])
+    result = run_engine(sns, "apply", requests_for(*users), Pacer(size=13))
+    assert {o.status for o in result.outcomes} == {"locked"}
+    for user in users:
+        assert set(sns.items_of(user).values()) == {sns.private}
+        assert len(sns.items_of(user)) == len(before[user])
+    assert engines and all(e._compiled_cache is None for e in engines)

@@ -1,6 +1,6 @@
 """Hostile edits against the seal check's group-by-group walk of a large lock (issue #15:
-``_Groups`` digests a group as soon as it holds its sealed count; ``_walk_lock`` reads the
-lock state by state, rarest first, in short pieces).
+``_Groups`` digests a group as soon as it holds its sealed count; ``_walk_lock`` reads each
+state in short pieces and merges them in the order the rows were written).
 
 How it could go wrong: a row given another group's time (both groups keep a plausible count
 between them), two rows that swap groups (every count kept), a row's state changed by hand
@@ -98,11 +98,12 @@ def test_a_state_changed_by_hand_is_found(sns):
 
 @pytest.mark.parametrize("moved", ["met-twice", "never-met"])
 def test_a_state_changed_by_hand_between_two_pieces_is_no_pass(sns, moved):
-    """A reverted lock with three conflicts: the walk reads the conflict rows first, then the
-    restored ones. No event names the lock meanwhile, so the pieces are trusted. Between two
-    pieces of the restored pass someone moves by hand a conflict row (already read) to
-    restored, ahead of the walk (met twice), or the last restored row (not yet read) to
-    conflict, behind it (never met). Either is a problem, not a pass."""
+    """A reverted lock with three conflicts: the walk reads the conflict rows in one piece,
+    the restored ones in several. No event names the lock meanwhile, so the pieces are
+    trusted. Between two pieces of the restored rows someone moves by hand a conflict row
+    (already read) to restored, ahead of the walk (met twice), or the last restored row (not
+    yet read) to conflict, whose rows were all read (never met). Either is a problem, not a
+    pass."""
     user = sns.users[0]
     table, (id_col, _owner, vis_col) = sns.tables["diary"], sns.columns["diary"]
     edited = sorted(item for _kind, item in sns.items_of(user, "diary"))[::60][:3]
@@ -127,7 +128,7 @@ def test_a_state_changed_by_hand_between_two_pieces_is_no_pass(sns, moved):
         if "privacy_lock_snapshots.snapshotted_at" not in statement or done:
             return
         reads.append(statement)
-        if len(reads) == 3:  # the conflict pass, then the restored pass's second piece
+        if len(reads) == 3:  # each state's first piece, then restored's second
             done.append(True)
             _set(sns, target, state=state)
 
@@ -138,3 +139,59 @@ def test_a_state_changed_by_hand_between_two_pieces_is_no_pass(sns, moved):
         event.remove(Engine, "before_cursor_execute", between)
     assert done and not check.ok, check.problems
     assert any("no longer match" in problem for problem in check.problems), check.problems
+
+
+@pytest.mark.parametrize("by", ["revert", "apply"])
+def test_another_operators_run_between_two_pieces_is_no_false_alarm(sns, by):
+    """Another operator reverts the lock (every row's state changes), or applies again after a
+    site edit (the lock grows), between two pieces of a check's walk: the check reads the lock
+    again and passes."""
+    user = sns.users[0]
+    lock_id, _groups_now = _groups(sns)
+    if by == "apply":
+        sns.add_item("diary", user, sns.public)
+    reads: list[str] = []
+    ran = []
+
+    def between(_conn, _cursor, statement, *_args):
+        if "privacy_lock_snapshots.snapshotted_at" not in statement or ran:
+            return
+        reads.append(statement)
+        if len(reads) == 2:
+            ran.append(True)
+            [outcome] = run_engine(sns, by, requests_for(user),
+                                   Pacer(CHUNK) if by == "revert" else Pacer()).outcomes
+            assert outcome.status in ("reverted", "extended"), outcome
+
+    event.listen(Engine, "before_cursor_execute", between)
+    try:
+        check = _check(sns, lock_id)
+    finally:
+        event.remove(Engine, "before_cursor_execute", between)
+    assert ran and check.ok, check.problems
+
+
+def test_conflicts_spread_over_every_group_do_not_make_the_check_hold_the_lock(sns,
+                                                                              monkeypatch):
+    """The site made every other item visible again before the revert: each group is split
+    between ``conflict`` and ``restored`` rows. The check must still hold about one group's
+    rows at a time, not every row of the state it reads first (half the lock)."""
+    user = sns.users[0]
+    table, (id_col, _owner, vis_col) = sns.tables["diary"], sns.columns["diary"]
+    edited = sorted(item for _kind, item in sns.items_of(user, "diary"))[::2]
+    with sns.engine.begin() as conn:
+        conn.execute(update(table).where(table.c[id_col].in_(edited))
+                     .values({vis_col: sns.friends}))
+    [outcome] = run_engine(sns, "revert", requests_for(user), Pacer()).outcomes
+    assert outcome.kinds["diary"].conflicts > 4 * CHUNK
+    held: list[int] = []
+    add = seal._Groups.add
+
+    def counting_add(self, at, row):
+        add(self, at, row)
+        held.append(sum(map(len, self.unfinished.values())))
+
+    monkeypatch.setattr(seal._Groups, "add", counting_add)
+    check = _check(sns, outcome.lock_id)
+    assert check.ok, check.problems
+    assert len(held) > HEAVY and max(held) <= 2 * CHUNK, max(held)

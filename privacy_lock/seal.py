@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -374,7 +375,7 @@ def _walk_lock(reads: _Reads, lock_id: int) -> Iterator[Any]:
             .group_by(snapshots.c.state)).scalars().all()
     yield from (row[:-1] for row in heapq.merge(
         *[_walk_state(reads, lock_id, state) for state in sorted(states)],
-        key=lambda row: row.snapshot_id))
+        key=itemgetter(len(SNAPSHOT_COLUMNS))))  # the snapshot id, read last
 
 
 def _walk_state(reads: _Reads, lock_id: int, state: str) -> Iterator[Any]:

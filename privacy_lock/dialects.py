@@ -1213,7 +1213,7 @@ class MysqlDialect(Dialect):
         ``ORDER BY ... LIMIT``, scans the primary key). Forced to the one index, it reads
         the range (owner, id > after) in order and stops after ``limit`` keys."""
         index = _owner_id_index(kind)
-        return None if index is None else f"FORCE INDEX (`{index.replace('`', '``')}`)"
+        return None if index is None else f"FORCE INDEX (`{index}`)"
 
     def current_login(self, conn: Connection) -> str | None:
         # CURRENT_USER(): the account the server authenticated ('user'@'host' as granted),
@@ -1279,14 +1279,18 @@ def _declared_length(type_: Any) -> tuple[int, str] | None:
 def _owner_id_index(kind: BoundKind) -> str | None:
     """The name of the content table's index on (owner, id), as reflected (InnoDB appends the
     primary key to every secondary index, so an index on the owner alone serves when the id
-    is the primary key); None when it has none (a view, or a table without it)."""
+    is the primary key); None when it has none (a view, or a table without it). A name with a
+    backtick or a percent sign is passed over (the walk then goes unhinted): SQLAlchemy
+    reflects a backtick as ``SHOW CREATE TABLE`` quotes it (doubled), and a hint's text goes to
+    the driver unescaped, whose ``%`` formatting of parameters fails on it."""
     primary = [c.name for c in kind.table.primary_key.columns]
     for index in sorted(kind.table.indexes, key=lambda i: (len(i.columns), i.name or "")):
         names = [c.name for c in index.columns]
         then_id = names[1:2] == [kind.id_col.name] or (
             names[1:] == [] and primary == [kind.id_col.name])
         plain = not index.dialect_options["mysql"].get("prefix")  # not FULLTEXT / SPATIAL
-        if index.name and plain and names[:1] == [kind.owner_col.name] and then_id:
+        odd = index.name is None or "`" in index.name or "%" in index.name
+        if not odd and plain and names[:1] == [kind.owner_col.name] and then_id:
             return index.name
     return None
 

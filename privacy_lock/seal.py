@@ -40,11 +40,13 @@ release (a ``revert`` event of another shape is counted, not checked).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -301,7 +303,7 @@ class _Groups:
     A sealed group's rows are kept only until it holds as many as its seal says, then digested
     and dropped, so memory holds the groups not yet complete, not the lock (a lock of 1,000,000
     items kept 150 MB of rows before): the walk (:func:`_walk_lock`) reads a lock's rows in the
-    order they were written, where a group's rows come together."""
+    order they were written (whatever their state now), where a group's rows come together."""
 
     def __init__(self, sealed: dict[str, tuple[int, int, str]]) -> None:
         self.sealed = sealed  # at -> (seq, rows, digest), from the trail
@@ -361,29 +363,37 @@ def _read_locks(reads: _Reads, lock_ids: list[int]) -> list[Any]:
 
 
 def _walk_lock(reads: _Reads, lock_id: int) -> Iterator[Any]:
-    """One lock's snapshot rows, ``SNAPSHOTS_PER_READ`` at a time along its (lock, state,
-    snapshot id) index: state by state, the rarest first, each in the order the rows were
-    written, so that a group's rows come together (:class:`_Groups`). A group split between
-    states (a revert stopped half way, a few conflicts) waits for its other rows; reading the
-    small states first keeps that wait short."""
+    """One lock's snapshot rows in the order they were written (snapshot id), so that a
+    group's rows come together (:class:`_Groups`): each state's rows are read along the (lock,
+    state, snapshot id) index, ``SNAPSHOTS_PER_READ`` at a time, and the states merged by
+    snapshot id. Read state by state instead, a group split between states (every other item
+    a conflict) waited for its other rows, and the first state's rows were all held (half the
+    lock)."""
     with reads() as conn:  # the index alone
-        by_state = conn.execute(
-            select(snapshots.c.state, func.count()).where(snapshots.c.lock_id == lock_id)
-            .group_by(snapshots.c.state)).all()
-    for state, _n in sorted(by_state, key=lambda row: (row[1], row[0])):
-        after: int | None = None
-        while True:
-            with reads() as conn:
-                piece = select(*SNAPSHOT_COLUMNS, snapshots.c.snapshot_id).where(
-                    snapshots.c.lock_id == lock_id, snapshots.c.state == state)
-                if after is not None:
-                    piece = piece.where(snapshots.c.snapshot_id > after)
-                rows = conn.execute(
-                    piece.order_by(snapshots.c.snapshot_id).limit(SNAPSHOTS_PER_READ)).all()
-            yield from (row[:-1] for row in rows)
-            if len(rows) < SNAPSHOTS_PER_READ:
-                break
-            after = int(rows[-1].snapshot_id)
+        states = conn.execute(
+            select(snapshots.c.state).where(snapshots.c.lock_id == lock_id)
+            .group_by(snapshots.c.state)).scalars().all()
+    yield from (row[:-1] for row in heapq.merge(
+        *[_walk_state(reads, lock_id, state) for state in sorted(states)],
+        key=itemgetter(len(SNAPSHOT_COLUMNS))))  # the snapshot id, read last
+
+
+def _walk_state(reads: _Reads, lock_id: int, state: str) -> Iterator[Any]:
+    """One state's snapshot rows of a lock (each with its snapshot id, last), in snapshot id
+    order, ``SNAPSHOTS_PER_READ`` at a time."""
+    after: int | None = None
+    while True:
+        with reads() as conn:
+            piece = select(*SNAPSHOT_COLUMNS, snapshots.c.snapshot_id).where(
+                snapshots.c.lock_id == lock_id, snapshots.c.state == state)
+            if after is not None:
+                piece = piece.where(snapshots.c.snapshot_id > after)
+            rows = conn.execute(
+                piece.order_by(snapshots.c.snapshot_id).limit(SNAPSHOTS_PER_READ)).all()
+        yield from rows
+        if len(rows) < SNAPSHOTS_PER_READ:
+            return
+        after = int(rows[-1].snapshot_id)
 
 
 def _read_event(trail: _Trail, filings: dict[int, _Filing], seq: int, lock_id: int,

@@ -249,7 +249,7 @@ def test_the_seal_check_keeps_the_groups_not_yet_complete_not_the_lock(sns, monk
     time are those of groups still missing rows, not the whole lock (a lock of 1,000,000 items
     held about 150 MB of rows before). The site made three items visible again, so the revert
     leaves each of their groups split between ``conflict`` and ``restored`` rows: the check
-    reads the rare state first and holds those three rows until their groups complete."""
+    merges the states in the order the rows were written, so each group completes in turn."""
     user, chunk = sns.users[0], 30
     sns.apply(user, extra=("--chunk-size", str(chunk), "--chunk-time", "0"))
     edited = sorted(sns.items_of(user, "diary"))[::100][:3]

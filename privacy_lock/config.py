@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, cast, false, inspect, select
 from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects.mysql import SET as MYSQL_SET
 from sqlalchemy.exc import NoSuchTableError
 
 from privacy_lock.db import DEFAULT_DATABASE_URL
@@ -489,6 +490,14 @@ def bind_content_map(conn: Connection, settings: Settings) -> ContentMap:
             raise ConfigError(
                 f"{prefix}.visibility: column {spec.table}.{spec.visibility} has type "
                 f"{vis_col.type}; privacy-lock supports string and integer visibility columns"
+            )
+        if isinstance(vis_col.type, MYSQL_SET):
+            # Several values at once, read back as a Python set: a revert could never tell
+            # an item still owner-only, so every item would be a conflict and stay hidden.
+            raise ConfigError(
+                f"{prefix}.visibility: column {spec.table}.{spec.visibility} has type SET, "
+                "which holds several values at once; privacy-lock supports string and "
+                "integer visibility columns"
             )
         named_type = getattr(vis_col.type, "name", None)
         if isinstance(vis_col.type, sqltypes.Enum) and named_type:

@@ -175,20 +175,15 @@ def test_lookalike_owners_in_ranged_slices_stay_apart(db_url, dialect, tmp_path)
 
 
 @pytest.mark.parametrize("vis_type", [
-    "ENUM('public','friends','self')",
-    pytest.param("SET('public','friends','self')", marks=pytest.mark.xfail(strict=True, reason=(
-        "a SET column reads back as a Python set, so MysqlDialect's revert (key lists, decided "
-        "in Python) never finds an item equal to private: every item a conflict, left hidden; "
-        "older than issue #15 (ranged or not); config accepts a SET visibility column"))),
-    "CHAR(8) CHARACTER SET latin1", "TINYTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"])
+    "ENUM('public','friends','self')", "CHAR(8) CHARACTER SET latin1",
+    "TINYTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"])
 def test_mariadb_ranged_revert_on_other_column_types(db_url, dialect, tmp_path, vis_type):
     """MariaDB's ranged revert writes each original back through one ``CASE`` of literals
-    typed like the visibility column: an ENUM, a SET, a latin1 CHAR, a TINYTEXT."""
+    typed like the visibility column: an ENUM, a latin1 CHAR, a TINYTEXT."""
     if dialect != "mysql":
         pytest.skip("MariaDB column types")
     engine = _site(db_url, dialect, vis_type, "BIGINT", "ix_notes_owner")
-    several = "public,friends" if vis_type.startswith("SET") else "public"
-    originals = [None, "public", "friends", several]
+    originals = [None, "public", "friends", "public"]
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO users (id) VALUES (1), (2)"))
         conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (:id, :o, :v)"),
@@ -207,4 +202,35 @@ def test_mariadb_ranged_revert_on_other_column_types(db_url, dialect, tmp_path, 
     assert state() == {i: "self" if i // 4 % 2 == 0 else v for i, v in before.items()}
     out = _run(config, db_url, "revert", "--user", "1", *IDENTITY, *slices)
     assert state() == before, out.output
+    engine.dispose()
+
+
+def test_a_set_visibility_column_is_refused_before_anything_changes(db_url, dialect, tmp_path):
+    """A MySQL/MariaDB SET column holds several values at once and reads back as a Python set:
+    a revert could never tell an item still owner-only, so every item would have been a
+    conflict and stayed hidden (exit 0). The config is refused, exit 2, nothing changed."""
+    if dialect != "mysql":
+        pytest.skip("MariaDB column types")
+    engine = _site(db_url, dialect, "SET('public','friends','self')", "BIGINT", "ix_notes_owner")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id) VALUES (1)"))
+        conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (1, 1, 'public'), "
+                          "(2, 1, 'public,friends')"))
+    config = tmp_path / "privacy-lock.toml"
+    config.write_text(CONFIG.format(private='"self"'), encoding="utf-8")
+
+    def state():
+        with engine.connect() as conn:
+            return sorted(map(tuple, conn.execute(text("SELECT id, vis FROM notes")).all()),
+                          key=str)
+
+    before = state()
+    bare = tmp_path / "tables-only.toml"  # the tool's tables exist: apply is refused by the map
+    bare.write_text("[policy]\nrevert_requires_approval = false\n", encoding="utf-8")
+    _run(bare, db_url, "init")
+    for args in (("init",), ("apply", "1", *IDENTITY)):
+        out = _run(config, db_url, *args, expect=2).output
+        assert "content.note.visibility: column notes.vis has type SET" in out, out
+        assert "holds several values at once" in out and "Traceback" not in out
+    assert state() == before
     engine.dispose()

@@ -72,7 +72,8 @@ def load_key(path: str | Path) -> AuditKey:
     """Read the key file: a usage error (exit 2, nothing changed) naming the file when it is
     missing, unreadable, empty or shorter than :data:`MIN_KEY_BYTES` bytes. Trailing line breaks
     are not part of the key (``openssl rand -hex 32 > key`` and a copy without the newline are
-    the same key)."""
+    the same key), so a key is best text: random bytes end in a CR or LF about one time in 128,
+    and a 32-byte binary key that does is one byte short (the tool used to suggest one)."""
     where = f"audit key file {path}"
     file = Path(path)
     try:  # a name too long for the system, or with a NUL, raises rather than "does not exist"
@@ -89,7 +90,8 @@ def load_key(path: str | Path) -> AuditKey:
     if len(secret) < MIN_KEY_BYTES:
         raise UsageError(
             f"{where} holds {len(secret)} bytes; an audit key needs at least {MIN_KEY_BYTES} "
-            f"(make one with `head -c 32 /dev/urandom > {path}`)")
+            "(make one with `python3 -c 'import secrets; print(secrets.token_hex(32))' > "
+            f"{path}`)")
     key_id = hmac.new(secret, b"privacy-lock audit key id", hashlib.sha256).hexdigest()[:16]
     return AuditKey(key_id, secret)
 

@@ -122,9 +122,11 @@ class LockOf:
 # --- SQL pieces every dialect shares -------------------------------------------------------------
 
 
-def visible(kind: BoundKind) -> ColumnElement[bool]:
-    """Not owner-only: NULL ("site default") counts as visible."""
-    return or_(kind.vis_col != kind.private, kind.vis_col.is_(None))
+def visible(kind: BoundKind, col: Any = None) -> ColumnElement[bool]:
+    """Not owner-only: NULL ("site default") counts as visible. ``col``: the kind's visibility
+    column as a subquery names it (default: the column itself)."""
+    col = kind.vis_col if col is None else col
+    return or_(col != kind.private, col.is_(None))
 
 
 def id_as_text(kind: BoundKind) -> ColumnElement[Any]:

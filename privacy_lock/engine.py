@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from functools import cached_property, partial
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, case, func, literal, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from privacy_lock import binding, seal
@@ -1149,7 +1149,7 @@ def counted_owners(
                 piece = piece.where(kind.id_col > after)
             rows = piece.order_by(kind.id_col).limit(PLAN_PIECE).subquery()
             exact = dialect.exactly(rows.c.owner, owner)
-            shown = or_(rows.c.vis != kind.private, rows.c.vis.is_(None))
+            shown = visible(kind, rows.c.vis)
             with reading(conn):
                 dialect.plan_for_actual_keys(conn)
                 seen, n_exact, n_vis, n_priv, last = conn.execute(select(

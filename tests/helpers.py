@@ -198,6 +198,22 @@ def add_users(sns: Sns, count: int) -> list[Any]:
     return users
 
 
+def heavy_sns_read_in_small_pieces(db_url: str, tmp_path: Any, monkeypatch: Any,
+                                   heavy: int, piece: int) -> Sns:
+    """An SNS whose first user has ``heavy`` more visible diaries, with the seal check's and
+    the plan's short reads made ``piece`` rows each, so a lock of that user spans many."""
+    from privacy_lock import engine as tool_engine
+    from privacy_lock import seal
+
+    monkeypatch.setattr(seal, "SNAPSHOTS_PER_READ", piece)
+    monkeypatch.setattr(tool_engine, "PLAN_PIECE", piece)
+    sns = build_sns(db_url, tmp_path)
+    with sns.engine.begin() as conn:
+        conn.execute(insert(sns.tables["diary"]),
+                     [{"user_id": sns.users[0], "visibility": sns.public}] * heavy)
+    return sns
+
+
 def dry_run_every_shape(sns: Sns, mode: str, *users: Any) -> list[dict[str, Any]]:
     """The outcomes of a dry run of ``users``, checked the same in every chunk shape."""
     planned = [[o.as_dict() for o in shape.run(sns, mode, *users, dry_run=True).outcomes]

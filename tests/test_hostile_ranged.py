@@ -53,6 +53,18 @@ def _site(db_url, dialect, vis_type, owner_type, index):
     return engine
 
 
+def _config(tmp_path, private='"self"'):
+    config = tmp_path / "privacy-lock.toml"
+    config.write_text(CONFIG.format(private=private), encoding="utf-8")
+    return config
+
+
+def _notes(engine):
+    """Every note's visibility, by id."""
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, vis FROM notes")).all())
+
+
 def _run(config, db_url, *args, expect=0):
     result = CliRunner().invoke(cli, ["--config", str(config), "--database-url", db_url,
                                       *args], catch_exceptions=False)
@@ -83,14 +95,9 @@ def test_ranged_revert_gives_back_every_original_exactly(db_url, dialect, tmp_pa
         rows = [{"id": BIG - 100 + i, "o": owner, "v": v} for i, v in enumerate(visible * 2)]
         rows += [{"id": -BIG - 1 + i, "o": neighbour, "v": v} for i, v in enumerate(visible)]
         conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (:id, :o, :v)"), rows)
-    config = tmp_path / "privacy-lock.toml"
-    config.write_text(CONFIG.format(private=private), encoding="utf-8")
+    config = _config(tmp_path, private)
 
-    def state():
-        with engine.connect() as conn:
-            return dict(conn.execute(text("SELECT id, vis FROM notes")).all())
-
-    before = state()
+    before = _notes(engine)
     _run(config, db_url, "init")
     hints: list[str] = []
 
@@ -108,7 +115,7 @@ def test_ranged_revert_gives_back_every_original_exactly(db_url, dialect, tmp_pa
         assert hints and all('FORCE INDEX (`ix "odd" name`)' in hint for hint in hints)
     else:
         assert not hints
-    hidden = state()
+    hidden = _notes(engine)
     private_value = "self" if vis == "text" else -7
     mine = {r["id"] for r in rows if r["o"] == owner}
     assert {i: v for i, v in hidden.items() if i in mine} == dict.fromkeys(mine, private_value)
@@ -121,7 +128,7 @@ def test_ranged_revert_gives_back_every_original_exactly(db_url, dialect, tmp_pa
                      {"v": changed, "i": conflict})
     _run(config, db_url, "revert", "--user", str(owner), *IDENTITY, "--chunk-size", "3",
          "--chunk-time", "0")
-    after = state()
+    after = _notes(engine)
     assert after == {**before, conflict: changed}
     assert "events valid" in _run(config, db_url, "audit", "verify").stdout
     engine.dispose()
@@ -149,14 +156,9 @@ def test_lookalike_owners_in_ranged_slices_stay_apart(db_url, dialect, tmp_path)
         conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (:id, :o, :v)"),
                      [{"id": i, "o": LOOKALIKES[i % 4], "v": ("public", "friends")[i % 3 % 2]}
                       for i in range(40)])
-    config = tmp_path / "privacy-lock.toml"
-    config.write_text(CONFIG.format(private='"self"'), encoding="utf-8")
+    config = _config(tmp_path)
 
-    def state():
-        with engine.connect() as conn:
-            return dict(conn.execute(text("SELECT id, vis FROM notes")).all())
-
-    before = state()
+    before = _notes(engine)
     _run(config, db_url, "init")
     slices = ("--chunk-size", "2", "--chunk-time", "0")
     # MariaDB refuses to lock an id ending in a space (the tool's own tables pad): those two
@@ -164,11 +166,11 @@ def test_lookalike_owners_in_ranged_slices_stay_apart(db_url, dialect, tmp_path)
     acted = [o for o in LOOKALIKES if dialect != "mysql" or o == o.rstrip()]
     for n, owner in enumerate(acted):
         _run(config, db_url, "apply", owner, *IDENTITY, *slices)
-        assert state() == {i: "self" if LOOKALIKES[i % 4] in acted[:n + 1] else v
+        assert _notes(engine) == {i: "self" if LOOKALIKES[i % 4] in acted[:n + 1] else v
                            for i, v in before.items()}, owner
     for n, owner in enumerate(acted):
         _run(config, db_url, "revert", "--user", owner, *IDENTITY, *slices)
-        assert state() == {i: "self" if LOOKALIKES[i % 4] in acted[n + 1:] else v
+        assert _notes(engine) == {i: "self" if LOOKALIKES[i % 4] in acted[n + 1:] else v
                            for i, v in before.items()}, owner
     assert "events valid" in _run(config, db_url, "audit", "verify").stdout
     engine.dispose()
@@ -188,20 +190,15 @@ def test_mariadb_ranged_revert_on_other_column_types(db_url, dialect, tmp_path, 
         conn.execute(text("INSERT INTO users (id) VALUES (1), (2)"))
         conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (:id, :o, :v)"),
                      [{"id": i, "o": 1 + i // 4 % 2, "v": originals[i % 4]} for i in range(32)])
-    config = tmp_path / "privacy-lock.toml"
-    config.write_text(CONFIG.format(private='"self"'), encoding="utf-8")
+    config = _config(tmp_path)
 
-    def state():
-        with engine.connect() as conn:
-            return dict(conn.execute(text("SELECT id, vis FROM notes")).all())
-
-    before = state()
+    before = _notes(engine)
     _run(config, db_url, "init")
     slices = ("--chunk-size", "2", "--chunk-time", "0")
     _run(config, db_url, "apply", "1", *IDENTITY, *slices)
-    assert state() == {i: "self" if i // 4 % 2 == 0 else v for i, v in before.items()}
+    assert _notes(engine) == {i: "self" if i // 4 % 2 == 0 else v for i, v in before.items()}
     out = _run(config, db_url, "revert", "--user", "1", *IDENTITY, *slices)
-    assert state() == before, out.output
+    assert _notes(engine) == before, out.output
     engine.dispose()
 
 
@@ -216,15 +213,9 @@ def test_a_set_visibility_column_is_refused_before_anything_changes(db_url, dial
         conn.execute(text("INSERT INTO users (id) VALUES (1)"))
         conn.execute(text("INSERT INTO notes (id, owner_id, vis) VALUES (1, 1, 'public'), "
                           "(2, 1, 'public,friends')"))
-    config = tmp_path / "privacy-lock.toml"
-    config.write_text(CONFIG.format(private='"self"'), encoding="utf-8")
+    config = _config(tmp_path)
 
-    def state():
-        with engine.connect() as conn:
-            return sorted(map(tuple, conn.execute(text("SELECT id, vis FROM notes")).all()),
-                          key=str)
-
-    before = state()
+    before = _notes(engine)
     bare = tmp_path / "tables-only.toml"  # the tool's tables exist: apply is refused by the map
     bare.write_text("[policy]\nrevert_requires_approval = false\n", encoding="utf-8")
     _run(bare, db_url, "init")
@@ -232,5 +223,5 @@ def test_a_set_visibility_column_is_refused_before_anything_changes(db_url, dial
         out = _run(config, db_url, *args, expect=2).output
         assert "content.note.visibility: column notes.vis has type SET" in out, out
         assert "holds several values at once" in out and "Traceback" not in out
-    assert state() == before
+    assert _notes(engine) == before
     engine.dispose()

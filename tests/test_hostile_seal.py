@@ -11,14 +11,12 @@ the check (the walk reads it in another state's pass): each must be a problem, n
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, event, insert, select, update
+from sqlalchemy import Engine, event, select, update
 
-from helpers import requests_for, run_engine
-from privacy_lock import engine as tool_engine
+from helpers import heavy_sns_read_in_small_pieces, requests_for, run_engine
 from privacy_lock import seal
 from privacy_lock.pacing import Pacer
 from privacy_lock.schema import snapshots
-from sns import build_sns
 
 HEAVY = 240
 PIECE = 40
@@ -27,12 +25,7 @@ CHUNK = 30
 
 @pytest.fixture
 def sns(db_url, tmp_path, monkeypatch):
-    monkeypatch.setattr(seal, "SNAPSHOTS_PER_READ", PIECE)
-    monkeypatch.setattr(tool_engine, "PLAN_PIECE", PIECE)
-    sns = build_sns(db_url, tmp_path)
-    with sns.engine.begin() as conn:
-        conn.execute(insert(sns.tables["diary"]),
-                     [{"user_id": sns.users[0], "visibility": sns.public}] * HEAVY)
+    sns = heavy_sns_read_in_small_pieces(db_url, tmp_path, monkeypatch, HEAVY, PIECE)
     sns.apply(sns.users[0], extra=("--chunk-size", str(CHUNK), "--chunk-time", "0"))
     return sns
 

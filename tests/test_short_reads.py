@@ -18,14 +18,14 @@ import time
 import pytest
 from sqlalchemy import Engine, delete, event, insert, select, update
 
-from helpers import requests_for, run_engine
+from helpers import heavy_sns_read_in_small_pieces, requests_for, run_engine
 from privacy_lock import engine as tool_engine
 from privacy_lock import seal
 from privacy_lock.dialects import named
 from privacy_lock.errors import TamperedError
 from privacy_lock.pacing import Pacer
 from privacy_lock.schema import snapshots
-from sns import build_sns, tool_session
+from sns import tool_session
 
 HEAVY = 240  # visible diaries added to the first user: many pieces of the sizes set here
 PIECE = 40
@@ -34,13 +34,7 @@ SNAPSHOT_ROWS = "privacy_lock_snapshots.snapshotted_at"  # in the seal check's r
 
 @pytest.fixture
 def sns(db_url, tmp_path, monkeypatch):
-    monkeypatch.setattr(seal, "SNAPSHOTS_PER_READ", PIECE)
-    monkeypatch.setattr(tool_engine, "PLAN_PIECE", PIECE)
-    sns = build_sns(db_url, tmp_path)
-    with sns.engine.begin() as conn:
-        conn.execute(insert(sns.tables["diary"]),
-                     [{"user_id": sns.users[0], "visibility": sns.public}] * HEAVY)
-    return sns
+    return heavy_sns_read_in_small_pieces(db_url, tmp_path, monkeypatch, HEAVY, PIECE)
 
 
 def revert(sns, user):

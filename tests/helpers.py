@@ -214,6 +214,23 @@ def heavy_sns_read_in_small_pieces(db_url: str, tmp_path: Any, monkeypatch: Any,
     return sns
 
 
+def seal_check_counting_held_rows(sns: Sns, monkeypatch: Any, lock_id: int):
+    """(the seal check of ``lock_id``, how many snapshot rows it held after each row it read):
+    what ``seal._Groups`` keeps of groups not yet complete."""
+    from privacy_lock import seal
+
+    held: list[int] = []
+    add = seal._Groups.add
+
+    def counting_add(self, at, row):
+        add(self, at, row)
+        held.append(sum(map(len, self.unfinished.values())))
+
+    monkeypatch.setattr(seal._Groups, "add", counting_add)
+    with sns.engine.connect() as conn:
+        return seal.check_seals(conn, [lock_id]), held
+
+
 def dry_run_every_shape(sns: Sns, mode: str, *users: Any) -> list[dict[str, Any]]:
     """The outcomes of a dry run of ``users``, checked the same in every chunk shape."""
     planned = [[o.as_dict() for o in shape.run(sns, mode, *users, dry_run=True).outcomes]

@@ -13,7 +13,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, event, select, update
 
-from helpers import heavy_sns_read_in_small_pieces, requests_for, run_engine
+from helpers import (
+    heavy_sns_read_in_small_pieces,
+    requests_for,
+    run_engine,
+    seal_check_counting_held_rows,
+)
 from privacy_lock import seal
 from privacy_lock.pacing import Pacer
 from privacy_lock.schema import snapshots
@@ -177,14 +182,6 @@ def test_conflicts_spread_over_every_group_do_not_make_the_check_hold_the_lock(s
                      .values({vis_col: sns.friends}))
     [outcome] = run_engine(sns, "revert", requests_for(user), Pacer()).outcomes
     assert outcome.kinds["diary"].conflicts > 4 * CHUNK
-    held: list[int] = []
-    add = seal._Groups.add
-
-    def counting_add(self, at, row):
-        add(self, at, row)
-        held.append(sum(map(len, self.unfinished.values())))
-
-    monkeypatch.setattr(seal._Groups, "add", counting_add)
-    check = _check(sns, outcome.lock_id)
+    check, held = seal_check_counting_held_rows(sns, monkeypatch, outcome.lock_id)
     assert check.ok, check.problems
     assert len(held) > HEAVY and max(held) <= 2 * CHUNK, max(held)

@@ -18,7 +18,12 @@ import time
 import pytest
 from sqlalchemy import Engine, delete, event, insert, select, update
 
-from helpers import heavy_sns_read_in_small_pieces, requests_for, run_engine
+from helpers import (
+    heavy_sns_read_in_small_pieces,
+    requests_for,
+    run_engine,
+    seal_check_counting_held_rows,
+)
 from privacy_lock import engine as tool_engine
 from privacy_lock import seal
 from privacy_lock.dialects import named
@@ -254,16 +259,7 @@ def test_the_seal_check_keeps_the_groups_not_yet_complete_not_the_lock(sns, monk
                          .values({vis_col: sns.friends}))
     outcome = revert(sns, user)
     assert outcome.kinds["diary"].conflicts == len(edited)
-    held: list[int] = []
-    add = seal._Groups.add
-
-    def counting_add(self, at, row):
-        add(self, at, row)
-        held.append(sum(map(len, self.unfinished.values())))
-
-    monkeypatch.setattr(seal._Groups, "add", counting_add)
-    with sns.engine.connect() as conn:
-        check = seal.check_seals(conn, [outcome.lock_id])
+    check, held = seal_check_counting_held_rows(sns, monkeypatch, outcome.lock_id)
     assert check.ok, check.problems
     assert check.checked > HEAVY // chunk and len(held) > HEAVY
     assert max(held) <= chunk + len(edited)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -454,6 +455,9 @@ def shaped_sns(case: tuple[str, str, str], db_url: str, tmp_path: Any) -> Sns:
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# A run's duration and rate in its summary line ("in 0.0 s (1,171 items/s)": the rate has a
+# thousands separator on a fast machine), which differ from run to run.
+RUN_DURATION = (re.compile(r"in \d+\.\d s \([\d,]+ items/s\)"), "in T s (R items/s)")
 
 
 def readme_transcript(after: str) -> list[tuple[str, list[str]]]:

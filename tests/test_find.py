@@ -11,7 +11,7 @@ import pytest
 from identity_sns import HISTORY, MEMBERS, WHO, build_identity_sns, trail
 from sqlalchemy import func, select
 
-from helpers import readme_transcript
+from helpers import RUN_DURATION, readme_transcript
 from privacy_lock.config import load_settings
 from privacy_lock.errors import ConfigError, UsageError
 from privacy_lock.identity import (
@@ -294,7 +294,7 @@ def test_the_readme_walk_through_is_what_the_tool_prints(tmp_path, monkeypatch):
     def normal(lines: list[str]) -> list[str]:
         text = "\n".join(lines).replace(str(tmp_path.resolve()) + "/", "/home/you/")
         text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "TIME", text)
-        text = re.sub(r"in \d+\.\d s \(\d+ items/s\)", "in T s", text)
+        text = RUN_DURATION[0].sub(RUN_DURATION[1], text)
         return [line.rstrip() for line in text.strip().splitlines()]
 
     assert [shlex.split(c)[1] for c, _ in steps] == ["find", "find", "find", "verify-identity",
